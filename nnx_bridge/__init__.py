@@ -1,0 +1,38 @@
+"""nnx_bridge: NNX-style stateful modules that run in Flax Linen training loops.
+
+Example:
+    >>> import jax, jax.numpy as jnp, nnx_bridge as nnx
+    >>> class Linear(nnx.Module):
+    ...     def __init__(self, din, dout, *, ctx):
+    ...         self.w = nnx.Param(jax.random.normal(ctx.make_rng("params"), (din, dout)))
+    ...     def __call__(self, x):
+    ...         return x @ self.w.value
+    >>> state, moduledef = Linear(2, 3, ctx=nnx.Context(0)).partition()
+    >>> y, (state, moduledef) = moduledef.apply(state)(jnp.ones((1, 2)))
+    >>> y.shape
+    (1, 3)
+"""
+
+from nnx_bridge import context as context
+from nnx_bridge.context import Context as Context
+from nnx_bridge.context import MissingRngStreamError as MissingRngStreamError
+from nnx_bridge.filters import All as All
+from nnx_bridge.filters import Any as Any
+from nnx_bridge.filters import Everything as Everything
+from nnx_bridge.filters import Filter as Filter
+from nnx_bridge.filters import Not as Not
+from nnx_bridge.filters import Nothing as Nothing
+from nnx_bridge.filters import PathContains as PathContains
+from nnx_bridge.filters import to_predicate as to_predicate
+from nnx_bridge.module import Module as Module
+from nnx_bridge.module import ModuleDef as ModuleDef
+from nnx_bridge.module import UnknownPathError as UnknownPathError
+from nnx_bridge.state import State as State
+from nnx_bridge.state import from_variables as from_variables
+from nnx_bridge.state import to_variables as to_variables
+from nnx_bridge.variables import BatchStat as BatchStat
+from nnx_bridge.variables import Param as Param
+from nnx_bridge.variables import Variable as Variable
+from nnx_bridge.variables import variable_type as variable_type
+
+__version__ = "0.1.0"

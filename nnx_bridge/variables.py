@@ -1,0 +1,191 @@
+"""Variables: values that a Module owns, tagged with a collection and sharding names."""
+
+from __future__ import annotations
+
+import typing as tp
+
+import jax
+
+A = tp.TypeVar("A")
+Sharding = tp.Tuple[tp.Optional[str], ...]
+
+_FIXED_COLLECTION = "_fixed_collection"
+_COLLECTION_TYPES: dict[str, type["Variable"]] = {}
+
+
+def _normalize_sharding(sharding: tp.Any) -> Sharding | None:
+    if sharding is None:
+        return None
+    if isinstance(sharding, str) or not isinstance(sharding, tp.Sequence):
+        raise TypeError(
+            f"sharding must be a sequence of mesh/logical axis names (str or None), "
+            f"one per array dimension, e.g. ('data', 'model'); found {sharding!r}."
+        )
+    names = tuple(sharding)
+    for name in names:
+        if name is not None and not isinstance(name, str):
+            raise TypeError(
+                f"sharding entries must be str or None; found {name!r} in {sharding!r}."
+            )
+    return names
+
+
+class Variable(tp.Generic[A]):
+    """A value owned by a Module, with its collection and optional sharding names.
+
+    Variables are pytree nodes (the value is the only child), so `jax.tree.map`
+    maps over values and keeps the exact Variable subclass and its metadata.
+
+    Example:
+        >>> import jax.numpy as jnp, nnx_bridge as nnx
+        >>> v = nnx.Variable("counts", jnp.array(0), sharding=None)
+        >>> v.collection
+        'counts'
+        >>> nnx.Param(jnp.ones(2)).collection
+        'params'
+
+    Subclasses may fix their collection, which also makes them the type that
+    `nnx.from_variables` builds for that collection:
+        >>> class Cache(nnx.Variable, collection="cache"):
+        ...     pass
+        >>> Cache(jnp.zeros(3)).collection
+        'cache'
+    """
+
+    collection: str
+    value: A
+    sharding: Sharding | None
+
+    def __init__(self, collection: str, value: A, *, sharding: tp.Any = None):
+        fixed = getattr(type(self), _FIXED_COLLECTION, None)
+        if fixed is not None and collection != fixed:
+            raise ValueError(
+                f"{type(self).__name__} always belongs to collection {fixed!r}; "
+                f"found collection={collection!r}. Use nnx.Variable({collection!r}, value) "
+                f"for another collection."
+            )
+        if not isinstance(collection, str) or not collection:
+            raise TypeError(
+                f"Variable collection must be a non-empty str such as 'params'; found {collection!r}."
+            )
+        self.collection = collection
+        self.value = value
+        self.sharding = _normalize_sharding(sharding)
+
+    def __init_subclass__(cls, collection: str | None = None, **kwargs: tp.Any):
+        super().__init_subclass__(**kwargs)
+        if collection is not None:
+            setattr(cls, _FIXED_COLLECTION, collection)
+            if "__init__" not in cls.__dict__:
+                cls.__init__ = _fixed_collection_init(collection)  # type: ignore[method-assign]
+                _KEYWORD_INITS.add(cls.__init__)
+            _COLLECTION_TYPES.setdefault(collection, cls)
+        _register(cls)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(value={self.value}, collection={self.collection}, "
+            f"sharding={self.sharding})"
+        )
+
+    def replace(self, value: tp.Any) -> "Variable[tp.Any]":
+        """Returns a copy of this Variable (same type and metadata) holding `value`.
+
+        Example:
+            >>> import nnx_bridge as nnx
+            >>> nnx.Param(1.0).replace(2.0)
+            Param(value=2.0, collection=params, sharding=None)
+        """
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.value = value
+        return new
+
+    def copy(self) -> "Variable[A]":
+        """Returns a new Variable object with the same value and metadata."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
+
+def _fixed_collection_init(collection: str) -> tp.Callable[..., None]:
+    def __init__(self: Variable[tp.Any], value: tp.Any, *, sharding: tp.Any = None,
+                 collection: str = collection) -> None:
+        Variable.__init__(self, collection, value, sharding=sharding)
+
+    __init__.__doc__ = f"Creates a Variable of collection {collection!r}."
+    return __init__
+
+
+def _register(cls: type) -> None:
+    """Registers a Variable class as a pytree node that keeps its exact type.
+
+    Classes whose constructor accepts `collection=, value=, sharding=` keywords
+    (all built-in ones) use JAX's C++ dataclass path, so flattening a State of
+    Variables costs about as much as flattening a dict of arrays.
+    """
+    if "__init__" in cls.__dict__ and cls.__init__ not in _KEYWORD_INITS:
+        jax.tree_util.register_pytree_with_keys(
+            cls,
+            lambda v: (((jax.tree_util.GetAttrKey("value"), v.value),), _meta(v)),
+            lambda meta, children: _rebuild(cls, meta, children[0]),
+            flatten_func=lambda v: ((v.value,), _meta(v)),
+        )
+    else:
+        jax.tree_util.register_dataclass(
+            cls, data_fields=["value"], meta_fields=["collection", "sharding"]
+        )
+
+
+def _meta(v: Variable[tp.Any]) -> tuple[tp.Any, ...]:
+    return tuple(sorted((k, x) for k, x in v.__dict__.items() if k != "value"))
+
+
+def _rebuild(cls: type, meta: tuple[tp.Any, ...], value: tp.Any) -> Variable[tp.Any]:
+    new = object.__new__(cls)
+    new.__dict__.update(meta)
+    new.value = value
+    return new
+
+
+_KEYWORD_INITS: set[tp.Callable[..., None]] = {Variable.__init__}
+_register(Variable)
+
+
+class Param(Variable[A], collection="params"):
+    """A trainable parameter: a Variable of collection ``'params'``.
+
+    Example:
+        >>> import jax.numpy as jnp, nnx_bridge as nnx
+        >>> nnx.Param(jnp.zeros((2,)), sharding=("model",)).sharding
+        ('model',)
+    """
+
+
+class BatchStat(Variable[A], collection="batch_stats"):
+    """A running statistic (e.g. BatchNorm's mean): collection ``'batch_stats'``.
+
+    Example:
+        >>> import nnx_bridge as nnx
+        >>> nnx.BatchStat(0.0).collection
+        'batch_stats'
+    """
+
+
+def variable_type(collection: str) -> type[Variable[tp.Any]]:
+    """The Variable class that stands for `collection` (e.g. Param for 'params').
+
+    Example:
+        >>> import nnx_bridge as nnx
+        >>> nnx.variable_type("params").__name__, nnx.variable_type("cache").__name__
+        ('Param', 'Variable')
+    """
+    return _COLLECTION_TYPES.get(collection, Variable)
+
+
+def make_variable(collection: str, value: tp.Any, *, sharding: tp.Any = None) -> Variable[tp.Any]:
+    """Builds a Variable of the canonical type for `collection`."""
+    cls = variable_type(collection)
+    if cls is Variable:
+        return Variable(collection, value, sharding=sharding)
+    return cls(value, sharding=sharding)  # type: ignore[call-arg]
