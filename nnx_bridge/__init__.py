@@ -24,6 +24,11 @@ from nnx_bridge.filters import Not as Not
 from nnx_bridge.filters import Nothing as Nothing
 from nnx_bridge.filters import PathContains as PathContains
 from nnx_bridge.filters import to_predicate as to_predicate
+from nnx_bridge.linen import ToLinen as ToLinen
+from nnx_bridge.linen import to_linen as to_linen
+from nnx_bridge import training as training
+from nnx_bridge.training import labels as labels
+from nnx_bridge.training import mask as mask
 from nnx_bridge.module import Module as Module
 from nnx_bridge.module import ModuleDef as ModuleDef
 from nnx_bridge.module import UnknownPathError as UnknownPathError

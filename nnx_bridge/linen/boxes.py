@@ -1,0 +1,49 @@
+"""Between a State and the variables of a Linen scope: flat paths and sharding boxes."""
+
+from __future__ import annotations
+
+import typing as tp
+
+from flax.core import meta
+
+from nnx_bridge.state import State, to_variables
+
+
+def boxed_variables(state: State) -> dict[str, dict[str, tp.Any]]:
+    """Linen's ``{collection: nested dict}``, sharded Variables boxed as `nn.Partitioned`."""
+    boxed = State._from_sorted(
+        (path, v.replace(meta.Partitioned(v.value, names=v.sharding)) if v.sharding is not None else v)
+        for path, v in state.items()
+    )
+    return to_variables(boxed)
+
+
+def flat_leaves(variables: tp.Mapping[str, tp.Any]) -> dict[tuple[str, str], tp.Any]:
+    """``{(collection, "a/b"): leaf}`` of a Linen variables mapping; boxes stay boxed."""
+    flat: dict[tuple[str, str], tp.Any] = {}
+    for collection, tree in variables.items():
+        if isinstance(tree, tp.Mapping):
+            _walk(tree, collection, "", flat)
+        else:
+            flat[(collection, "")] = tree
+    return flat
+
+
+def _walk(tree: tp.Mapping[str, tp.Any], collection: str, prefix: str,
+          flat: dict[tuple[str, str], tp.Any]) -> None:
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, tp.Mapping):
+            _walk(value, collection, path + "/", flat)
+        else:
+            flat[(collection, path)] = value
+
+
+def unbox(leaf: tp.Any) -> tp.Any:
+    """The raw value of a leaf (applying a box's sharding constraint under a mesh, as Linen does)."""
+    return leaf.unbox() if isinstance(leaf, meta.AxisMetadata) else leaf
+
+
+def rebox(old_leaf: tp.Any, value: tp.Any) -> tp.Any:
+    """`value` in the same kind of box as `old_leaf` (unboxed if it was not boxed)."""
+    return old_leaf.replace_boxed(value) if isinstance(old_leaf, meta.AxisMetadata) else value

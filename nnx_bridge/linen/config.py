@@ -1,0 +1,104 @@
+"""A bridged module's configuration: hashable form, and its cached abstract structure."""
+
+from __future__ import annotations
+
+import collections
+import typing as tp
+
+import jax
+import jax.numpy as jnp
+
+from nnx_bridge.context import Context
+from nnx_bridge.module import Module, ModuleDef
+from nnx_bridge.state import State
+
+_CACHE_SIZE = 512
+
+
+def freeze(value: tp.Any, where: str) -> tp.Hashable:
+    """A hashable stand-in for `value` that is equal for equal configurations.
+
+    Lists, tuples, dicts (and Mappings) and sets are converted recursively, tagged
+    with their type so that ``[1]`` and ``(1,)`` stay different.
+    """
+    if isinstance(value, (list, tuple)):
+        return (type(value), tuple(freeze(v, f"{where}[{i}]") for i, v in enumerate(value)))
+    if isinstance(value, tp.Mapping):
+        items = sorted(value.items(), key=lambda kv: repr(kv[0]))
+        return (dict, tuple((k, freeze(v, f"{where}[{k!r}]")) for k, v in items))
+    if isinstance(value, (set, frozenset)):
+        return (frozenset, frozenset(freeze(v, where) for v in value))
+    try:
+        hash(value)
+    except TypeError:
+        raise TypeError(
+            f"to_linen: {where} is an unhashable {type(value).__name__}. The factory's arguments "
+            f"are the Linen module's configuration and must be hashable (lists, tuples and dicts "
+            f"of hashable values are fine). Pass arrays as call inputs, or build them inside the "
+            f"module as Variables."
+        ) from None
+    return value
+
+
+class Structure(tp.NamedTuple):
+    """What `apply` needs to rebuild the module: its ModuleDef and abstract State."""
+
+    moduledef: ModuleDef[tp.Any]
+    abstract: State  # path -> Variable holding a jax.ShapeDtypeStruct
+
+
+_structures: "collections.OrderedDict[tp.Hashable, Structure]" = collections.OrderedDict()
+
+
+def build(factory: tp.Callable[..., tp.Any], args: tp.Sequence[tp.Any],
+          kwargs: tp.Mapping[str, tp.Any], ctx: Context) -> Module:
+    """Calls ``factory(*args, ctx=ctx, **kwargs)`` and checks that it made a Module."""
+    module = factory(*args, ctx=ctx, **kwargs)
+    if not isinstance(module, Module):
+        raise TypeError(
+            f"to_linen: the factory {_name(factory)} returned a {type(module).__name__}, not an "
+            f"nnx_bridge Module. Pass a Module class, or a function returning a Module, that "
+            f"accepts a `ctx` keyword."
+        )
+    return module
+
+
+def abstract_state(state: State) -> State:
+    """The State with every value replaced by its `jax.ShapeDtypeStruct`."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), state)
+
+
+def remember(key: tp.Hashable, structure: Structure) -> None:
+    """Caches the structure of a configuration (most recently used kept)."""
+    _structures[key] = structure
+    _structures.move_to_end(key)
+    while len(_structures) > _CACHE_SIZE:
+        _structures.popitem(last=False)
+
+
+def structure_of(key: tp.Hashable, factory: tp.Callable[..., tp.Any],
+                 args: tp.Sequence[tp.Any], kwargs: tp.Mapping[str, tp.Any]) -> Structure:
+    """The cached structure of a configuration, computed abstractly on a miss.
+
+    On a miss the module is built under `jax.eval_shape`, so no initialiser runs
+    for real (this happens when `apply` comes before any `init` in a process,
+    e.g. after restoring a checkpoint).
+    """
+    cached = _structures.get(key)
+    if cached is not None:
+        return cached
+    moduledefs: list[ModuleDef[tp.Any]] = []
+
+    def construct(rng: jax.Array) -> State:
+        state, moduledef = build(factory, args, kwargs, Context(rng)).partition()
+        moduledefs.append(moduledef)
+        return state
+
+    abstract = jax.eval_shape(construct, jax.random.PRNGKey(0))
+    structure = Structure(moduledefs[0], abstract)
+    remember(key, structure)
+    return structure
+
+
+def _name(factory: tp.Any) -> str:
+    return getattr(factory, "__qualname__", None) or repr(factory)
