@@ -40,4 +40,16 @@ from nnx_bridge.variables import Param as Param
 from nnx_bridge.variables import Variable as Variable
 from nnx_bridge.variables import variable_type as variable_type
 
+from nnx_bridge import nn as nn
+from nnx_bridge.nn import BatchNorm as BatchNorm
+from nnx_bridge.nn import Conv as Conv
+from nnx_bridge.nn import Dropout as Dropout
+from nnx_bridge.nn import Embed as Embed
+from nnx_bridge.nn import LayerNorm as LayerNorm
+from nnx_bridge.nn import Linear as Linear
+from nnx_bridge.nn import LinearGeneral as LinearGeneral
+from nnx_bridge.nn import MultiHeadAttention as MultiHeadAttention
+from nnx_bridge.nn import RMSNorm as RMSNorm
+from nnx_bridge.nn import Sequential as Sequential
+
 __version__ = "0.1.0"

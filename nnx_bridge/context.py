@@ -33,7 +33,7 @@ def stable_hash(data: tuple[int, ...]) -> int:
     Example:
         >>> import nnx_bridge as nnx
         >>> nnx.context.stable_hash((0,))
-        1797259137
+        1697534734
     """
     digest = hashlib.blake2s(" ".join(str(x) for x in data).encode()).digest()
     return int.from_bytes(digest[:4], byteorder="big")

@@ -285,7 +285,7 @@ class _Walker:
             attributes = vars(module)
         except TypeError:
             raise TypeError(
-                f"Module {type(module).__name__} at {prefix.rstrip('/') or 'the root'!r} has no "
+                f"Module {type(module).__name__} at {_where(prefix.rstrip('/'))} has no "
                 f"__dict__ (it defines __slots__); Modules must keep their attributes in __dict__."
             ) from None
         fields = []
@@ -293,7 +293,7 @@ class _Walker:
             if "/" in name:
                 raise ValueError(
                     f"Attribute name {name!r} of {type(module).__name__} at "
-                    f"{prefix.rstrip('/') or 'the root'!r} contains '/', the State path separator. "
+                    f"{_where(prefix.rstrip('/'))} contains '/', the State path separator. "
                     f"Rename the attribute."
                 )
             fields.append((name, self.value(attributes[name], prefix + name, type(module))))
@@ -449,25 +449,34 @@ def _variable_at(module: Module, path: str) -> Variable[tp.Any]:
     node: tp.Any = module
     parts = path.split("/")
     for depth, part in enumerate(parts):
-        here = "/".join(parts[:depth]) or "the root"
+        here = _where("/".join(parts[:depth]))
         if isinstance(node, Module):
             if part not in vars(node):
-                raise _unknown_path(path, f"{type(node).__name__} at {here!r} has no attribute {part!r}")
+                raise _unknown_path(path, f"{type(node).__name__} at {here} has no attribute {part!r}")
             node = vars(node)[part]
+        elif isinstance(node, tuple) and hasattr(type(node), "_fields"):
+            if part not in node._fields:
+                raise _unknown_path(path, f"the {type(node).__name__} at {here} has no field {part!r}")
+            node = getattr(node, part)
         elif isinstance(node, (list, tuple)):
             if not part.isdigit() or int(part) >= len(node):
-                raise _unknown_path(path, f"the {type(node).__name__} at {here!r} has no index {part!r}")
+                raise _unknown_path(path, f"the {type(node).__name__} at {here} has no index {part!r}")
             node = node[int(part)]
         elif isinstance(node, dict):
             matches = [k for k in node if str(k) == part]
             if not matches:
-                raise _unknown_path(path, f"the dict at {here!r} has no key {part!r}")
+                raise _unknown_path(path, f"the dict at {here} has no key {part!r}")
             node = node[matches[0]]
         else:
-            raise _unknown_path(path, f"{here!r} is a {type(node).__name__}, not a Module or container")
+            raise _unknown_path(path, f"{here} is a {type(node).__name__}, not a Module or container")
     if not isinstance(node, Variable):
         raise _unknown_path(path, f"it holds a {type(node).__name__}, not a Variable")
     return node
+
+
+def _where(path: str) -> str:
+    """How errors name a place in the module graph: its quoted path, or the root."""
+    return repr(path) if path else "the root"
 
 
 class UnknownPathError(KeyError):

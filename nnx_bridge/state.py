@@ -144,15 +144,16 @@ class State(dict):  # type: ignore[type-arg]
             >>> list(nnx.State.merge(a, b))
             ['n', 'w']
         """
-        if len(states) == 1:
-            return State._from_sorted(states[0].items())
-        merged: dict[str, tp.Any] = {}
         for state in states:
             if not isinstance(state, dict):
                 raise TypeError(
                     f"State.merge takes States; found {type(state).__name__}. "
                     f"Wrap plain Linen variables with nnx.from_variables(...)."
                 )
+        if len(states) == 1 and isinstance(states[0], State):
+            return State._from_sorted(states[0].items())
+        merged: dict[str, tp.Any] = {}
+        for state in states:
             merged.update(state)
         return State(merged)
 
@@ -258,7 +259,7 @@ def _flatten_nested(tree: tp.Mapping[str, tp.Any], prefix: tuple[str, ...]) -> t
         if not isinstance(key, str) or "/" in key or not key:
             raise ValueError(
                 f"from_variables: keys must be non-empty strings without '/'; found {key!r} "
-                f"under {'/'.join(prefix) or 'the top level'!r}."
+                f"under {repr('/'.join(prefix)) if prefix else 'the top level'}."
             )
         if isinstance(value, tp.Mapping):
             yield from _flatten_nested(value, (*prefix, key))

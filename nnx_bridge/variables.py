@@ -177,7 +177,7 @@ def variable_type(collection: str) -> type[Variable[tp.Any]]:
 
     Example:
         >>> import nnx_bridge as nnx
-        >>> nnx.variable_type("params").__name__, nnx.variable_type("cache").__name__
+        >>> nnx.variable_type("params").__name__, nnx.variable_type("intermediates").__name__
         ('Param', 'Variable')
     """
     return _COLLECTION_TYPES.get(collection, Variable)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pathlib
 import re
+import sys
+import types
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
@@ -18,8 +20,10 @@ def test_readme_has_quickstart_blocks():
     assert any("to_linen" in block for block in blocks)
 
 
-def test_readme_blocks_run():
-    namespace: dict[str, object] = {"__name__": "readme"}
+def test_readme_blocks_run(monkeypatch):
+    module = types.ModuleType("readme_quickstart")  # dataclasses look their module up
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    namespace = module.__dict__
     for index, block in enumerate(python_blocks(README.read_text())):
         exec(compile(block, f"README.md[python block {index}]", "exec"), namespace)
     assert namespace["module"].count.value == 2

@@ -1,0 +1,1 @@
+"""Benchmarks for nnx_bridge: run each one with ``python -m benchmarks.<name>``."""

@@ -1,0 +1,356 @@
+"""The main job: one classifier on scikit-learn's digits, trained three ways.
+
+The same MLP (Dense -> BatchNorm -> ReLU -> Dropout -> Dense) is trained on
+the 8x8 digits bundled with scikit-learn (no download), with the same batches,
+optimiser and number of steps:
+
+1. **Linen**: the Linen model in a stock ``TrainState`` loop
+   (`benchmarks.models.train_step`).
+2. **bridge**: the nnx_bridge twin through ``nnx_bridge.to_linen``, in the
+   *same* loop function; only the line that builds the model differs.
+3. **NNX-style**: the nnx_bridge twin partitioned once into ``params`` and
+   ``batch_stats`` States, a jitted pure step over those States
+   (``moduledef.apply``), Optax on the params State, ``merge`` at the end.
+
+Each run compiles its step ahead of time, trains with a progress bar, and is
+evaluated on the held-out digits. The steady step time of the three compiled
+steps, and the time to trace, lower and compile each step from scratch, are
+then measured interleaved (see `benchmarks.timing`): runs one after the other
+on a small shared machine drift by tens of percent.
+It prints a table and writes ``digits.png`` (loss curves, step times) and
+``digits.json`` (every figure) to ``--out``.
+
+Run from the repository root::
+
+    python -m benchmarks.digits_demo
+    python -m benchmarks.digits_demo --hidden 256 --steps 3000 --batch-size 128 --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import pathlib
+import time
+import typing as tp
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from sklearn.datasets import load_digits
+from tqdm import tqdm
+
+from benchmarks import models
+from benchmarks.timing import Timing, interleave, ratio
+
+STYLES = {  # key -> label shown in the table and the plot
+    "linen": "Linen (TrainState loop)",
+    "bridge": "nnx_bridge.to_linen (same loop)",
+    "nnx_style": "nnx_bridge NNX-style (partition/merge)",
+}
+COLORS = {"linen": "tab:blue", "bridge": "tab:orange", "nnx_style": "tab:green"}
+
+
+@dataclasses.dataclass
+class Data:
+    """The digits, scaled to [0, 1], split into train and test (numpy arrays)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    @classmethod
+    def load(cls, test_fraction: float = 0.22) -> "Data":
+        """scikit-learn's 1797 digits, shuffled with a fixed seed (the split never changes)."""
+        x, y = load_digits(return_X_y=True)
+        order = np.random.default_rng(0).permutation(len(x))
+        x, y = (x[order] / 16.0).astype(np.float32), y[order].astype(np.int32)
+        split = int(round(len(x) * (1 - test_fraction)))
+        return cls(x[:split], y[:split], x[split:], y[split:])
+
+
+@dataclasses.dataclass
+class Schedule:
+    """What every run sees: the batch indices and dropout key of each step."""
+
+    indices: np.ndarray  # (steps, batch) int
+    keys: np.ndarray  # (steps, 2) uint32 raw PRNG keys
+
+    @classmethod
+    def make(cls, seed: int, n_train: int, steps: int, batch: int) -> "Schedule":
+        """Batches drawn without replacement within a step; keys split from ``seed``."""
+        rng = np.random.default_rng(seed)
+        indices = np.stack([rng.choice(n_train, batch, replace=False) for _ in range(steps)])
+        keys = np.asarray(jax.random.split(jax.random.PRNGKey(seed + 1), steps))
+        return cls(indices, keys)
+
+
+@dataclasses.dataclass
+class Run:
+    """The record of one training run, and how to time its step again."""
+
+    style: str
+    accuracy: float
+    losses: list[float]
+    step_ms: list[float]  # wall time of each step: the compiled call until its loss is ready
+    first_compile_s: dict[str, float]  # trace, lower, compile and total of the run's own compile
+    call_step: tp.Callable[[], tp.Any]  # one more blocking call of the compiled step
+    recompile: tp.Callable[[], tp.Any]  # trace, lower and compile the step again, from scratch
+
+    def to_json(self) -> dict[str, tp.Any]:
+        """Plain figures for the JSON file."""
+        return {"accuracy": self.accuracy, "first_compile_s": self.first_compile_s,
+                "median_step_ms_during_training": float(np.median(self.step_ms[1:] or self.step_ms)),
+                "losses": self.losses, "step_ms": self.step_ms}
+
+
+def compile_timed(fn: tp.Callable[..., tp.Any], *args: tp.Any) -> tuple[tp.Any, dict[str, float]]:
+    """`fn` jitted and compiled for `args`, with the trace, lower and compile seconds.
+
+    `fn` is wrapped in a new function object first, so that no JAX cache of an
+    earlier compile is reused.
+    """
+
+    def fresh(*a: tp.Any) -> tp.Any:
+        return fn(*a)
+
+    t0 = time.perf_counter()
+    traced = jax.jit(fresh).trace(*args)
+    t1 = time.perf_counter()
+    lowered = traced.lower()
+    t2 = time.perf_counter()
+    compiled = lowered.compile()
+    t3 = time.perf_counter()
+    return compiled, {"trace": t1 - t0, "lower": t2 - t1, "compile": t3 - t2, "total": t3 - t0}
+
+
+def train_loop(style: str, step: tp.Callable[..., tp.Any], state: tp.Any, data: Data,
+               schedule: Schedule) -> tuple[tp.Any, Run]:
+    """Compiles `step(state, x, y, key) -> (state, loss)` and runs it over the schedule.
+
+    Returns the final state and the Run record (accuracy still 0: the caller
+    evaluates the final state its own way).
+    """
+    first = schedule.indices[0]
+    args = (data.x_train[first], data.y_train[first], schedule.keys[0])
+    initial = state
+    compiled, compile_s = compile_timed(step, state, *args)
+    losses, step_ms = [], []
+    bar = tqdm(range(len(schedule.indices)), desc=f"{style:>9}", unit="step", dynamic_ncols=True)
+    for i in bar:
+        idx = schedule.indices[i]
+        x, y, key = data.x_train[idx], data.y_train[idx], schedule.keys[i]
+        start = time.perf_counter()
+        state, loss = compiled(state, x, y, key)
+        loss.block_until_ready()
+        step_ms.append(1e3 * (time.perf_counter() - start))
+        losses.append(loss)
+        if i % 100 == 0:
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+    final = state
+    run = Run(style, 0.0, [float(v) for v in np.asarray(jnp.stack(losses))], step_ms, compile_s,
+              call_step=lambda: compiled(final, *args)[1].block_until_ready(),  # as in the loop
+              recompile=lambda: compile_timed(step, initial, *args))
+    return final, run
+
+
+def warm_up(tx: optax.GradientTransformation) -> None:
+    """Traces and lowers a tiny model's step in both loops, untimed.
+
+    The first trace in a process fills JAX's one-time caches; without this the
+    first run (Linen) would pay for them and its compile time would look worse.
+    """
+    twin = models.tiny_mlp()
+    x, y = twin.batch(jax.random.PRNGKey(0), 4)
+    key = jax.random.PRNGKey(1)
+    for model in (twin.linen_model(), twin.bridged_linen()):
+        state = models.make_train_state(model, key, x, tx)
+        jax.jit(models.train_step).trace(state, x, y, key).lower()
+    state, moduledef = models.nnx_init(twin.bridge_module(key), tx)
+    jax.jit(functools.partial(models.nnx_train_step, moduledef, tx)).trace(state, x, y, key).lower()
+
+
+def run_linen_loop(style: str, model: tp.Any, data: Data, schedule: Schedule, seed: int,
+                   tx: optax.GradientTransformation) -> Run:
+    """The stock TrainState loop (styles ``linen`` and ``bridge``)."""
+    sample = data.x_train[schedule.indices[0]]
+    state = models.make_train_state(model, jax.random.PRNGKey(seed), sample, tx)
+    state, run = train_loop(style, models.train_step, state, data, schedule)
+    logits = jax.jit(models.predict)(state, data.x_test)
+    run.accuracy = float((np.asarray(logits).argmax(-1) == data.y_test).mean())
+    return run
+
+
+def run_nnx_loop(twin: models.Twin, data: Data, schedule: Schedule, seed: int,
+                 tx: optax.GradientTransformation) -> Run:
+    """The NNX-style loop: partition once, jit over States, merge at the end."""
+    module = twin.bridge_module(jax.random.PRNGKey(seed))
+    state, moduledef = models.nnx_init(module, tx)
+    step = functools.partial(models.nnx_train_step, moduledef, tx)
+    state, run = train_loop("nnx_style", step, state, data, schedule)
+    trained = moduledef.merge(state.params, state.batch_stats)
+    logits = models.nnx_predict(trained, jnp.asarray(data.x_test))
+    run.accuracy = float((np.asarray(logits).argmax(-1) == data.y_test).mean())
+    return run
+
+
+# ----------------------------------------------------------------------------------
+# reporting
+# ----------------------------------------------------------------------------------
+def table(runs: dict[str, Run], steady: dict[str, Timing], compiles: dict[str, Timing]) -> str:
+    """The printed table: accuracy, steady ms/step, compile seconds, ratios to Linen."""
+    head = (f"{'style':<40} {'test acc':>8} {'ms/step (IQR)':>16} {'x Linen [IQR]':>17} "
+            f"{'compile s':>10} {'x Linen [IQR]':>17}")
+    lines = [head, "-" * len(head)]
+    for key, run in runs.items():
+        s, r = steady[key].summary.scaled(1e3), ratio(steady[key], steady["linen"])
+        c, rc = compiles[key].summary, ratio(compiles[key], compiles["linen"])
+        lines.append(
+            f"{STYLES[key]:<40} {100 * run.accuracy:7.1f}% {s.median:7.3f} ±{s.iqr_pct:4.0f}%  "
+            f"{r.median:6.3f} [{r.q1:.2f}-{r.q3:.2f}] {c.median:10.2f} "
+            f"{rc.median:6.3f} [{rc.q1:.2f}-{rc.q3:.2f}]"
+        )
+    return "\n".join(lines)
+
+
+def plot(runs: dict[str, Run], steady: dict[str, Timing], path: pathlib.Path, title: str) -> None:
+    """Loss curves, step times during training, and the interleaved steady step times."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_time, ax_bar) = plt.subplots(1, 3, figsize=(16, 4.6),
+                                                   gridspec_kw={"width_ratios": [1.2, 1.2, 0.8]})
+    for key, run in runs.items():
+        steps = np.arange(1, len(run.losses) + 1)
+        ax_loss.plot(steps, _smooth(run.losses, 25), color=COLORS[key], label=STYLES[key], lw=1.3)
+        ax_time.plot(steps[1:], _rolling_median(run.step_ms[1:], 51), color=COLORS[key],
+                     label=STYLES[key], lw=1.1)
+    ax_loss.set(xlabel="step", ylabel="training loss (moving average of 25)", yscale="log",
+                title="loss")
+    ax_loss.legend(fontsize=8)
+    ax_time.set(xlabel="step", ylabel="ms per step (rolling median of 51)",
+                title="step time during training")
+    ax_time.set_ylim(bottom=0)
+    keys = list(runs)
+    medians = [steady[k].summary.median * 1e3 for k in keys]
+    errors = np.array([[m - steady[k].summary.q1 * 1e3, steady[k].summary.q3 * 1e3 - m]
+                       for k, m in zip(keys, medians)]).T
+    bars = ax_bar.bar(range(len(keys)), medians, yerr=errors, capsize=4,
+                      color=[COLORS[k] for k in keys])
+    for bar, key in zip(bars, keys):
+        r = ratio(steady[key], steady["linen"]).median
+        top = steady[key].summary.q3 * 1e3
+        ax_bar.annotate(f"{r:.3f}x Linen", (bar.get_x() + bar.get_width() / 2, top),
+                        ha="center", va="bottom", fontsize=9, xytext=(0, 6),
+                        textcoords="offset points")
+    ax_bar.set_xticks(range(len(keys)), ["Linen", "bridge", "NNX-style"])
+    ax_bar.set(ylabel="ms per step (median, IQR)", title="steady step time, interleaved")
+    ax_bar.set_ylim(0, max(steady[k].summary.q3 for k in keys) * 1e3 * 1.25)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _smooth(values: tp.Sequence[float], window: int) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    window = max(1, min(window, len(values)))
+    cumsum = np.cumsum(np.insert(values, 0, 0.0))
+    head = cumsum[1:window] / np.arange(1, window)  # growing window at the start
+    return np.concatenate([head, (cumsum[window:] - cumsum[:-window]) / window])
+
+
+def _rolling_median(values: tp.Sequence[float], window: int) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    half = window // 2
+    return np.array([np.median(values[max(0, i - half): i + half + 1]) for i in range(len(values))])
+
+
+# ----------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------
+def parse_args(argv: tp.Sequence[str] | None = None) -> argparse.Namespace:
+    """The command-line flags."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--hidden", type=int, default=128, help="width of the hidden layer")
+    p.add_argument("--steps", type=int, default=2000, help="training steps per run")
+    p.add_argument("--batch-size", type=int, default=64, help="examples per step")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches and dropout")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--rounds", type=int, default=40, help="rounds of the interleaved step timing")
+    p.add_argument("--compile-rounds", type=int, default=3,
+                   help="rounds of the interleaved trace+lower+compile timing")
+    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results/digits"),
+                   help="folder for digits.png and digits.json")
+    return p.parse_args(argv)
+
+
+def main(argv: tp.Sequence[str] | None = None) -> dict[str, tp.Any]:
+    """Trains the three ways, prints the table, writes the plot and the JSON."""
+    args = parse_args(argv)
+    data = Data.load()
+    twin = models.digits_mlp(args.hidden)
+    schedule = Schedule.make(args.seed, len(data.x_train), args.steps, args.batch_size)
+    tx = optax.adam(args.lr)
+    env = models.environment()
+    print(f"digits: {len(data.x_train)} train / {len(data.x_test)} test, MLP 64-{args.hidden}-10 "
+          f"with BatchNorm and Dropout, {args.steps} steps of {args.batch_size}, Adam({args.lr}), "
+          f"seed {args.seed}, on {env['device']} ({env['cpu_count']} CPUs)")
+
+    warm_up(tx)
+    runs = {
+        "linen": run_linen_loop("linen", twin.linen_model(), data, schedule, args.seed, tx),
+        "bridge": run_linen_loop("bridge", twin.bridged_linen(), data, schedule, args.seed, tx),
+        "nnx_style": run_nnx_loop(twin, data, schedule, args.seed, tx),
+    }
+    print(f"timing the three compiled steps ({args.rounds} rounds) and their compilation "
+          f"({args.compile_rounds} rounds), interleaved ...", flush=True)
+    steady = interleave({k: run.call_step for k, run in runs.items()}, rounds=args.rounds,
+                        min_batch_s=0.05)
+    compiles = interleave({k: run.recompile for k, run in runs.items()}, rounds=args.compile_rounds,
+                          min_batch_s=0.0, warmup=0)
+    print()
+    print(table(runs, steady, compiles))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    title = (f"digits MLP 64-{args.hidden}-10 (BatchNorm, Dropout), batch {args.batch_size}, "
+             f"{args.steps} steps, seed {args.seed} - {env['device']}, jax {env['jax']}, "
+             f"flax {env['flax']}")
+    plot(runs, steady, args.out / "digits.png", title)
+    result = {
+        "benchmark": "digits_demo",
+        "environment": env,
+        "config": {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()},
+        "model": {"features": 64, "hidden": args.hidden, "classes": 10, "dropout": 0.2,
+                  "batch_norm_momentum": 0.9},
+        "runs": {k: run.to_json() for k, run in runs.items()},
+        "steady_step": {
+            "unit": "ms",
+            **{k: {**t.summary.scaled(1e3).to_json(), "calls_per_round": t.number}
+               for k, t in steady.items()},
+        },
+        "compile": {
+            "unit": "s (trace + lower + compile)",
+            **{k: {**t.summary.to_json(), "calls_per_round": t.number} for k, t in compiles.items()},
+        },
+        "ratios_to_linen": {
+            k: {"steady_step": ratio(steady[k], steady["linen"]).to_json(),
+                "compile": ratio(compiles[k], compiles["linen"]).to_json(),
+                "accuracy_points": 100 * (run.accuracy - runs["linen"].accuracy)}
+            for k, run in runs.items() if k != "linen"
+        },
+    }
+    (args.out / "digits.json").write_text(json.dumps(result, indent=1))
+    print(f"\nwrote {args.out / 'digits.png'} and {args.out / 'digits.json'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Standard layers with Linen's parameter names, default initialisers and arithmetic.
+
+Linen variables load into these layers unchanged (``module.update_state(
+nnx.from_variables(variables))``) and give the same outputs and gradients.
+
+Example:
+    >>> import jax.numpy as jnp, nnx_bridge as nnx
+    >>> ctx = nnx.Context(0)
+    >>> model = nnx.nn.Sequential(nnx.nn.Linear(3, 4, ctx=ctx), nnx.nn.LayerNorm(4, ctx=ctx))
+    >>> model(jnp.ones((2, 3))).shape
+    (2, 4)
+"""
+
+from nnx_bridge.nn.attention import MultiHeadAttention as MultiHeadAttention
+from nnx_bridge.nn.attention import dot_product_attention as dot_product_attention
+from nnx_bridge.nn.conv import Conv as Conv
+from nnx_bridge.nn.dropout import Dropout as Dropout
+from nnx_bridge.nn.dtypes import canonicalize_dtype as canonicalize_dtype
+from nnx_bridge.nn.dtypes import promote_dtype as promote_dtype
+from nnx_bridge.nn.embed import Embed as Embed
+from nnx_bridge.nn.linear import Linear as Linear
+from nnx_bridge.nn.linear import LinearGeneral as LinearGeneral
+from nnx_bridge.nn.normalization import BatchNorm as BatchNorm
+from nnx_bridge.nn.normalization import LayerNorm as LayerNorm
+from nnx_bridge.nn.normalization import RMSNorm as RMSNorm
+from nnx_bridge.nn.params import default_bias_init as default_bias_init
+from nnx_bridge.nn.params import default_embed_init as default_embed_init
+from nnx_bridge.nn.params import default_kernel_init as default_kernel_init
+from nnx_bridge.nn.params import default_scale_init as default_scale_init
+from nnx_bridge.nn.sequential import Sequential as Sequential

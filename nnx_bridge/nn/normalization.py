@@ -1,0 +1,305 @@
+"""Normalisation layers: `LayerNorm`, `RMSNorm` and `BatchNorm`, with Linen's arithmetic.
+
+Statistics are computed in at least float32 (so bfloat16 inputs are reduced in
+float32), the variance by default as ``E[|x|^2] - |E[x]|^2`` clipped at zero
+(``use_fast_variance=True``), and the result is cast to ``dtype`` or, when that
+is None, to the promoted dtype of the input and the parameters — all as Linen.
+"""
+
+from __future__ import annotations
+
+import typing as tp
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from nnx_bridge.context import Context
+from nnx_bridge.module import Module
+from nnx_bridge.nn import dtypes
+from nnx_bridge.nn.params import Initializer, check_sharding, default_bias_init, default_scale_init, make_param
+from nnx_bridge.variables import BatchStat
+
+Axes = tp.Union[int, tp.Sequence[int]]
+
+
+def _axes(axes: Axes, ndim: int) -> tuple[int, ...]:
+    axes = (axes,) if isinstance(axes, int) else tuple(axes)
+    return tuple(sorted({a % ndim for a in axes}))
+
+
+def _abs_sq(x: jax.Array) -> jax.Array:
+    if jnp.iscomplexobj(x):
+        return lax.square(lax.real(x)) + lax.square(lax.imag(x))
+    return lax.square(x)
+
+
+def _statistics(x: jax.Array, axes: tuple[int, ...], *, dtype: tp.Any, use_mean: bool,
+                use_fast_variance: bool, mask: jax.Array | None,
+                axis_name: str | None) -> tuple[jax.Array, jax.Array]:
+    """Mean and (biased) variance of ``x`` over ``axes``, in at least float32."""
+    x = jnp.asarray(x)
+    x = x.astype(jnp.promote_types(x.dtype if dtype is None else dtype, jnp.float32))
+    where = None if mask is None else jnp.asarray(mask, dtype=bool)
+
+    def means(*arrays: jax.Array) -> list[jax.Array]:
+        out = [a.mean(axes, where=where) for a in arrays]
+        if axis_name is not None:  # one collective for all statistics
+            stacked = lax.pmean(jnp.stack(out), axis_name)
+            out = [stacked[i] for i in range(len(out))]
+        return out
+
+    if not use_mean:
+        (var,) = means(_abs_sq(x))
+        return jnp.zeros_like(var), var
+    if use_fast_variance:
+        mean, mean_sq = means(x, _abs_sq(x))
+        return mean, jnp.maximum(0.0, mean_sq - _abs_sq(mean))
+    (mean,) = means(x)
+    (var,) = means(_abs_sq(x - jnp.expand_dims(mean, axes)))
+    return mean, var
+
+
+def _normalize(x: jax.Array, mean: jax.Array, var: jax.Array, reduction_axes: tuple[int, ...],
+               feature_axis: int, *, epsilon: float, scale: jax.Array | None,
+               bias: jax.Array | None, dtype: tp.Any) -> jax.Array:
+    """``(x - mean) * rsqrt(var + epsilon) * scale + bias``, cast as Linen casts it."""
+    feature_shape = [1] * x.ndim
+    feature_shape[feature_axis] = x.shape[feature_axis]
+    y = x - jnp.expand_dims(mean, reduction_axes)
+    multiplier = lax.rsqrt(jnp.expand_dims(var, reduction_axes) + epsilon)
+    operands = [x]
+    if scale is not None:
+        scale = scale.reshape(feature_shape)
+        multiplier = multiplier * scale
+        operands.append(scale)
+    y = y * multiplier
+    if bias is not None:
+        bias = bias.reshape(feature_shape)
+        y = y + bias
+        operands.append(bias)
+    return jnp.asarray(y, dtypes.canonicalize_dtype(*operands, dtype=dtype))
+
+
+def _check_features(layer: str, num_features: int, x: jax.Array, axis: int) -> None:
+    shape = jnp.shape(x)
+    where = "the last axis" if axis == -1 else f"axis {axis}"
+    if not -len(shape) <= axis < len(shape):
+        raise ValueError(
+            f"{layer}(num_features={num_features}) normalises {where} of its input, but the "
+            f"input has shape {shape}."
+        )
+    if shape[axis] != num_features:
+        raise ValueError(
+            f"{layer}(num_features={num_features}) expects {where} of its input to have size "
+            f"{num_features}; found shape {shape}. Build the layer with num_features={shape[axis]}."
+        )
+
+
+class LayerNorm(Module):
+    """Layer normalisation over the last axis (Linen's ``nn.LayerNorm``).
+
+    Args:
+      num_features: size of the last (feature) axis.
+      ctx: the Context the ``params`` keys come from.
+      epsilon: added to the variance.
+      use_bias: whether to add a learned bias.
+      use_scale: whether to multiply by a learned scale.
+      reduction_axes: axes the statistics are computed over (default: the last).
+      dtype: result dtype; None infers it from the input and parameters.
+      param_dtype: storage dtype of the parameters.
+      use_fast_variance: compute the variance as ``E[x^2] - E[x]^2`` (Linen's default).
+      axis_name: a mapped axis (``pmap``/``shard_map``/``vmap``) to average statistics over.
+      scale_init: initialiser of the scale (default: ones).
+      bias_init: initialiser of the bias (default: zeros).
+      sharding: one axis name for the feature axis of scale and bias.
+
+    Variables: params ``scale`` and ``bias``, both of shape ``(num_features,)``.
+
+    Example:
+        >>> import jax.numpy as jnp, nnx_bridge as nnx
+        >>> norm = nnx.nn.LayerNorm(3, ctx=nnx.Context(0))
+        >>> print(norm(jnp.array([[1.0, 2.0, 3.0]])).round(3))
+        [[-1.225  0.     1.225]]
+    """
+
+    def __init__(self, num_features: int, *, ctx: Context, epsilon: float = 1e-6,
+                 use_bias: bool = True, use_scale: bool = True, reduction_axes: Axes = -1,
+                 dtype: tp.Any = None, param_dtype: tp.Any = jnp.float32,
+                 use_fast_variance: bool = True, axis_name: str | None = None,
+                 scale_init: Initializer = default_scale_init,
+                 bias_init: Initializer = default_bias_init,
+                 sharding: tp.Sequence[str | None] | None = None):
+        sharding = check_sharding(sharding, 1, layer="LayerNorm", what="scale and bias (num_features,)")
+        self.num_features = int(num_features)
+        self.epsilon = float(epsilon)
+        self.reduction_axes = reduction_axes if isinstance(reduction_axes, int) else tuple(reduction_axes)
+        self.dtype = dtypes.as_dtype(dtype)
+        self.use_fast_variance = bool(use_fast_variance)
+        self.axis_name = axis_name
+        shape = (self.num_features,)
+        self.scale = make_param(ctx, scale_init, shape, param_dtype, sharding) if use_scale else None
+        self.bias = make_param(ctx, bias_init, shape, param_dtype, sharding) if use_bias else None
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        """Normalises ``x``; ``mask`` (broadcastable to ``x``) selects the entries counted in the statistics."""
+        _check_features("LayerNorm", self.num_features, x, -1)
+        axes = _axes(self.reduction_axes, jnp.ndim(x))
+        mean, var = _statistics(x, axes, dtype=self.dtype, use_mean=True,
+                                use_fast_variance=self.use_fast_variance, mask=mask,
+                                axis_name=self.axis_name)
+        return _normalize(x, mean, var, axes, -1, epsilon=self.epsilon,
+                          scale=None if self.scale is None else self.scale.value,
+                          bias=None if self.bias is None else self.bias.value, dtype=self.dtype)
+
+
+class RMSNorm(Module):
+    """Root-mean-square normalisation over the last axis (Linen's ``nn.RMSNorm``).
+
+    Like `LayerNorm` without centring and without a bias: ``x * rsqrt(mean(x^2) + epsilon) * scale``.
+
+    Args:
+      num_features: size of the last (feature) axis.
+      ctx: the Context the ``params`` key comes from.
+      epsilon: added to the mean square.
+      use_scale: whether to multiply by a learned scale.
+      reduction_axes: axes the statistics are computed over (default: the last).
+      dtype: result dtype; None infers it from the input and parameters.
+      param_dtype: storage dtype of the parameters.
+      axis_name: a mapped axis to average statistics over.
+      scale_init: initialiser of the scale (default: ones).
+      sharding: one axis name for the feature axis of the scale.
+
+    Variables: params ``scale`` of shape ``(num_features,)``.
+
+    Example:
+        >>> import jax.numpy as jnp, nnx_bridge as nnx
+        >>> norm = nnx.nn.RMSNorm(2, ctx=nnx.Context(0))
+        >>> y = norm(jnp.array([[3.0, 4.0]]))  # rms = sqrt((9 + 16) / 2)
+        >>> [round(float(v), 3) for v in y[0]]
+        [0.849, 1.131]
+    """
+
+    def __init__(self, num_features: int, *, ctx: Context, epsilon: float = 1e-6,
+                 use_scale: bool = True, reduction_axes: Axes = -1, dtype: tp.Any = None,
+                 param_dtype: tp.Any = jnp.float32, axis_name: str | None = None,
+                 scale_init: Initializer = default_scale_init,
+                 sharding: tp.Sequence[str | None] | None = None):
+        sharding = check_sharding(sharding, 1, layer="RMSNorm", what="scale (num_features,)")
+        self.num_features = int(num_features)
+        self.epsilon = float(epsilon)
+        self.reduction_axes = reduction_axes if isinstance(reduction_axes, int) else tuple(reduction_axes)
+        self.dtype = dtypes.as_dtype(dtype)
+        self.axis_name = axis_name
+        self.scale = (
+            make_param(ctx, scale_init, (self.num_features,), param_dtype, sharding) if use_scale else None
+        )
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        """Normalises ``x``; ``mask`` (broadcastable to ``x``) selects the entries counted in the statistics."""
+        _check_features("RMSNorm", self.num_features, x, -1)
+        axes = _axes(self.reduction_axes, jnp.ndim(x))
+        mean, var = _statistics(x, axes, dtype=self.dtype, use_mean=False, use_fast_variance=True,
+                                mask=mask, axis_name=self.axis_name)
+        return _normalize(x, mean, var, axes, -1, epsilon=self.epsilon,
+                          scale=None if self.scale is None else self.scale.value, bias=None,
+                          dtype=self.dtype)
+
+
+class BatchNorm(Module):
+    """Batch normalisation with running statistics (Linen's ``nn.BatchNorm``).
+
+    In training (``use_running_average=False``) it normalises with the batch's
+    statistics and updates the running ones in place:
+    ``mean = momentum * mean + (1 - momentum) * batch_mean`` (likewise ``var``,
+    with the biased batch variance). In evaluation (``True``) it uses the
+    running statistics and changes nothing.
+
+    Args:
+      num_features: size of the feature axis.
+      ctx: the Context the ``params`` keys come from.
+      use_running_average: default for the call's argument (None: the call must give it).
+      axis: the feature axis (default: the last); every other axis is reduced.
+      momentum: decay of the running statistics.
+      epsilon: added to the variance.
+      use_bias: whether to add a learned bias.
+      use_scale: whether to multiply by a learned scale.
+      dtype: result dtype; None infers it from the input and parameters.
+      param_dtype: storage dtype of the parameters (statistics are always float32).
+      use_fast_variance: compute the variance as ``E[x^2] - E[x]^2`` (Linen's default).
+      axis_name: a mapped axis (``pmap``/``shard_map``/``vmap``) to average the
+        batch statistics over, for cross-device batch norm.
+      scale_init: initialiser of the scale (default: ones).
+      bias_init: initialiser of the bias (default: zeros).
+      sharding: one axis name for the feature axis of every variable.
+
+    Variables: params ``scale`` and ``bias`` and batch_stats ``mean`` (zeros)
+    and ``var`` (ones), all of shape ``(num_features,)``.
+
+    Example:
+        >>> import jax.numpy as jnp, nnx_bridge as nnx
+        >>> bn = nnx.nn.BatchNorm(2, ctx=nnx.Context(0))
+        >>> y = bn(jnp.array([[0.0, 1.0], [2.0, 3.0]]), use_running_average=False)
+        >>> print(bn.mean.value, bn.var.value)
+        [0.01 0.02] [1. 1.]
+        >>> params, batch_stats, moduledef = bn.partition("params", "batch_stats")
+        >>> sorted(batch_stats)
+        ['mean', 'var']
+    """
+
+    def __init__(self, num_features: int, *, ctx: Context, use_running_average: bool | None = None,
+                 axis: int = -1, momentum: float = 0.99, epsilon: float = 1e-5,
+                 use_bias: bool = True, use_scale: bool = True, dtype: tp.Any = None,
+                 param_dtype: tp.Any = jnp.float32, use_fast_variance: bool = True,
+                 axis_name: str | None = None, scale_init: Initializer = default_scale_init,
+                 bias_init: Initializer = default_bias_init,
+                 sharding: tp.Sequence[str | None] | None = None):
+        sharding = check_sharding(sharding, 1, layer="BatchNorm",
+                                  what="scale, bias, mean and var (num_features,)")
+        if not isinstance(axis, int):
+            raise TypeError(f"BatchNorm: axis must be one int (the feature axis); found {axis!r}.")
+        self.num_features = int(num_features)
+        self.use_running_average = use_running_average
+        self.axis = axis
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+        self.dtype = dtypes.as_dtype(dtype)
+        self.use_fast_variance = bool(use_fast_variance)
+        self.axis_name = axis_name
+        shape = (self.num_features,)
+        self.mean = BatchStat(jnp.zeros(shape, jnp.float32), sharding=sharding)
+        self.var = BatchStat(jnp.ones(shape, jnp.float32), sharding=sharding)
+        self.scale = make_param(ctx, scale_init, shape, param_dtype, sharding) if use_scale else None
+        self.bias = make_param(ctx, bias_init, shape, param_dtype, sharding) if use_bias else None
+
+    def __call__(self, x: jax.Array, *, use_running_average: bool | None = None,
+                 mask: jax.Array | None = None) -> jax.Array:
+        """Normalises ``x``, updating ``mean``/``var`` unless ``use_running_average``.
+
+        ``use_running_average`` overrides the constructor's value; one of them
+        must be given. ``mask`` (broadcastable to ``x``) selects the entries
+        counted in the batch statistics.
+        """
+        if use_running_average is None:
+            use_running_average = self.use_running_average
+        if use_running_average is None:
+            raise ValueError(
+                "BatchNorm needs use_running_average: pass use_running_average=False while training "
+                "(batch statistics, running averages updated) or True for evaluation, to the call "
+                "or to BatchNorm(..., use_running_average=...)."
+            )
+        _check_features("BatchNorm", self.num_features, x, self.axis)
+        ndim = jnp.ndim(x)
+        feature_axis = self.axis % ndim
+        reduction_axes = tuple(i for i in range(ndim) if i != feature_axis)
+        if use_running_average:
+            mean, var = self.mean.value, self.var.value
+        else:
+            mean, var = _statistics(x, reduction_axes, dtype=self.dtype, use_mean=True,
+                                    use_fast_variance=self.use_fast_variance, mask=mask,
+                                    axis_name=self.axis_name)
+            self.mean.value = self.momentum * self.mean.value + (1 - self.momentum) * mean
+            self.var.value = self.momentum * self.var.value + (1 - self.momentum) * var
+        return _normalize(x, mean, var, reduction_axes, feature_axis, epsilon=self.epsilon,
+                          scale=None if self.scale is None else self.scale.value,
+                          bias=None if self.bias is None else self.bias.value, dtype=self.dtype)
