@@ -16,7 +16,7 @@ import jax
 
 from nnx_bridge import filters as filterlib
 from nnx_bridge.context import Context
-from nnx_bridge.state import State
+from nnx_bridge.state import State, _item_key
 from nnx_bridge.variables import Variable
 
 M = tp.TypeVar("M", bound="Module")
@@ -30,6 +30,8 @@ M = tp.TypeVar("M", bound="Module")
 #   ("namedtuple", type, specs)
 #   ("dict", keys, specs)      a dict; keys sorted by their string form
 _VAR, _STATIC, _LIST, _TUPLE, _NAMEDTUPLE, _DICT = "var", "static", "list", "tuple", "namedtuple", "dict"
+# Types whose values are hashable, array-free static fields: partition takes them as they are.
+_PLAIN_STATIC = frozenset({int, float, bool, str, bytes, complex, type(None)})
 
 
 class ModuleDef(tp.Generic[M]):
@@ -58,11 +60,11 @@ class ModuleDef(tp.Generic[M]):
     fields: tuple[tuple[str, tp.Any], ...]
 
     def __init__(self, type: tp.Type[M], index: int, fields: tuple[tuple[str, tp.Any], ...]):
-        object.__setattr__(self, "type", type)
-        object.__setattr__(self, "index", index)
-        object.__setattr__(self, "fields", fields)
-        object.__setattr__(self, "_hash", None)
-        object.__setattr__(self, "_paths", None)
+        _set_type(self, type)
+        _set_index(self, index)
+        _set_fields(self, fields)
+        _set_hash(self, None)
+        _set_paths(self, None)
 
     def __setattr__(self, name: str, value: tp.Any) -> None:
         raise AttributeError(f"ModuleDef is immutable; cannot set {name!r}.")
@@ -71,7 +73,7 @@ class ModuleDef(tp.Generic[M]):
         h = self._hash
         if h is None:
             h = hash((self.type, self.index, self.fields))
-            object.__setattr__(self, "_hash", h)
+            _set_hash(self, h)
         return h
 
     def __eq__(self, other: object) -> bool:
@@ -108,7 +110,7 @@ class ModuleDef(tp.Generic[M]):
             collected: set[str] = set()
             _collect_paths(self, collected, set())
             paths = frozenset(collected)
-            object.__setattr__(self, "_paths", paths)
+            _set_paths(self, paths)
         return paths
 
     def merge(self, *states: State) -> M:
@@ -141,7 +143,9 @@ class ModuleDef(tp.Generic[M]):
                     f"merge: expected a Variable at path {path!r}, found {type(variable).__name__}. "
                     f"States hold Variables; convert Linen-style arrays with nnx.from_variables(...)."
                 )
-            variables[path] = variable.copy()
+            copy = object.__new__(type(variable))
+            copy.__dict__.update(variable.__dict__)
+            variables[path] = copy
         return _build_module(self, {}, variables)  # type: ignore[return-value]
 
     def apply(self, *states: State) -> "Apply[M]":
@@ -164,6 +168,11 @@ class ModuleDef(tp.Generic[M]):
             (0, 1)
         """
         return Apply(self, states)
+
+
+_set_type, _set_index, _set_fields, _set_hash, _set_paths = (
+    ModuleDef.__dict__[slot].__set__ for slot in ("type", "index", "fields", "_hash", "_paths")
+)
 
 
 class Apply(tp.Generic[M]):
@@ -232,7 +241,7 @@ class Module:
         """
         walker = _Walker()
         moduledef = walker.module(self, "")
-        state = State(walker.variables)
+        state = State._from_sorted(sorted(walker.variables.items(), key=_item_key))
         if not filters:
             return state, moduledef
         states = state.split(*filters)
@@ -241,8 +250,9 @@ class Module:
     def update_state(self, state: State) -> None:
         """Sets the values of this module's Variables at the paths in `state`, in place.
 
-        Variables shared between several paths stay shared. A path that does not
-        lead to a Variable of this module is an error.
+        Variables shared between several paths stay shared. Paths not in `state`
+        keep their values. A path that does not lead to a Variable of this module,
+        another collection, or another shape is an error.
 
         Example:
             >>> import jax.numpy as jnp, nnx_bridge as nnx
@@ -261,6 +271,19 @@ class Module:
                     f"{type(new).__name__}. Convert Linen-style arrays with nnx.from_variables(...)."
                 )
             target = _variable_at(self, path)
+            if new.collection != target.collection:
+                raise ValueError(
+                    f"update_state: path {path!r} holds a {type(target).__name__} of collection "
+                    f"{target.collection!r}, but the State has collection {new.collection!r} there. "
+                    f"Load each collection's values into the Variables of that collection."
+                )
+            have, got = getattr(target.value, "shape", None), getattr(new.value, "shape", None)
+            if have is not None and got is not None and tuple(have) != tuple(got):
+                raise ValueError(
+                    f"update_state: shape mismatch at path {path!r}: the module has "
+                    f"{tuple(have)}, the State has {tuple(got)}. Check that the State (or "
+                    f"checkpoint) was made for this module's configuration."
+                )
             target.value = new.value
 
 
@@ -281,30 +304,32 @@ class _Walker:
             return index
         index = len(self.module_index)
         self.module_index[id(module)] = index
-        try:
-            attributes = vars(module)
-        except TypeError:
-            raise TypeError(
-                f"Module {type(module).__name__} at {_where(prefix.rstrip('/'))} has no "
-                f"__dict__ (it defines __slots__); Modules must keep their attributes in __dict__."
-            ) from None
+        attributes = module.__dict__
+        owner = type(module)
         fields = []
         for name in sorted(attributes):
             if "/" in name:
                 raise ValueError(
-                    f"Attribute name {name!r} of {type(module).__name__} at "
+                    f"Attribute name {name!r} of {owner.__name__} at "
                     f"{_where(prefix.rstrip('/'))} contains '/', the State path separator. "
                     f"Rename the attribute."
                 )
-            fields.append((name, self.value(attributes[name], prefix + name, type(module))))
-        return ModuleDef(type(module), index, tuple(fields))
+            value = attributes[name]
+            value_type = type(value)
+            if value_type in _PLAIN_STATIC:
+                fields.append((name, (_STATIC, value_type, value)))
+            else:
+                fields.append((name, self.value(value, prefix + name, owner)))
+        return ModuleDef(owner, index, tuple(fields))
 
     def value(self, value: tp.Any, path: str, owner: type) -> tp.Any:
+        value_type = type(value)
+        if value_type in _PLAIN_STATIC:
+            return (_STATIC, value_type, value)
         if isinstance(value, Module):
             return self.module(value, path + "/")
         if isinstance(value, Variable):
             return self.variable(value, path)
-        value_type = type(value)
         if value_type is list:
             return (_LIST, tuple(self.value(v, f"{path}/{i}", owner) for i, v in enumerate(value)))
         if value_type is tuple:
@@ -327,7 +352,9 @@ class _Walker:
                 f"Assign the Module directly as an attribute instead."
             )
         self.variable_path[id(variable)] = path
-        self.variables[path] = variable.copy()
+        copy = object.__new__(type(variable))
+        copy.__dict__.update(variable.__dict__)
+        self.variables[path] = copy
         return (_VAR, path)
 
     def dict(self, value: dict[tp.Any, tp.Any], path: str, owner: type) -> tuple[str, tuple[tp.Any, ...], tuple[tp.Any, ...]]:
@@ -382,6 +409,14 @@ def _build_module(moduledef: ModuleDef[tp.Any] | int, modules: dict[int, tp.Any]
     modules[moduledef.index] = module  # type: ignore[union-attr]
     attributes = module.__dict__
     for name, spec in moduledef.fields:  # type: ignore[union-attr]
+        if type(spec) is tuple:  # the common leaves inline: this loop runs on every merge
+            kind = spec[0]
+            if kind == _STATIC:
+                attributes[name] = spec[2]
+                continue
+            if kind == _VAR:
+                attributes[name] = variables[spec[1]]
+                continue
         attributes[name] = _build_value(spec, modules, variables)
     return module
 

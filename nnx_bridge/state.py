@@ -12,9 +12,17 @@ from nnx_bridge.variables import Variable, make_variable
 _DictKey = jax.tree_util.DictKey
 
 
-def path_sort_key(path: str) -> list[str]:
-    """Sort key of a path: its parts, compared level by level (as JAX sorts dicts)."""
-    return path.split("/")
+def path_sort_key(path: str) -> str:
+    """Sort key of a path: compares its parts level by level, as JAX sorts nested dicts.
+
+    ``"a/b" < "a-x"`` because part ``"a"`` sorts before ``"a-x"``; replacing the
+    separator by the lowest character gives that order with plain string sorting.
+    """
+    return path.replace("/", "\0")
+
+
+def _item_key(item: tuple[str, tp.Any]) -> str:
+    return item[0].replace("/", "\0")
 
 
 class State(dict):  # type: ignore[type-arg]
@@ -38,7 +46,7 @@ class State(dict):  # type: ignore[type-arg]
         items = dict(*args, **kwargs)
         for path in items:
             _check_path(path)
-        super().__init__(sorted(items.items(), key=lambda kv: path_sort_key(kv[0])))
+        super().__init__(sorted(items.items(), key=_item_key))
 
     @classmethod
     def _from_sorted(cls, items: tp.Iterable[tuple[str, tp.Any]]) -> "State":
@@ -73,7 +81,7 @@ class State(dict):  # type: ignore[type-arg]
         return State({**self, **other})
 
     def _resort(self, items: dict[str, tp.Any]) -> None:
-        ordered = sorted(items.items(), key=lambda kv: path_sort_key(kv[0]))
+        ordered = sorted(items.items(), key=_item_key)
         dict.clear(self)
         dict.update(self, ordered)
 

@@ -108,21 +108,26 @@ class Variable(tp.Generic[A]):
         return new
 
 
-def _fixed_collection_init(collection: str) -> tp.Callable[..., None]:
+def _fixed_collection_init(fixed: str) -> tp.Callable[..., None]:
     def __init__(self: Variable[tp.Any], value: tp.Any, *, sharding: tp.Any = None,
-                 collection: str = collection) -> None:
-        Variable.__init__(self, collection, value, sharding=sharding)
+                 collection: str = fixed) -> None:
+        if collection != fixed:
+            Variable.__init__(self, collection, value, sharding=sharding)  # raises the error
+        self.collection = fixed
+        self.value = value
+        self.sharding = None if sharding is None else _normalize_sharding(sharding)
 
-    __init__.__doc__ = f"Creates a Variable of collection {collection!r}."
+    __init__.__doc__ = f"Creates a Variable of collection {fixed!r}."
     return __init__
 
 
 def _register(cls: type) -> None:
     """Registers a Variable class as a pytree node that keeps its exact type.
 
-    Classes whose constructor accepts `collection=, value=, sharding=` keywords
-    (all built-in ones) use JAX's C++ dataclass path, so flattening a State of
-    Variables costs about as much as flattening a dict of arrays.
+    Classes built by keyword (`value=`, `sharding=`, and `collection=` unless the
+    class fixes it; all built-in ones) use JAX's C++ dataclass path, so
+    flattening a State of Variables costs about as much as flattening a dict of
+    arrays. Classes with their own ``__init__`` keep every attribute instead.
     """
     if "__init__" in cls.__dict__ and cls.__init__ not in _KEYWORD_INITS:
         jax.tree_util.register_pytree_with_keys(
@@ -131,6 +136,8 @@ def _register(cls: type) -> None:
             lambda meta, children: _rebuild(cls, meta, children[0]),
             flatten_func=lambda v: ((v.value,), _meta(v)),
         )
+    elif getattr(cls, _FIXED_COLLECTION, None) is not None:
+        jax.tree_util.register_dataclass(cls, data_fields=["value"], meta_fields=["sharding"])
     else:
         jax.tree_util.register_dataclass(
             cls, data_fields=["value"], meta_fields=["collection", "sharding"]

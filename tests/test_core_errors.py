@@ -257,3 +257,23 @@ def test_non_variable_type_as_filter():
         match=r"A type used as a filter must be a Variable subclass such as nnx\.Param; found int\.",
     ):
         nnx.State({"w": nnx.Param(1.0)}).filter(int)
+
+
+def test_update_state_rejects_a_shape_mismatch():
+    class Holder(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.zeros((3, 4)))
+
+    with pytest.raises(ValueError, match=r"update_state: shape mismatch at path 'w': the module has "
+                                         r"\(3, 4\), the State has \(5, 7\)"):
+        Holder().update_state(nnx.State({"w": nnx.Param(jnp.ones((5, 7)))}))
+
+
+def test_update_state_rejects_another_collection():
+    class Holder(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.zeros(2))
+
+    with pytest.raises(ValueError, match=r"path 'w' holds a Param of collection 'params', but the State "
+                                         r"has collection 'batch_stats' there"):
+        Holder().update_state(nnx.State({"w": nnx.BatchStat(jnp.ones(2))}))
