@@ -25,6 +25,8 @@ from nnx_bridge.filters import Nothing as Nothing
 from nnx_bridge.filters import PathContains as PathContains
 from nnx_bridge.filters import to_predicate as to_predicate
 from nnx_bridge.linen import ToLinen as ToLinen
+from nnx_bridge.linen import FromLinen as FromLinen
+from nnx_bridge.linen import from_linen as from_linen
 from nnx_bridge.linen import to_linen as to_linen
 from nnx_bridge import training as training
 from nnx_bridge.training import labels as labels

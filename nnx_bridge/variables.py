@@ -56,7 +56,8 @@ class Variable(tp.Generic[A]):
     value: A
     sharding: Sharding | None
 
-    def __init__(self, collection: str, value: A, *, sharding: tp.Any = None):
+    def __init__(self, collection: str, value: A, *, sharding: tp.Any = None,
+                 _pytree_type: type | None = None):
         fixed = getattr(type(self), _FIXED_COLLECTION, None)
         if fixed is not None and collection != fixed:
             raise ValueError(
@@ -110,7 +111,7 @@ class Variable(tp.Generic[A]):
 
 def _fixed_collection_init(fixed: str) -> tp.Callable[..., None]:
     def __init__(self: Variable[tp.Any], value: tp.Any, *, sharding: tp.Any = None,
-                 collection: str = fixed) -> None:
+                 collection: str = fixed, _pytree_type: type | None = None) -> None:
         if collection != fixed:
             Variable.__init__(self, collection, value, sharding=sharding)  # raises the error
         self.collection = fixed
@@ -136,12 +137,13 @@ def _register(cls: type) -> None:
             lambda meta, children: _rebuild(cls, meta, children[0]),
             flatten_func=lambda v: ((v.value,), _meta(v)),
         )
-    elif getattr(cls, _FIXED_COLLECTION, None) is not None:
-        jax.tree_util.register_dataclass(cls, data_fields=["value"], meta_fields=["sharding"])
-    else:
-        jax.tree_util.register_dataclass(
-            cls, data_fields=["value"], meta_fields=["collection", "sharding"]
-        )
+        return
+    # JAX compares dataclass treedefs of different classes as equal when their
+    # metadata match, so the class itself is part of the metadata.
+    cls._pytree_type = cls  # type: ignore[attr-defined]
+    fixed = getattr(cls, _FIXED_COLLECTION, None) is not None
+    meta = ["_pytree_type", "sharding"] if fixed else ["_pytree_type", "collection", "sharding"]
+    jax.tree_util.register_dataclass(cls, data_fields=["value"], meta_fields=meta)
 
 
 def _meta(v: Variable[tp.Any]) -> tuple[tp.Any, ...]:

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import typing as tp
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 import pytest
-from flax.training import train_state
-from sklearn.datasets import load_digits
 
 import nnx_bridge as nnx
+from linen_loop import create_state, load_digits_split, predict, train
 from nnx_bridge.linen import config
 
 
@@ -47,55 +43,9 @@ class BridgedMLP(nnx.Module):
         return self.l2(x)
 
 
-# ---- a stock Linen training loop, written once --------------------------------------------------
-class TrainState(train_state.TrainState):
-    batch_stats: tp.Any
-
-
-def create_state(model, key, sample):
-    variables = model.init(key, sample, train=False)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                             batch_stats=variables["batch_stats"], tx=optax.adam(3e-3))
-
-
-@jax.jit
-def train_step(state, x, y, dropout_key):
-    def loss_fn(params):
-        logits, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats}, x, train=True,
-            rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates
-
-    (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads).replace(batch_stats=updates["batch_stats"])
-    return state, loss
-
-
-@jax.jit
-def predict(state, x):
-    return state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, x, train=False)
-
-
-def train(model, seed: int, data, steps: int = 300, batch: int = 64):
-    x_train, y_train, x_test, y_test = data
-    key = jax.random.PRNGKey(seed)
-    state = create_state(model, key, x_train[:batch])
-    rng = np.random.default_rng(seed)
-    for step in range(steps):
-        idx = rng.choice(len(x_train), batch, replace=False)
-        state, _ = train_step(state, x_train[idx], y_train[idx], jax.random.fold_in(key, step))
-    accuracy = float((predict(state, x_test).argmax(-1) == y_test).mean())
-    return state, accuracy
-
-
 @pytest.fixture(scope="module")
 def digits():
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32)
-    order = np.random.default_rng(0).permutation(len(x))
-    x, y = x[order], y[order]
-    split = 1400
-    return jnp.asarray(x[:split]), jnp.asarray(y[:split]), jnp.asarray(x[split:]), jnp.asarray(y[split:])
+    return load_digits_split()
 
 
 def test_trainstate_loop_reaches_the_linen_twins_accuracy(digits):
@@ -128,9 +78,9 @@ def test_linen_weights_load_into_the_bridge_and_back(digits):
     assert jax.tree.structure(linen_vars) == jax.tree.structure(bridged_vars)
     assert jax.tree.map(jnp.shape, linen_vars) == jax.tree.map(jnp.shape, bridged_vars)
     for variables in (linen_vars, bridged_vars):
-        for train in (False, True):
-            a = linen.apply(variables, x, train=train, mutable=["batch_stats"])
-            b = bridged.apply(variables, x, train=train, mutable=["batch_stats"])
+        for training in (False, True):
+            a = linen.apply(variables, x, train=training, mutable=["batch_stats"])
+            b = bridged.apply(variables, x, train=training, mutable=["batch_stats"])
             np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-5)
             jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-6), a[1], b[1])
 

@@ -139,6 +139,8 @@ def test_metadata_is_static_structure():
     assert treedef(nnx.Param(1.0)) != treedef(nnx.Param(1.0, sharding=("a",)))
     assert treedef(nnx.Variable("a", 1.0)) != treedef(nnx.Variable("b", 1.0))
     assert treedef(Tagged(1.0, "x")) != treedef(Tagged(1.0, "y"))
+    assert treedef(nnx.Param(1.0)) != treedef(SubParam(1.0))  # the class is part of the structure
+    assert treedef(nnx.Param(1.0)) != treedef(nnx.Variable("params", 1.0))
 
 
 def test_jit_cache_keeps_variable_types_apart():
