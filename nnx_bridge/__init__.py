@@ -31,6 +31,14 @@ from nnx_bridge.linen import to_linen as to_linen
 from nnx_bridge import training as training
 from nnx_bridge.training import labels as labels
 from nnx_bridge.training import mask as mask
+from nnx_bridge import scan as scan
+from nnx_bridge import sharding as sharding
+from nnx_bridge.scan import Scan as Scan
+from nnx_bridge.scan import stack as stack
+from nnx_bridge.scan import unstack as unstack
+from nnx_bridge.sharding import get_named_sharding as get_named_sharding
+from nnx_bridge.sharding import get_partition_spec as get_partition_spec
+from nnx_bridge.sharding import sharded_init as sharded_init
 from nnx_bridge.module import Module as Module
 from nnx_bridge.module import ModuleDef as ModuleDef
 from nnx_bridge.module import UnknownPathError as UnknownPathError

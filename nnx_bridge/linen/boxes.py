@@ -9,10 +9,11 @@ from flax.core import meta
 from nnx_bridge.state import State, to_variables
 
 
-def boxed_variables(state: State) -> dict[str, dict[str, tp.Any]]:
-    """Linen's ``{collection: nested dict}``, sharded Variables boxed as `nn.Partitioned`."""
+def boxed_variables(state: State, box: type[meta.Partitioned] = meta.Partitioned
+                    ) -> dict[str, dict[str, tp.Any]]:
+    """Linen's ``{collection: nested dict}``, sharded Variables boxed as `box` (`nn.Partitioned`)."""
     boxed = State._from_sorted(
-        (path, v.replace(meta.Partitioned(v.value, names=v.sharding)) if v.sharding is not None else v)
+        (path, v.replace(box(v.value, names=v.sharding)) if v.sharding is not None else v)
         for path, v in state.items()
     )
     return to_variables(boxed)

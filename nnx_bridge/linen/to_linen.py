@@ -25,10 +25,12 @@ class ToLinen(nn.Module):
     ``init`` builds the module with a Context drawn from Linen's RNGs, runs the
     call and returns its Variables in Linen's layout (``params/l1/kernel``;
     list elements under ``"0"``, ``"1"``...; sharded Variables boxed as
-    ``nn.Partitioned``). ``apply`` merges the given variables into the
-    ModuleDef of this configuration (computed once, cached) and never re-runs
-    initialisers; updated Variables are written back only to mutable
-    collections, and anything missing, unexpected or misshapen is an error.
+    ``nn.Partitioned``, or ``nn.LogicallyPartitioned`` with ``logical_axes=True``
+    when the names are logical names for ``nn.logical_axis_rules``). ``apply``
+    merges the given variables into the ModuleDef of this configuration
+    (computed once, cached) and never re-runs initialisers; updated Variables
+    are written back only to mutable collections, and anything missing,
+    unexpected or misshapen is an error.
 
     Methods of the wrapped module are methods of this one, so
     ``model.apply(v, x, method="encode")`` works; a method with a ``ctx``
@@ -52,6 +54,7 @@ class ToLinen(nn.Module):
     factory: tp.Callable[..., Module]
     args: tp.Sequence[tp.Any] = ()
     kwargs: tp.Mapping[str, tp.Any] = FrozenDict()
+    logical_axes: bool = False
 
     def __post_init__(self) -> None:
         self._config_key()  # an unhashable configuration fails here, at construction
@@ -109,7 +112,7 @@ class ToLinen(nn.Module):
         config.remember(self._config_key(), config.Structure(moduledef, config.abstract_state(state)))
         out = _call_method(module, method, args, kwargs, ctx)
         state = self._partition_after_call(module, moduledef, method)
-        for collection, tree in boxes.boxed_variables(state).items():
+        for collection, tree in boxes.boxed_variables(state, _box(self.logical_axes)).items():
             if not self.is_mutable_collection(collection):
                 raise ValueError(
                     f"{self._owner()}: init creates variables in collection {collection!r}, which "
@@ -208,6 +211,10 @@ class ToLinen(nn.Module):
     @nn.nowrap
     def _full(self, collection: str, path: str) -> str:
         return "/".join((collection, *(self.scope.path if self.scope is not None else ()), path))
+
+
+def _box(logical_axes: bool) -> type[nn.Partitioned]:
+    return nn.LogicallyPartitioned if logical_axes else nn.Partitioned
 
 
 class _Message(str):
