@@ -385,3 +385,13 @@ def test_other_errors_by_text():
     with pytest.raises(TypeError, match=r"attribute 'note' holds a list; a FromLinen holds only the Linen "
                                         r"variables"):
         holder(X)
+
+
+def test_from_linen_is_itself_a_to_linen_factory():
+    block, sample = nn.Dense(4), jax.ShapeDtypeStruct(X.shape, X.dtype)  # shapes are configuration
+    model = nnx.to_linen(from_linen, block, sample)
+    twin = nnx.to_linen(from_linen, nn.Dense(4), sample)
+    assert model == twin and hash(model) == hash(twin)
+    variables = model.init(jax.random.PRNGKey(0), X)
+    assert _shapes(variables) == {"params": {"bias": (4,), "kernel": (3, 4)}}
+    np.testing.assert_array_equal(model.apply(variables, X), block.apply(variables, X))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import typing as tp
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -26,6 +27,8 @@ def freeze(value: tp.Any, where: str) -> tp.Hashable:
     if isinstance(value, tp.Mapping):
         items = sorted(value.items(), key=lambda kv: repr(kv[0]))
         return (dict, tuple((k, freeze(v, f"{where}[{k!r}]")) for k, v in items))
+    if isinstance(value, nn.Module):  # Linen adopts (binds) modules held in fields: compare unbound
+        return (nn.Module, value.clone(parent=None, name=None) if value.scope is not None else value)
     if isinstance(value, (set, frozenset)):
         return (frozenset, frozenset(freeze(v, where) for v in value))
     try:
