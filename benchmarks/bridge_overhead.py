@@ -240,8 +240,8 @@ def program_facts(compiled: tp.Any) -> dict[str, tp.Any]:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     memory = compiled.memory_analysis()
-    memory_fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-                     "temp_size_in_bytes", "generated_code_size_in_bytes")
+    memory_fields = ("peak_memory_in_bytes", "argument_size_in_bytes", "output_size_in_bytes",
+                     "alias_size_in_bytes", "temp_size_in_bytes", "generated_code_size_in_bytes")
     return {
         "ops": hlo_op_counts(compiled.as_text()),
         "cost": {k: float(v) for k, v in sorted((cost or {}).items())

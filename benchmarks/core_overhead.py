@@ -4,6 +4,8 @@ For a stack of N small Linear layers (kernel (4, 4), bias (4,)) this measures
 
 1. ``module.partition()`` vs ``flax.nnx.split(model)``,
 2. ``moduledef.merge(state)`` vs ``flax.nnx.merge(graphdef, state)``,
+   (and, when Equinox is installed, ``equinox.partition``/``combine`` of an
+   Equinox twin),
 3. ``nnx_bridge.to_variables(state)`` and ``nnx_bridge.from_variables(variables)``,
 4. the dispatch cost of an already-compiled `jax.jit` function (trivial body)
    called with a State, with the equivalent plain dict ``{path: array}``, and
@@ -90,6 +92,26 @@ class Stack(nnx.Module):
         return x
 
 
+def equinox() -> tp.Any:
+    """The ``equinox`` module, or None when it is not installed (it is an optional extra)."""
+    try:
+        import equinox as eqx
+    except ImportError:
+        return None
+    return eqx
+
+
+def equinox_stack(depth: int) -> tp.Any:
+    """An Equinox twin of `Stack` (a module holding a list of ``eqx.nn.Linear(4, 4)``)."""
+    eqx = equinox()
+
+    class EqxStack(eqx.Module):  # type: ignore[misc, name-defined]
+        layers: list[tp.Any]
+
+    keys = jax.random.split(jax.random.PRNGKey(0), depth)
+    return EqxStack([eqx.nn.Linear(4, 4, key=k) for k in keys])
+
+
 class FlaxStack(flax_nnx.Module):
     """The Flax NNX twin of `Stack` (Flax 0.12 needs `nnx.List` for a list of modules)."""
 
@@ -119,6 +141,10 @@ class Fixture:
         self.variables = nnx.to_variables(self.state)
         self.plain = {path: variable.value for path, variable in self.state.items()}
         self.jitted = {kind: jax.jit(_first_leaf_sum) for kind in ("state", "dict", "linen")}
+        eqx = equinox()
+        self.eqx_model = equinox_stack(depth) if eqx is not None else None
+        if eqx is not None:
+            self.eqx_params, self.eqx_static = eqx.partition(self.eqx_model, eqx.is_array)
         self._check()
 
     def _check(self) -> None:
@@ -161,6 +187,10 @@ def measure(fx: Fixture, rounds: int, min_batch_s: float) -> dict[str, dict[str,
         },
         "dispatch": {kind: fx.dispatch(kind) for kind in ("state", "dict", "linen")},
     }
+    eqx = equinox()
+    if eqx is not None and fx.eqx_model is not None:
+        groups["partition"]["equinox"] = lambda: eqx.partition(fx.eqx_model, eqx.is_array)
+        groups["merge"]["equinox"] = lambda: eqx.combine(fx.eqx_params, fx.eqx_static)
     return {name: interleave(group, rounds=rounds, min_batch_s=min_batch_s)
             for name, group in groups.items()}
 
@@ -185,6 +215,10 @@ def summarise(depth: int, timings: dict[str, dict[str, Timing]]) -> dict[str, tp
         "dispatch_linen_over_dict": ratio(timings["dispatch"]["linen"],
                                           timings["dispatch"]["dict"]).to_json(),
     }
+    for group in ("partition", "merge"):
+        if "equinox" in timings[group]:
+            out["ratios"][f"{group}_equinox_over_ours"] = ratio(timings[group]["equinox"],
+                                                                timings[group]["nnx_bridge"]).to_json()
     return out
 
 
@@ -227,6 +261,14 @@ def print_tables(rows: list[dict[str, tp.Any]]) -> None:
         print(f"{r['depth']:>5} | {_cell(p['nnx_bridge'])} {_cell(p['flax.nnx'])} "
               f"{_ratio(q['partition_flax_over_ours']):>21} | {_cell(m['nnx_bridge'])} "
               f"{_cell(m['flax.nnx'])} {_ratio(q['merge_flax_over_ours']):>21}")
+    if any("partition_equinox_over_ours" in r["ratios"] for r in rows):
+        print("\nEquinox (optional extra), µs per layer, ratio = equinox / nnx_bridge")
+        print(f"{'depth':>5} | {'eqx.partition':>15} {'ratio':>21} | {'eqx.combine':>15} {'ratio':>21}")
+        for r in rows:
+            q = r["ratios"]
+            print(f"{r['depth']:>5} | {_cell(r['partition']['equinox'])} "
+                  f"{_ratio(q['partition_equinox_over_ours']):>21} | {_cell(r['merge']['equinox'])} "
+                  f"{_ratio(q['merge_equinox_over_ours']):>21}")
     print("\nLinen layout conversion, µs per layer")
     print(f"{'depth':>5} | {'to_variables':>15} {'from_variables':>15}")
     for r in rows:

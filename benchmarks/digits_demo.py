@@ -44,7 +44,7 @@ from sklearn.datasets import load_digits
 from tqdm import tqdm
 
 from benchmarks import models
-from benchmarks.timing import Timing, interleave, ratio
+from benchmarks.timing import Timing, compile_split, interleave, ratio
 
 STYLES = {  # key -> label shown in the table and the plot
     "linen": "Linen (TrainState loop)",
@@ -118,14 +118,7 @@ def compile_timed(fn: tp.Callable[..., tp.Any], *args: tp.Any) -> tuple[tp.Any, 
     def fresh(*a: tp.Any) -> tp.Any:
         return fn(*a)
 
-    t0 = time.perf_counter()
-    traced = jax.jit(fresh).trace(*args)
-    t1 = time.perf_counter()
-    lowered = traced.lower()
-    t2 = time.perf_counter()
-    compiled = lowered.compile()
-    t3 = time.perf_counter()
-    return compiled, {"trace": t1 - t0, "lower": t2 - t1, "compile": t3 - t2, "total": t3 - t0}
+    return compile_split(jax.jit(fresh), *args)
 
 
 def train_loop(style: str, step: tp.Callable[..., tp.Any], state: tp.Any, data: Data,

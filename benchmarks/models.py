@@ -22,6 +22,8 @@ The loops:
 * `nnx_init`, `nnx_train_step` and `nnx_predict`: the NNX style, where the
   module is partitioned once into ``params`` and ``batch_stats`` States, the
   step is a pure function of those States, and ``merge`` rebuilds the module.
+* `flax_train_step`: the Flax NNX loop (``flax.nnx.jit`` + ``nnx.Optimizer``)
+  for the Flax twins, for comparison.
 
 Example:
     >>> import jax, optax
@@ -451,6 +453,25 @@ def nnx_train_step(moduledef: nnx.ModuleDef[tp.Any], tx: optax.GradientTransform
 def nnx_predict(module: nnx.Module, x: jax.Array) -> jax.Array:
     """Logits of a (merged) module in evaluation mode."""
     return module(x, train=False)
+
+
+# ----------------------------------------------------------------------------------
+# the flax.nnx loop: nnx.jit + nnx.Optimizer, state updated in place
+# ----------------------------------------------------------------------------------
+def flax_train_step(model: flax_nnx.Module, optimizer: flax_nnx.Optimizer, x: jax.Array,
+                    y: jax.Array) -> jax.Array:
+    """One step of the stock ``flax.nnx`` loop; wrap it in ``flax.nnx.jit``.
+
+    The model's BatchNorm statistics, its Dropout RNG stream and the optimiser
+    state are updated in place; the loss is returned.
+    """
+
+    def loss_fn(m: flax_nnx.Module) -> jax.Array:
+        return optax.softmax_cross_entropy_with_integer_labels(m(x, train=True), y).mean()
+
+    loss, grads = flax_nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
 
 
 # ----------------------------------------------------------------------------------

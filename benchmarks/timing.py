@@ -115,6 +115,7 @@ def interleave(
     min_batch_s: float = 5e-3,
     warmup: int = 1,
     disable_gc: bool = True,
+    number: int | None = None,
 ) -> dict[str, Timing]:
     """Times `callables` together, round by round, rotating which goes first.
 
@@ -125,6 +126,9 @@ def interleave(
         min_batch_s: each sample times a batch of calls lasting at least this
             long (the batch size is calibrated per callable, once).
         warmup: untimed calls of each callable before calibration.
+        number: calls per batch for every callable, instead of calibrating
+            (``number=1, warmup=0`` calls each callable exactly `rounds` times,
+            for work too slow to repeat, such as compiling).
         disable_gc: switch Python's garbage collector off while a batch runs
             (as `timeit` does) and free the batch's young garbage after it, so
             that no callable pays for a full collection triggered by another.
@@ -140,7 +144,9 @@ def interleave(
     for name in names:
         for _ in range(warmup):
             callables[name]()
-    numbers = {name: calibrate(callables[name], min_batch_s) for name in names}
+    if number is not None and number < 1:
+        raise ValueError(f"interleave: number must be >= 1; found {number}.")
+    numbers = {name: number or calibrate(callables[name], min_batch_s) for name in names}
     samples: dict[str, list[float]] = {name: [] for name in names}
     gc_was_enabled = gc.isenabled()
     try:
@@ -163,6 +169,27 @@ def interleave(
         if gc_was_enabled:
             gc.enable()
     return {name: Timing(name, tuple(samples[name]), numbers[name]) for name in names}
+
+
+def compile_split(jitted: tp.Any, *args: tp.Any) -> tuple[tp.Any, dict[str, float]]:
+    """Traces, lowers and compiles `jitted` for `args`, timing each stage.
+
+    `jitted` is anything with JAX's ahead-of-time API (``jax.jit(f)`` or
+    ``flax.nnx.jit(f)``): ``.trace(*args).lower().compile()``. Pass a fresh
+    jit object around a fresh function object when the timing must not hit
+    JAX's caches.
+
+    Returns:
+        The compiled program and ``{"trace", "lower", "compile", "total"}`` in seconds.
+    """
+    t0 = time.perf_counter()
+    traced = jitted.trace(*args)
+    t1 = time.perf_counter()
+    lowered = traced.lower()
+    t2 = time.perf_counter()
+    compiled = lowered.compile()
+    t3 = time.perf_counter()
+    return compiled, {"trace": t1 - t0, "lower": t2 - t1, "compile": t3 - t2, "total": t3 - t0}
 
 
 def ratio(numerator: Timing, denominator: Timing) -> Summary:
