@@ -13,9 +13,7 @@ import pathlib
 
 import pytest
 
-pytest.importorskip("matplotlib")
-
-from benchmarks import models, suite, timing  # noqa: E402
+from benchmarks import models, suite, timing
 
 TINY = suite.Settings(
     name="smoke",
