@@ -29,12 +29,9 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime
 import json
 import os
-import platform
 import pstats
-import subprocess
 import sys
 import time
 import typing as tp
@@ -44,6 +41,7 @@ import jax.numpy as jnp
 from flax import nnx as flax_nnx
 
 import nnx_bridge as nnx
+from benchmarks.models import environment
 from benchmarks.timing import Timing, interleave, ratio
 
 US = 1e6
@@ -316,26 +314,6 @@ def profile(fx: Fixture, calls: int, top: int) -> None:
 # ----------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------
-def environment() -> dict[str, tp.Any]:
-    """Versions, device and commit, stored with the figures."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True,
-                                    text=True, check=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, None
-    import flax
-
-    return {
-        "python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
-        "nnx_bridge": nnx.__version__, "device": str(jax.devices()[0]),
-        "platform": platform.platform(), "cpu_count": os.cpu_count(),
-        "commit": commit, "dirty": dirty, "load_avg_1min": os.getloadavg()[0],
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
 def parse_args(argv: tp.Sequence[str] | None = None) -> argparse.Namespace:
     """The command-line flags."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
