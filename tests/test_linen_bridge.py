@@ -7,7 +7,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 import nnx_bridge as nnx
 from nnx_bridge.linen import config
