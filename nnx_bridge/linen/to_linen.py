@@ -57,7 +57,10 @@ class ToLinen(nn.Module):
     logical_axes: bool = False
 
     def __post_init__(self) -> None:
-        self._config_key()  # an unhashable configuration fails here, at construction
+        # The configuration's hashable form, computed once per instance (an unhashable
+        # configuration fails here, at construction); every apply looks it up.
+        key = (self.factory, config.freeze(tuple(self.args), "args"), config.freeze(self.kwargs, "kwargs"))
+        object.__setattr__(self, "_config", key)
         super().__post_init__()
 
     def __hash__(self) -> int:
@@ -65,7 +68,7 @@ class ToLinen(nn.Module):
 
     @nn.nowrap
     def _config_key(self) -> tp.Hashable:
-        return (self.factory, config.freeze(tuple(self.args), "args"), config.freeze(self.kwargs, "kwargs"))
+        return self.__dict__["_config"]
 
     @nn.nowrap
     def __getattr__(self, name: str) -> tp.Any:
