@@ -14,6 +14,7 @@ Example:
 """
 
 from nnx_bridge import context as context
+from nnx_bridge import phase as phase
 from nnx_bridge.context import Context as Context
 from nnx_bridge.context import MissingRngStreamError as MissingRngStreamError
 from nnx_bridge.filters import All as All

@@ -15,9 +15,10 @@ import numpy as np
 import jax
 
 from nnx_bridge import filters as filterlib
+from nnx_bridge import phase as phaselib
 from nnx_bridge.context import Context
 from nnx_bridge.state import State, _item_key
-from nnx_bridge.variables import Variable
+from nnx_bridge.variables import Variable, make_variable
 
 M = tp.TypeVar("M", bound="Module")
 
@@ -285,6 +286,96 @@ class Module:
                     f"checkpoint) was made for this module's configuration."
                 )
             target.value = new.value
+
+    def variable(self, collection: str, name: str, init_fn: tp.Callable[..., tp.Any],
+                 *init_args: tp.Any) -> Variable[tp.Any]:
+        """The Variable in attribute `name`, created as ``init_fn(*init_args)`` if absent.
+
+        Linen's ``self.variable``: state whose shape comes from the first input
+        (a decode cache, data-dependent initialisation) is created on first use.
+        Creating is allowed eagerly, in ``moduledef.apply`` and in the Linen
+        bridge's ``init``; under the bridge's ``apply`` the Variable must be
+        among the variables given. The new Variable is of the collection's type
+        (`nnx.variable_type`), e.g. a `Param` for ``"params"``.
+
+        Example:
+            >>> import jax.numpy as jnp, nnx_bridge as nnx
+            >>> class Total(nnx.Module):
+            ...     def __call__(self, x):
+            ...         total = self.variable("stats", "total", jnp.zeros, x.shape[-1:])
+            ...         total.value = total.value + x.sum(0)
+            ...         return total.value
+            >>> m = Total()
+            >>> m(jnp.ones((2, 3))).tolist(), m(jnp.ones((1, 3))).tolist()
+            ([2.0, 2.0, 2.0], [3.0, 3.0, 3.0])
+        """
+        existing = self.__dict__.get(name, _ABSENT)
+        if existing is _ABSENT:
+            variable = phaselib.current().missing(self, collection, name)
+            if variable is None:
+                variable = make_variable(collection, init_fn(*init_args))
+            setattr(self, name, variable)
+            return variable
+        if not isinstance(existing, Variable):
+            raise TypeError(
+                f"{type(self).__name__}.variable({collection!r}, {name!r}): attribute {name!r} "
+                f"already holds a {type(existing).__name__}, not a Variable. Use another name."
+            )
+        if existing.collection != collection:
+            raise ValueError(
+                f"{type(self).__name__}.variable({collection!r}, {name!r}): attribute {name!r} "
+                f"holds a Variable of collection {existing.collection!r}, not {collection!r}. Ask "
+                f"for the collection it was created in, or use another name."
+            )
+        return existing
+
+    def is_initializing(self) -> bool:
+        """True while the Linen bridge runs ``init`` (also nested in a Linen parent's init).
+
+        Example:
+            >>> import nnx_bridge as nnx
+            >>> nnx.Module().is_initializing()
+            False
+        """
+        return phaselib.current().is_initializing()
+
+    def sow(self, collection: str, name: str, value: tp.Any,
+            reduce_fn: tp.Callable[[tp.Any, tp.Any], tp.Any] = lambda xs, x: xs + (x,),
+            init_fn: tp.Callable[[], tp.Any] = tuple) -> bool:
+        """Records `value` in Variable `name` of `collection`, as Linen's ``self.sow``.
+
+        Nothing is recorded, and False returned, when the collection is not mutable
+        in this call (the bridge's ``apply`` without ``mutable=[collection]``).
+        By default values accumulate in a tuple.
+
+        Example:
+            >>> import jax.numpy as jnp, nnx_bridge as nnx
+            >>> class Probe(nnx.Module):
+            ...     def __call__(self, x):
+            ...         self.sow("intermediates", "h", x * 2)
+            ...         return x
+            >>> m = Probe()
+            >>> _ = m(jnp.ones(2)); _ = m(jnp.ones(2))
+            >>> len(m.h.value)
+            2
+        """
+        if not phaselib.current().is_mutable(collection):
+            return False
+        existing = self.__dict__.get(name, _ABSENT)
+        if existing is _ABSENT:
+            existing = make_variable(collection, init_fn())
+            setattr(self, name, existing)
+        elif not isinstance(existing, Variable) or existing.collection != collection:
+            raise TypeError(
+                f"{type(self).__name__}.sow({collection!r}, {name!r}): attribute {name!r} already "
+                f"holds {type(existing).__name__} that is not a Variable of collection "
+                f"{collection!r}. Use another name."
+            )
+        existing.value = reduce_fn(existing.value, value)
+        return True
+
+
+_ABSENT = object()
 
 
 # ----------------------------------------------------------------------------------
