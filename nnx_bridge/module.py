@@ -327,7 +327,23 @@ class Module:
                 f"holds a Variable of collection {existing.collection!r}, not {collection!r}. Ask "
                 f"for the collection it was created in, or use another name."
             )
+        phaselib.current().claim(self, name)
         return existing
+
+    def has_variable(self, collection: str, name: str) -> bool:
+        """Whether attribute `name` holds a Variable of `collection` (Linen's ``has_variable``).
+
+        Example:
+            >>> import jax.numpy as jnp, nnx_bridge as nnx
+            >>> m = nnx.Module()
+            >>> m.has_variable("cache", "index")
+            False
+            >>> _ = m.variable("cache", "index", jnp.zeros, (), jnp.int32)
+            >>> m.has_variable("cache", "index"), m.has_variable("params", "index")
+            (True, False)
+        """
+        existing = self.__dict__.get(name)
+        return isinstance(existing, Variable) and existing.collection == collection
 
     def is_initializing(self) -> bool:
         """True while the Linen bridge runs ``init`` (also nested in a Linen parent's init).

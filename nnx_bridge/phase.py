@@ -51,6 +51,14 @@ class Phase:
         """
         return None
 
+    def claim(self, module: "Module", name: str) -> None:
+        """Called by ``Module.variable`` when it returns the Variable already in `name`.
+
+        The bridge's ``apply`` puts given variables that the freshly built module
+        lacks in place before the call, and uses this to find any that no
+        ``variable(...)`` call asked for.
+        """
+
 
 EAGER = Phase()
 _current: contextvars.ContextVar[Phase] = contextvars.ContextVar("nnx_bridge_phase", default=EAGER)
