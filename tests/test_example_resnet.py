@@ -32,7 +32,7 @@ def test_resnet_loop_under_pmap_with_half_precision_and_dynamic_scale():
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES}",
            "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.pathsep.join([str(HERE.parent.parent), str(HERE.parent)])}
-    process = subprocess.run([sys.executable, str(HERE)], env=env, capture_output=True, text=True,
+    process = subprocess.run([sys.executable, str(HERE)], env=env, check=False, capture_output=True, text=True,
                              timeout=300)
     assert process.returncode == 0, (process.stdout + process.stderr)[-3000:]
     line = next(l for l in process.stdout.splitlines() if l.startswith("RESULT "))
@@ -176,7 +176,7 @@ def main() -> None:
 
     ResNet = build_model_classes()
     model = nnx.to_linen(ResNet, stage_sizes=(1, 1), num_classes=NUM_CLASSES, dtype=jnp.float16)  # the one line
-    image_size, per_device = 16, 4
+    image_size, per_device = 8, 2
     params, batch_stats = initialized(jax.random.key(0), image_size, model)
     learning_rate_fn = optax.linear_schedule(0.0, 0.1, 2)
     state = TrainState.create(apply_fn=model.apply, params=params,
@@ -192,7 +192,7 @@ def main() -> None:
         return {"image": jnp.asarray(images), "label": jnp.asarray(rng.integers(0, NUM_CLASSES, (DEVICES, per_device)))}
 
     losses = []
-    for _ in range(3):
+    for _ in range(2):
         state, metrics = p_train_step(state, batch())
         losses.append(float(metrics["loss"][0]))
     eval_metrics, logits = p_eval_step(state, batch())

@@ -366,7 +366,7 @@ class ToLinenFunction:
         return linen_class(factory)(factory, args, FrozenDict(kwargs), logical_axes=self._logical_axes,
                                     name=name)
 
-    def options(self, *, logical_axes: bool = False) -> "ToLinenFunction":
+    def options(self, *, logical_axes: bool = False) -> ToLinenFunction:
         """A `to_linen` with these bridge options (they never reach the factory).
 
         Args:
