@@ -113,6 +113,19 @@ def test_lazy_variables_are_created_at_init_and_claimed_at_apply():
     np.testing.assert_allclose(updates["stats"]["inner"]["total"], X.sum(0), rtol=1e-6)
 
 
+def test_jitted_init_and_apply_with_lazy_variables():
+    model = nnx.to_linen(Outer)
+    variables = jax.jit(model.init)(KEY, X)
+    step = jax.jit(lambda v, x: model.apply(v, x, update=True, mutable=["stats"]))
+    out, updates = step(variables, X)
+    eager_out, eager_updates = model.apply(variables, X, update=True, mutable=["stats"])
+    np.testing.assert_allclose(out, eager_out, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), updates, eager_updates)
+    _, twice = step({**variables, **updates}, X)
+    np.testing.assert_allclose(twice["stats"]["inner"]["total"], 2 * updates["stats"]["inner"]["total"],
+                               rtol=1e-6)  # the inner sum sees X both times
+
+
 def test_apply_in_a_fresh_process_builds_the_structure_without_lazy_variables():
     model = nnx.to_linen(Outer)
     variables = model.init(KEY, X)
