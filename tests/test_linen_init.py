@@ -432,6 +432,16 @@ def test_bridge_options_do_not_collide_with_the_factory_keywords():
     assert nnx.ToLinen(Sharded, logical_axes=True) == nnx.ToLinen(Sharded, (), {}, True)
 
 
+def test_class_named_wrapper_pickles_and_copies():
+    import copy
+    import pickle
+
+    model = nnx.to_linen(Configured, 4, dtype=jnp.float16)
+    for clone in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert type(clone) is type(model) and clone == model and hash(clone) == hash(model)
+        assert clone.dtype == jnp.float16
+
+
 def test_ToLinen_class_form_keeps_working():
     model = nnx.ToLinen(Configured, (4,), {"dtype": jnp.float32})
     variables = model.init(KEY, X)
