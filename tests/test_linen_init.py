@@ -373,6 +373,22 @@ def test_other_structure_changes_are_still_rejected():
         nnx.to_linen(Adds).init(KEY, X)
 
 
+def test_variable_in_a_collection_init_may_not_write():
+    class Records(nnx.Module):
+        def __init__(self, *, ctx):
+            pass
+
+        def __call__(self, x):
+            self.variable("intermediates", "seen", lambda: x)
+            return x
+
+    with pytest.raises(ValueError, match=r"Records\.variable\('intermediates', 'seen', \.\.\.\) would create "
+                                         r"'intermediates/seen' during init, but collection 'intermediates' "
+                                         r"is not mutable in this init call"):
+        nnx.to_linen(Records).init(KEY, X)
+    assert nnx.to_linen(Records).init(KEY, X, mutable=True)["intermediates"]["seen"].shape == (2, 4)
+
+
 def test_variable_of_another_collection_is_an_error():
     class Wrong(nnx.Module):
         def __init__(self, *, ctx):
