@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import typing as tp
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -79,5 +80,6 @@ def _signature(value: tp.Any) -> tuple[tuple[int, ...], str] | None:
     if isinstance(value, (bool, int, float, complex, np.generic)) or hasattr(value, "dtype"):
         if not hasattr(value, "shape"):
             value = jnp.asarray(value)
-        return tuple(value.shape), str(jnp.dtype(value.dtype))
+        # Canonical dtypes: a float64 NumPy value is float32 to JAX unless x64 is enabled.
+        return tuple(value.shape), str(jax.dtypes.canonicalize_dtype(value.dtype))
     return None
