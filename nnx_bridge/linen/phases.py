@@ -128,7 +128,24 @@ class BridgePhase(Phase):
 
 
 class MissingVariableError(KeyError):
-    """A ``variable(...)`` during ``apply`` for a Variable that the given variables lack."""
+    """A ``variable(...)`` during ``apply`` for a Variable that the given variables lack.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, nnx_bridge as nnx
+        >>> from nnx_bridge.linen.phases import MissingVariableError
+        >>> class Cache(nnx.Module):
+        ...     def __init__(self, *, ctx):
+        ...         pass
+        ...     def __call__(self, x):
+        ...         return self.variable("cache", "last", jnp.zeros_like, x).value
+        >>> model = nnx.to_linen(Cache)
+        >>> variables = model.init(jax.random.PRNGKey(0), jnp.ones(2))
+        >>> try:
+        ...     model.apply({}, jnp.ones(2))
+        ... except MissingVariableError as error:
+        ...     print(str(error)[:59])
+        ToLinen(Cache) at '/': missing variable 'cache/last': Cache.
+    """
 
     def __str__(self) -> str:
         return str(self.args[0])
