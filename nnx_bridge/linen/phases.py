@@ -143,8 +143,8 @@ class MissingVariableError(KeyError):
         >>> try:
         ...     model.apply({}, jnp.ones(2))
         ... except MissingVariableError as error:
-        ...     print(str(error)[:59])
-        ToLinen(Cache) at '/': missing variable 'cache/last': Cache.
+        ...     print(str(error).split(' would')[0])
+        ToLinen(Cache) at '/': missing variable 'cache/last': Cache.variable('cache', 'last', ...)
     """
 
     def __str__(self) -> str:
