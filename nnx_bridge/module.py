@@ -315,6 +315,7 @@ class Module:
             if variable is None:
                 variable = make_variable(collection, init_fn(*init_args))
             setattr(self, name, variable)
+            phaselib.current().created(self, name)
             return variable
         if not isinstance(existing, Variable):
             raise TypeError(
@@ -375,12 +376,16 @@ class Module:
             >>> len(m.h.value)
             2
         """
-        if not phaselib.current().is_mutable(collection):
-            return False
+        phase = phaselib.current()
         existing = self.__dict__.get(name, _ABSENT)
+        if existing is not _ABSENT:
+            phase.claim(self, name)
+        if not phase.is_mutable(collection):
+            return False
         if existing is _ABSENT:
             existing = make_variable(collection, init_fn())
             setattr(self, name, existing)
+            phase.created(self, name)
         elif not isinstance(existing, Variable) or existing.collection != collection:
             raise TypeError(
                 f"{type(self).__name__}.sow({collection!r}, {name!r}): attribute {name!r} already "

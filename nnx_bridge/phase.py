@@ -56,7 +56,15 @@ class Phase:
 
         The bridge's ``apply`` puts given variables that the freshly built module
         lacks in place before the call, and uses this to find any that no
-        ``variable(...)`` call asked for.
+        ``variable(...)`` call asked for. ``sow`` calls it too when it finds the
+        Variable already there.
+        """
+
+    def created(self, module: "Module", name: str) -> None:
+        """Called by ``Module.variable`` and ``Module.sow`` after they create Variable `name`.
+
+        The bridge uses it to tell Variables created this way (a legitimate change
+        of structure) from any other attribute a call adds.
         """
 
 

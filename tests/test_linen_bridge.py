@@ -168,8 +168,8 @@ def test_shared_wrapper_called_twice_reuses_its_variables():
             return block(block(x))
 
     variables = Twice().init(KEY, X)
-    assert shapes(variables) == {"params": {"ToLinen_0": {"bias": (3,), "kernel": (3, 3)}}}
-    p = variables["params"]["ToLinen_0"]
+    assert shapes(variables) == {"params": {"Dense_0": {"bias": (3,), "kernel": (3, 3)}}}
+    p = variables["params"]["Dense_0"]
     once = X @ p["kernel"] + p["bias"]
     np.testing.assert_allclose(Twice().apply(variables, X), once @ p["kernel"] + p["bias"], rtol=1e-6)
 

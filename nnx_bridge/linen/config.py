@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import collections
+import inspect
 import typing as tp
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nnx_bridge import phase as phaselib
 from nnx_bridge.context import Context
 from nnx_bridge.module import Module, ModuleDef
 from nnx_bridge.state import State
@@ -93,7 +95,9 @@ def structure_of(key: tp.Hashable, factory: tp.Callable[..., tp.Any],
     moduledefs: list[ModuleDef[tp.Any]] = []
 
     def construct(rng: jax.Array) -> State:
-        state, moduledef = build(factory, args, kwargs, Context(rng)).partition()
+        with phaselib.active(_CONSTRUCTING):  # as under init, where the structure is cached first
+            module = build(factory, args, kwargs, Context(rng))
+        state, moduledef = module.partition()
         moduledefs.append(moduledef)
         return state
 
@@ -103,5 +107,44 @@ def structure_of(key: tp.Hashable, factory: tp.Callable[..., tp.Any],
     return structure
 
 
+class _Constructing(phaselib.Phase):
+    """Building a module for its structure: initialising, as during Linen's init."""
+
+    def is_initializing(self) -> bool:
+        return True
+
+
+_CONSTRUCTING = _Constructing()
+
+
 def _name(factory: tp.Any) -> str:
     return getattr(factory, "__qualname__", None) or repr(factory)
+
+
+def named_configuration(factory: tp.Callable[..., tp.Any], args: tp.Sequence[tp.Any],
+                        kwargs: tp.Mapping[str, tp.Any]) -> dict[str, tp.Any]:
+    """The configuration by parameter name: keywords, positionals named by the factory's signature, defaults.
+
+    ``ctx`` is left out. Without a readable signature, or when the arguments do
+    not fit it, only the keywords are named.
+
+    Example:
+        >>> def make(features, depth=2, *, ctx, dtype=None):
+        ...     pass
+        >>> named_configuration(make, (8,), {"dtype": "float16"})
+        {'features': 8, 'depth': 2, 'dtype': 'float16'}
+    """
+    try:
+        signature = inspect.signature(factory)
+        bound = signature.bind_partial(*args, **kwargs)
+    except (TypeError, ValueError):
+        return dict(kwargs)
+    bound.apply_defaults()
+    named: dict[str, tp.Any] = {}
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        elif kind is not inspect.Parameter.VAR_POSITIONAL and name != "ctx":
+            named[name] = value
+    return named

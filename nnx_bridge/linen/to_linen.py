@@ -11,7 +11,9 @@ import flax.linen as nn
 from flax.core import FrozenDict
 import jax.numpy as jnp
 
-from nnx_bridge.linen import boxes, config
+from nnx_bridge import phase as phaselib
+from nnx_bridge.linen import boxes, checks, config
+from nnx_bridge.linen.phases import BridgePhase
 from nnx_bridge.linen.rngs import LinenRngs
 from nnx_bridge.module import Module, ModuleDef
 from nnx_bridge.state import State
@@ -72,7 +74,12 @@ class ToLinen(nn.Module):
 
     @nn.nowrap
     def __getattr__(self, name: str) -> tp.Any:
+        # The wrapped module's configuration reads as attributes (model.dtype), and its
+        # methods as methods of this module (self.child.encode(x) in a Linen parent).
         if not name.startswith("_") and "factory" in self.__dict__:
+            configuration = self._named_configuration()
+            if name in configuration:
+                return configuration[name]
             target = self._wrapped_type()
             if callable(getattr(target, name, None)):
                 def forward(module: ToLinen, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
@@ -81,6 +88,38 @@ class ToLinen(nn.Module):
                 forward.__name__ = name
                 return types.MethodType(forward, self)
         return super().__getattr__(name)
+
+    @nn.nowrap
+    def _named_configuration(self) -> dict[str, tp.Any]:
+        named = self.__dict__.get("_named")
+        if named is None:
+            named = config.named_configuration(self.factory, tuple(self.args), dict(self.kwargs))
+            object.__setattr__(self, "_named", named)
+        return named
+
+    # Linen's entry points, taking the wrapped class's own functions as method= (Model.encode).
+    @nn.nowrap
+    def init(self, rngs: tp.Any, *args: tp.Any, method: tp.Any = None, **kwargs: tp.Any) -> tp.Any:
+        return super().init(rngs, *args, method=self._linen_method(method), **kwargs)
+
+    @nn.nowrap
+    def init_with_output(self, rngs: tp.Any, *args: tp.Any, method: tp.Any = None,
+                         **kwargs: tp.Any) -> tp.Any:
+        return super().init_with_output(rngs, *args, method=self._linen_method(method), **kwargs)
+
+    @nn.nowrap
+    def apply(self, variables: tp.Any, *args: tp.Any, method: tp.Any = None, **kwargs: tp.Any) -> tp.Any:
+        return super().apply(variables, *args, method=self._linen_method(method), **kwargs)
+
+    @nn.nowrap
+    def _linen_method(self, method: tp.Any) -> tp.Any:
+        """A function of the wrapped class (``Model.encode``) becomes its name; others pass as they are."""
+        if method is None or isinstance(method, str):
+            return method
+        name = getattr(method, "__name__", None)
+        if name and getattr(self._wrapped_type(), name, None) is method:
+            return name
+        return method
 
     @nn.nowrap
     def _wrapped_type(self) -> type:
@@ -109,37 +148,63 @@ class ToLinen(nn.Module):
 
     @nn.nowrap
     def _initialize(self, method: str, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any]) -> tp.Any:
+        """Builds the module, runs the call, and stores its Variables as constructed.
+
+        Variables created by the call (``variable(...)``, ``sow(...)``) are
+        stored with the values the call gave them.
+        """
         ctx = LinenRngs(self, self._owner())
-        module = config.build(self.factory, tuple(self.args), dict(self.kwargs), ctx)
-        state, moduledef = module.partition()
-        config.remember(self._config_key(), config.Structure(moduledef, config.abstract_state(state)))
-        out = _call_method(module, method, args, kwargs, ctx)
-        state = self._partition_after_call(module, moduledef, method)
-        for collection, tree in boxes.boxed_variables(state, _box(self.logical_axes)).items():
-            if not self.is_mutable_collection(collection):
-                raise ValueError(
-                    f"{self._owner()}: init creates variables in collection {collection!r}, which "
-                    f"is not mutable in this init call. Leave `mutable` at its default for init, "
-                    f"or include {collection!r}."
-                )
-            for name, subtree in tree.items():
-                self.put_variable(collection, name, subtree)
+        phase = BridgePhase(self, self._owner(), self._full)
+        with phaselib.active(phase):
+            module = config.build(self.factory, tuple(self.args), dict(self.kwargs), ctx)
+            constructed, moduledef = module.partition()
+            config.remember(self._config_key(),
+                            config.Structure(moduledef, config.abstract_state(constructed)))
+            phase.made.clear()  # Variables made while constructing are part of the structure
+            phase.root = module
+            out = _call_method(module, method, args, kwargs, ctx)
+        after = self._checked_state(module, moduledef, constructed, phase, method)
+        created = [(p, v) for p, v in after.items() if p not in constructed]
+        self._store(State({**constructed, **dict(created)}))
         return out
 
     @nn.nowrap
     def _apply(self, incoming: dict[tuple[str, str], tp.Any], method: str,
                args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any]) -> tp.Any:
+        """Merges the given variables into the cached structure, runs the call, writes back.
+
+        Given variables that the structure lacks (created lazily by ``init``) are put
+        in place before the call. Inside a Linen parent's ``init`` (a shared wrapper
+        called again), only Variables this call creates are stored: the others keep
+        the values ``init`` gives them.
+        """
         structure = self._structure()
         state, leaves = self._state_from(incoming, structure.abstract)
         module = structure.moduledef.merge(state)
-        out = _call_method(module, method, args, kwargs, LinenRngs(self, self._owner()))
-        new_state = self._partition_after_call(module, structure.moduledef, method)
-        self._write_back(state, new_state, leaves)
+        phase = BridgePhase(self, self._owner(), self._full)
+        placed, unplaceable = phase.place(module, incoming)
+        if unplaceable:
+            self._raise_unexpected(unplaceable)
+        before = {**state, **placed}
+        leaves.update((path, incoming[(v.collection, path)]) for path, v in placed.items())
+        with phaselib.active(phase):
+            out = _call_method(module, method, args, kwargs, LinenRngs(self, self._owner()))
+        new_state = self._checked_state(module, structure.moduledef, before, phase, method)
+        unclaimed = phase.unclaimed()
+        if unclaimed:
+            self._raise_unexpected(unclaimed)
+        if phase.is_initializing():
+            created = State({p: v for p, v in new_state.items() if p not in before})
+            if created:
+                self._store(created)
+            return out
+        self._write_back(before, new_state, leaves)
         return out
 
     @nn.nowrap
     def _state_from(self, incoming: dict[tuple[str, str], tp.Any], abstract: State
                     ) -> tuple[State, dict[str, tp.Any]]:
+        """The State of the constructed structure's paths; they are removed from `incoming`."""
         items, leaves = [], {}
         for path, expected in abstract.items():
             leaf = incoming.pop((expected.collection, path), _MISSING)
@@ -158,33 +223,44 @@ class ToLinen(nn.Module):
                 )
             items.append((path, expected.replace(value)))
             leaves[path] = leaf
-        if incoming:
-            unexpected = sorted(self._full(c, p) for c, p in incoming)
-            shown = ", ".join(repr(p) for p in unexpected[:10])
-            raise KeyError(_Message(
-                f"{self._owner()}: unexpected variable(s) {shown}"
-                f"{f' and {len(unexpected) - 10} more' if len(unexpected) > 10 else ''}: the module "
-                f"has no such variable. Pass the variables that this model's init returned."
-            ))
         return State._from_sorted(items), leaves
 
     @nn.nowrap
-    def _partition_after_call(self, module: Module, moduledef: ModuleDef[tp.Any], method: str) -> State:
-        state, after = module.partition()
-        if after != moduledef:
-            raise ValueError(
-                f"{self._owner()}: calling {method!r} changed the module's structure (its "
-                f"submodules, Variables or static attributes). A bridged module must create every "
-                f"Variable and submodule in __init__ and keep plain attributes fixed; store values "
-                f"that change in Variables."
-            )
-        return state
+    def _raise_unexpected(self, found: list[tuple[str, str]]) -> tp.NoReturn:
+        unexpected = sorted(self._full(c, p) for c, p in found)
+        shown = ", ".join(repr(p) for p in unexpected[:10])
+        raise KeyError(_Message(
+            f"{self._owner()}: unexpected variable(s) {shown}"
+            f"{f' and {len(unexpected) - 10} more' if len(unexpected) > 10 else ''}: the module "
+            f"has no such variable. Pass the variables that this model's init returned."
+        ))
 
     @nn.nowrap
-    def _write_back(self, before: State, after: State, leaves: dict[str, tp.Any]) -> None:
+    def _checked_state(self, module: Module, moduledef: ModuleDef[tp.Any], before: tp.Mapping[str, tp.Any],
+                       phase: BridgePhase, method: str) -> State:
+        return checks.state_after_call(module, moduledef, before, phase, owner=self._owner(),
+                                       method=method, full_path=self._full)
+
+    @nn.nowrap
+    def _store(self, state: State) -> None:
+        """Puts `state` into the Linen collections (boxed), which must be mutable."""
+        for collection, tree in boxes.boxed_variables(state, _box(self.logical_axes)).items():
+            if not self.is_mutable_collection(collection):
+                raise ValueError(
+                    f"{self._owner()}: init creates variables in collection {collection!r}, which "
+                    f"is not mutable in this init call. Leave `mutable` at its default for init, "
+                    f"or include {collection!r}."
+                )
+            for name, subtree in tree.items():
+                self.put_variable(collection, name, subtree)
+
+    @nn.nowrap
+    def _write_back(self, before: tp.Mapping[str, tp.Any], after: State, leaves: dict[str, tp.Any]) -> None:
+        """Writes changed and newly created Variables to their (mutable) Linen collections."""
         changed: dict[tuple[str, str], None] = {}
         for path, variable in after.items():
-            if variable.value is before[path].value:
+            old = before.get(path)
+            if old is not None and variable.value is old.value:
                 continue
             if not self.is_mutable_collection(variable.collection):
                 raise ValueError(
@@ -199,7 +275,7 @@ class ToLinen(nn.Module):
                 top, _, rest = path.partition("/")
                 if variable.collection != collection or top != name:
                     continue
-                value = boxes.rebox(leaves[path], variable.value)
+                value = boxes.rebox(leaves[path], variable.value) if path in leaves else variable.value
                 if not rest:
                     self.put_variable(collection, name, value)
                     break
@@ -227,28 +303,110 @@ class _Message(str):
         return str(self)
 
 
-def to_linen(factory: tp.Callable[..., Module], *args: tp.Any, name: str | None = None,
-             **kwargs: tp.Any) -> ToLinen:
-    """Wraps ``factory(*args, ctx=ctx, **kwargs)`` as a Linen module.
+class ToLinenFunction:
+    """`to_linen`: wraps ``factory(*args, ctx=ctx, **kwargs)`` as a Linen module.
 
-    ``name=`` is the Linen submodule name and is not passed to the factory.
+    ``nnx.to_linen(Model, *args, name=None, **kwargs)`` passes every argument
+    except ``name=`` (the Linen submodule name) to the factory. Options of the
+    bridge itself never share that namespace: set them with `options`, which
+    returns a `to_linen` with those options, e.g.
+    ``nnx.to_linen.options(logical_axes=True)(Model, cfg)``.
 
     Example:
         >>> import jax, jax.numpy as jnp, flax.linen as nn, nnx_bridge as nnx
         >>> class Scale(nnx.Module):
-        ...     def __init__(self, n, *, ctx):
-        ...         self.s = nnx.Param(jnp.ones((n,)))
+        ...     def __init__(self, n, *, ctx, logical_axes=("embed",)):
+        ...         self.s = nnx.Param(jnp.ones((n,)), sharding=logical_axes)
         ...     def __call__(self, x):
         ...         return x * self.s.value
-        >>> class Net(nn.Module):
-        ...     @nn.compact
-        ...     def __call__(self, x):
-        ...         return nn.Dense(2)(nnx.to_linen(Scale, 3, name="scale")(x))
-        >>> variables = Net().init(jax.random.PRNGKey(0), jnp.ones((1, 3)))
-        >>> sorted(variables["params"])
-        ['Dense_0', 'scale']
+        >>> model = nnx.to_linen.options(logical_axes=True)(Scale, 3, logical_axes=("hidden",))
+        >>> type(model.init(jax.random.PRNGKey(0), jnp.ones((1, 3)))["params"]["s"]).__name__
+        'LogicallyPartitioned'
+        >>> model.n, model.logical_axes  # the factory's configuration, by parameter name
+        (3, True)
     """
-    return ToLinen(factory, args, kwargs, name=name)
+
+    def __init__(self, *, logical_axes: bool = False):
+        self._logical_axes = logical_axes
+
+    def __call__(self, factory: tp.Callable[..., Module], /, *args: tp.Any, name: str | None = None,
+                 **kwargs: tp.Any) -> ToLinen:
+        """Wraps ``factory(*args, ctx=ctx, **kwargs)`` as a Linen module named `name`.
+
+        A class factory gives a Linen module class of the same name (a subclass of
+        `ToLinen`), so ``nn.tabulate``, Linen's error messages and automatic names
+        (``ResNet_0`` in a compact parent) read as for the Linen twin; the factory's
+        arguments read as attributes (``model.dtype``), positional ones named by
+        the factory's signature.
+
+        Example:
+            >>> import jax, jax.numpy as jnp, flax.linen as nn, nnx_bridge as nnx
+            >>> class Scale(nnx.Module):
+            ...     def __init__(self, n, *, ctx):
+            ...         self.s = nnx.Param(jnp.ones((n,)))
+            ...     def __call__(self, x):
+            ...         return x * self.s.value
+            >>> class Net(nn.Module):
+            ...     @nn.compact
+            ...     def __call__(self, x):
+            ...         return nn.Dense(2)(nnx.to_linen(Scale, 3, name="scale")(x))
+            >>> variables = Net().init(jax.random.PRNGKey(0), jnp.ones((1, 3)))
+            >>> sorted(variables["params"])
+            ['Dense_0', 'scale']
+            >>> type(nnx.to_linen(Scale, 3)).__name__, nnx.to_linen(Scale, 3).n
+            ('Scale', 3)
+        """
+        return linen_class(factory)(factory, args, FrozenDict(kwargs), logical_axes=self._logical_axes,
+                                    name=name)
+
+    def options(self, *, logical_axes: bool = False) -> "ToLinenFunction":
+        """A `to_linen` with these bridge options (they never reach the factory).
+
+        Args:
+          logical_axes: box sharded Variables as ``nn.LogicallyPartitioned`` (their
+            names are logical names for ``nn.logical_axis_rules``) instead of
+            ``nn.Partitioned`` (mesh axis names).
+
+        Example:
+            >>> import nnx_bridge as nnx
+            >>> nnx.to_linen.options(logical_axes=True)(nnx.Linear, 2, 3).logical_axes
+            True
+        """
+        return ToLinenFunction(logical_axes=logical_axes)
+
+    def __repr__(self) -> str:
+        return f"to_linen.options(logical_axes={self._logical_axes})" if self._logical_axes else "to_linen"
+
+
+to_linen = ToLinenFunction()
+
+_classes: dict[tp.Any, type[ToLinen]] = {}
+
+
+def linen_class(factory: tp.Any) -> type[ToLinen]:
+    """The Linen module class for `factory`: a `ToLinen` subclass named after a class factory.
+
+    Other factories (functions, partials) use `ToLinen` itself.
+
+    Example:
+        >>> import nnx_bridge as nnx
+        >>> from nnx_bridge.linen.to_linen import linen_class
+        >>> cls = linen_class(nnx.Linear)
+        >>> cls.__name__, issubclass(cls, nnx.ToLinen), linen_class(nnx.Linear) is cls
+        ('Linear', True, True)
+    """
+    if not isinstance(factory, type) or not factory.__name__.isidentifier():
+        return ToLinen
+    cls = _classes.get(factory)
+    if cls is None:
+        namespace = {
+            "__hash__": ToLinen.__hash__, "__module__": ToLinen.__module__,
+            "__qualname__": factory.__name__,
+            "__doc__": f"{factory.__name__} (an nnx_bridge Module) as a Linen module; see ToLinen.",
+        }
+        cls = types.new_class(factory.__name__, (ToLinen,), {}, lambda ns: ns.update(namespace))
+        _classes[factory] = cls
+    return cls
 
 
 def _call_method(module: Module, method: str, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any],

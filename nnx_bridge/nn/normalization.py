@@ -213,7 +213,10 @@ class BatchNorm(Module):
     statistics and updates the running ones in place:
     ``mean = momentum * mean + (1 - momentum) * batch_mean`` (likewise ``var``,
     with the biased batch variance). In evaluation (``True``) it uses the
-    running statistics and changes nothing.
+    running statistics and changes nothing. While initialising
+    (``is_initializing()``, the Linen bridge's ``init``) it behaves as Linen's:
+    batch statistics of the local batch only (no ``axis_name`` mean, so
+    ``jax.jit(model.init)`` runs outside ``pmap``) and no update.
 
     Args:
       num_features: size of the feature axis.
@@ -295,11 +298,15 @@ class BatchNorm(Module):
         if use_running_average:
             mean, var = self.mean.value, self.var.value
         else:
+            # As Linen's: while initialising, no cross-device mean (so init runs outside
+            # pmap) and the running statistics stay as constructed.
+            initializing = self.is_initializing()
             mean, var = _statistics(x, reduction_axes, dtype=self.dtype, use_mean=True,
                                     use_fast_variance=self.use_fast_variance, mask=mask,
-                                    axis_name=self.axis_name)
-            self.mean.value = self.momentum * self.mean.value + (1 - self.momentum) * mean
-            self.var.value = self.momentum * self.var.value + (1 - self.momentum) * var
+                                    axis_name=None if initializing else self.axis_name)
+            if not initializing:
+                self.mean.value = self.momentum * self.mean.value + (1 - self.momentum) * mean
+                self.var.value = self.momentum * self.var.value + (1 - self.momentum) * var
         return _normalize(x, mean, var, reduction_axes, feature_axis, epsilon=self.epsilon,
                           scale=None if self.scale is None else self.scale.value,
                           bias=None if self.bias is None else self.bias.value, dtype=self.dtype)

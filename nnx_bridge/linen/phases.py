@@ -1,0 +1,169 @@
+"""The bridge's phases: what a bridged module may do during Linen's ``init`` and ``apply``.
+
+`BridgePhase` answers the core's questions (`nnx_bridge.phase.Phase`) from the
+enclosing Linen scope: ``is_initializing()`` and ``is_mutable(collection)`` are
+Linen's own answers, so a bridged module nested in a Linen parent's ``init``
+initialises too, and ``sow`` records only into collections that are mutable.
+
+During ``init`` a ``variable(...)`` call may create its Variable (a shape may
+come from the first input). During ``apply`` it may not: the variables given
+to ``apply`` that the freshly merged module lacks (those ``init`` created
+lazily) are put in place before the call with `place`, each must be claimed
+by a ``variable(...)`` (or ``sow``) call, and a Variable that would have to be
+created is a "missing variable" error naming its full Linen path.
+"""
+
+from __future__ import annotations
+
+import typing as tp
+
+from flax.core import meta
+
+from nnx_bridge.linen import boxes
+from nnx_bridge.module import Module
+from nnx_bridge.phase import Phase
+from nnx_bridge.variables import Variable, make_variable
+
+
+class BridgePhase(Phase):
+    """The rules of one bridged call, read from the bound `ToLinen` (`linen_module`).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, nnx_bridge as nnx
+        >>> class Counter(nnx.Module):
+        ...     def __init__(self, *, ctx):
+        ...         pass
+        ...     def __call__(self, x):
+        ...         n = self.variable("counts", "n", jnp.zeros, (), jnp.int32)
+        ...         if not self.is_initializing():
+        ...             n.value += 1
+        ...         return x
+        >>> model = nnx.to_linen(Counter)
+        >>> variables = model.init(jax.random.PRNGKey(0), 1.0)
+        >>> int(variables["counts"]["n"])
+        0
+        >>> _, updates = model.apply(variables, 1.0, mutable=["counts"])
+        >>> int(updates["counts"]["n"])
+        1
+    """
+
+    def __init__(self, linen_module: tp.Any, owner: str, full_path: tp.Callable[[str, str], str]):
+        self._linen = linen_module
+        self._owner = owner
+        self._full_path = full_path
+        self._initializing = bool(linen_module.is_initializing())
+        self.root: Module | None = None
+        self.made: list[tuple[Module, str]] = []  # created by variable(...)/sow(...)
+        # (id(module), name) -> (module, name, collection, path) of each given variable put in place
+        self.placed: dict[tuple[int, str], tuple[Module, str, str, str]] = {}
+        self._claimed: set[tuple[int, str]] = set()
+
+    # -- the core's questions ---------------------------------------------------------------
+    def is_initializing(self) -> bool:
+        return self._initializing
+
+    def is_mutable(self, collection: str) -> bool:
+        return bool(self._linen.is_mutable_collection(collection))
+
+    def missing(self, module: Module, collection: str, name: str) -> Variable[tp.Any] | None:
+        if self._initializing:
+            return None
+        path = _path_of(self.root, module) if self.root is not None else None
+        where = name if path is None else f"{path}{name}"
+        full = self._full_path(collection, where)
+        raise MissingVariableError(
+            f"{self._owner}: missing variable {full!r}: {type(module).__name__}.variable("
+            f"{collection!r}, {name!r}, ...) would have to create it during apply. Variables are "
+            f"created by init: pass the variables that init returned (all collections, e.g. "
+            f"{{'params': ..., {collection!r}: ...}}), or run init with inputs that make the "
+            f"call create it."
+        )
+
+    def claim(self, module: Module, name: str) -> None:
+        self._claimed.add((id(module), name))
+
+    def created(self, module: Module, name: str) -> None:
+        self.made.append((module, name))
+
+    # -- given variables the merged module lacks --------------------------------------------
+    def place(self, root: Module, extra: tp.Mapping[tuple[str, str], tp.Any]
+              ) -> tuple[dict[str, Variable[tp.Any]], list[tuple[str, str]]]:
+        """Puts each given ``(collection, path) -> leaf`` in place as an attribute of its module.
+
+        Returns ``(placed, unplaceable)``: ``path -> a copy of the Variable placed``
+        (its value before the call), and the ``(collection, path)`` of those that
+        cannot be placed (the path's parent is not a Module, or the attribute is
+        taken): unexpected variables.
+        """
+        self.root = root
+        placed: dict[str, Variable[tp.Any]] = {}
+        unplaceable = []
+        for (collection, path), leaf in sorted(extra.items()):
+            *parents, name = path.split("/")
+            parent = _node_at(root, parents)
+            if not isinstance(parent, Module) or not name or name in vars(parent):
+                unplaceable.append((collection, path))
+                continue
+            sharding = leaf.names if isinstance(leaf, meta.Partitioned) else None
+            variable = make_variable(collection, boxes.unbox(leaf), sharding=sharding)
+            vars(parent)[name] = variable
+            self.placed[(id(parent), name)] = (parent, name, collection, path)
+            placed[path] = variable.copy()
+        return placed, unplaceable
+
+    def unclaimed(self) -> list[tuple[str, str]]:
+        """``(collection, path)`` of placed variables that no ``variable(...)``/``sow(...)`` asked for."""
+        return sorted((c, p) for key, (_, _, c, p) in self.placed.items() if key not in self._claimed)
+
+    def legitimate(self) -> list[tuple[Module, str]]:
+        """Attributes this call may have added: placed and created Variables still in place."""
+        found = [(m, n) for m, n, _, _ in self.placed.values()] + self.made
+        return [(m, n) for m, n in found if isinstance(vars(m).get(n), Variable)]
+
+
+class MissingVariableError(KeyError):
+    """A ``variable(...)`` during ``apply`` for a Variable that the given variables lack."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _node_at(root: Module, parts: list[str]) -> tp.Any:
+    node: tp.Any = root
+    for part in parts:
+        if isinstance(node, Module):
+            node = vars(node).get(part)
+        elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            node = next((v for k, v in node.items() if str(k) == part), None)
+        else:
+            return None
+    return node
+
+
+def _path_of(root: Module, target: Module) -> str | None:
+    """The first path (as `Module.partition` orders it) of `target` below `root`, with a trailing '/'."""
+    seen: set[int] = set()
+
+    def walk(node: tp.Any, prefix: str) -> str | None:
+        if isinstance(node, Module):
+            if node is target:
+                return prefix
+            if id(node) in seen:
+                return None
+            seen.add(id(node))
+            items: tp.Iterable[tuple[str, tp.Any]] = sorted(vars(node).items())
+        elif isinstance(node, (list, tuple)):
+            items = ((str(i), v) for i, v in enumerate(node))
+        elif isinstance(node, dict):
+            items = sorted(((str(k), v) for k, v in node.items()), key=lambda kv: kv[0])
+        else:
+            return None
+        for key, value in items:
+            found = walk(value, f"{prefix}{key}/")
+            if found is not None:
+                return found
+        return None
+
+    return walk(root, "")
