@@ -371,36 +371,56 @@ def test_decode_step_with_a_wrong_shape_raises():
 # through the bridge, in a jitted TrainState step
 # ----------------------------------------------------------------------------------
 def train_step_both(our_model: linen.Module, linen_model: linen.Module, x: jax.Array,
-                    **call: tp.Any) -> None:
-    """One jitted TrainState step on each side from the same variables: same loss and params."""
+                    mutable: tuple[str, ...] = (), **call: tp.Any) -> None:
+    """One jitted TrainState step on each side from the same variables: the same loss, new
+    params and (with ``mutable``) the same updated collections, bit for bit."""
     variables = our_model.init(rbg_key(0), x, **call)
     assert_equal_trees(jax.tree.map(jnp.zeros_like, variables),
                        jax.tree.map(jnp.zeros_like, linen_model.init(rbg_key(0), x, **call)))
 
     @jax.jit
     def step(state: train_state.TrainState, x: jax.Array, key: jax.Array) -> tp.Any:
-        def loss_fn(params: tp.Any) -> jax.Array:
-            y = state.apply_fn({"params": params}, x, rngs={"dropout": key}, **call)
-            return weighted_sum(y)
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
-        return state.apply_gradients(grads=grads), loss
+        def loss_fn(params: tp.Any) -> tp.Any:
+            y, updates = state.apply_fn({"params": params}, x, rngs={"dropout": key},
+                                        mutable=list(mutable), **call)
+            return weighted_sum(y), updates
+        (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return state.apply_gradients(grads=grads), loss, updates
 
     results = []
     for model in (our_model, linen_model):
         state = train_state.TrainState.create(apply_fn=model.apply, params=variables["params"],
                                               tx=optax.sgd(0.1))
-        state, loss = step(state, x, rbg_key(1))
-        results.append((loss, state.params))
+        args = (state, x, rbg_key(1))
+        state, loss, updates = step.lower(*args).compile(FAST_COMPILE)(*args)
+        results.append((loss, state.params, updates))
     assert_equal_trees(results[0], results[1])
+    if mutable:
+        assert set(results[0][2]) == set(mutable)
 
 
 def test_bridged_attention_with_attention_fn_masks_and_dropout_in_a_train_step():
     tokens = jnp.array([[4, 2, 7, 0], [1, 3, 0, 0]])
     mask = nn.combine_masks(nn.make_attention_mask(tokens > 0, tokens > 0), nn.make_causal_mask(tokens))
-    x = normal((2, 4, 6))
-    for attention_fn in (nn.dot_product_attention, additive_attention):
-        options = dict(dropout_rate=0.25, deterministic=False, attention_fn=attention_fn)
-        linen_fn = linen.dot_product_attention if attention_fn is nn.dot_product_attention else attention_fn
-        train_step_both(nnx.to_linen(nn.MultiHeadAttention, 2, 6, **options),
-                        linen.MultiHeadDotProductAttention(num_heads=2, **{**options, "attention_fn": linen_fn}),
-                        x, mask=mask)
+    options = dict(dropout_rate=0.25, deterministic=False, attention_fn=additive_attention)
+    train_step_both(nnx.to_linen(nn.MultiHeadAttention, 2, 6, **options),
+                    linen.MultiHeadDotProductAttention(num_heads=2, **options), normal((2, 4, 6)), mask=mask)
+
+
+def test_bridged_attention_sows_its_weights_in_a_train_step():
+    options = dict(dropout_rate=0.25, deterministic=False)  # the weights are recorded before dropout
+    train_step_both(nnx.to_linen(nn.MultiHeadAttention, 2, 6, **options),
+                    linen.MultiHeadDotProductAttention(num_heads=2, **options), normal((2, 4, 6)),
+                    mutable=("intermediates",), mask=CAUSAL[:, :, :4, :4], sow_weights=True)
+
+
+def test_bridged_decode_needs_the_cache_that_init_made():
+    model = nnx.to_linen(nn.MultiHeadAttention, 2, 6, decode=True)
+    variables = model.init(rbg_key(0), normal((2, 5, 6)))
+    token = normal((2, 1, 6))
+    with pytest.raises(KeyError, match=r"missing variable 'cache/cached_key': MultiHeadAttention.variable\("
+                                       r"'cache', 'cached_key', ...\) would have to create it during apply"):
+        model.apply({"params": variables["params"]}, token, mutable=["cache"])
+    with pytest.raises(ValueError, match=r"the module updated 'cache/cache_index', but collection 'cache' is "
+                                         r"not mutable. Pass mutable=\['cache'\]"):
+        model.apply(variables, token)
