@@ -92,7 +92,7 @@ def test_attention_functions_take_linens_positional_order():
 
 def test_attention_functions_take_custom_einsums():
     q, k, v = qkv()
-    einsum = lambda spec, a, b: jnp.einsum(spec, a, b, precision=jax.lax.Precision.HIGHEST)  # noqa: E731
+    einsum = lambda spec, a, b: jnp.einsum(spec, a, b, precision=jax.lax.Precision.HIGHEST)
     options = dict(qk_attn_weights_einsum=einsum, attn_weights_value_einsum=einsum)
     assert_equal_trees(nn.dot_product_attention(q, k, v, **options),
                        linen.dot_product_attention(q, k, v, **options))
@@ -214,7 +214,7 @@ def exact_parity(linen_layer: linen.Module, ours: nnx.Module, *inputs: jax.Array
         return moduledef.apply(p)(*args, **our_call)[0]
 
     argnums = tuple(range(1, len(inputs) + 2))  # the variables and every input
-    grad = lambda apply, p, *args: jax.value_and_grad(loss, argnums, has_aux=True)(apply, p, *args)  # noqa: E731
+    grad = lambda apply, p, *args: jax.value_and_grad(loss, argnums, has_aux=True)(apply, p, *args)
     both = jax.jit(lambda v, p, *args: (grad(linen_apply, v, *args), grad(our_apply, p, *args)))
     theirs, mine = both.lower(variables, params, *inputs).compile(FAST_COMPILE)(variables, params, *inputs)
     (_, y_theirs), (g_theirs, *gx_theirs) = theirs
