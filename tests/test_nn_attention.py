@@ -357,6 +357,22 @@ def test_decode_call_argument_overrides_the_constructor():
     assert int(layer.cache_index.value) == 1
 
 
+def test_init_cache_gives_the_cache_of_linens_first_call():
+    x, token = normal((2, 6, 4)), normal((2, 1, 4), seed=1)
+    layer = linen.MultiHeadDotProductAttention(num_heads=2, decode=True)
+    variables = layer.init(rbg_key(0), x)
+    ours = load(nn.MultiHeadAttention(2, 4, decode=True, ctx=nnx.Context(0)), {"params": variables["params"]})
+    ours.init_cache(x.shape)
+    assert_equal_trees(nnx.to_variables(ours.partition()[0]), variables)
+    for _ in range(2):  # a second init_cache resets the cache
+        y_linen, _ = layer.apply(variables, token, mutable=["cache"])
+        assert_equal_trees(ours(token), y_linen)
+        ours.init_cache(x.shape)
+    with pytest.raises(ValueError, match=r"init_cache expects the shape of a full-length input, "
+                                         r"\(batch..., max_length, 4\); found \(4,\)"):
+        ours.init_cache((4,))
+
+
 def test_decode_step_with_a_wrong_shape_raises():
     layer = nn.MultiHeadAttention(2, 4, decode=True, ctx=nnx.Context(0))
     layer(normal((3, 8, 4)))

@@ -204,6 +204,35 @@ class MultiHeadAttention(Module):
                          force_fp32_for_softmax=self.force_fp32_for_softmax)
         return self.out(x)
 
+    def init_cache(self, input_shape: tp.Sequence[int], dtype: tp.Any = jnp.float32) -> None:
+        """Creates (or resets) the decode cache ahead of the first call, as flax.nnx's ``init_cache``.
+
+        Linen creates the cache in its first call instead (``init`` with ``decode=True``);
+        after either, each call with ``decode`` takes one token.
+
+        Args:
+          input_shape: the shape of a full-length input, ``(batch..., max_length, in_features)``.
+          dtype: the dtype of the cached keys and values (the dtype the projections give).
+
+        Example:
+            >>> import jax.numpy as jnp, nnx_bridge as nnx
+            >>> mha = nnx.nn.MultiHeadAttention(2, 8, decode=True, ctx=nnx.Context(0))
+            >>> mha.init_cache((3, 16, 8))
+            >>> mha.cached_value.value.shape, int(mha.cache_index.value)
+            ((3, 16, 2, 4), 0)
+            >>> mha(jnp.ones((3, 1, 8))).shape, int(mha.cache_index.value)
+            ((3, 1, 8), 1)
+        """
+        if len(input_shape) < 2:
+            raise ValueError(
+                f"MultiHeadAttention.init_cache expects the shape of a full-length input, "
+                f"(batch..., max_length, {self.in_features}); found {tuple(input_shape)}."
+            )
+        shape = (*input_shape[:-1], self.num_heads, self.head_dim)
+        for name in ("cached_key", "cached_value"):
+            self.variable("cache", name, jnp.zeros, shape, dtype).value = jnp.zeros(shape, dtype)
+        self.variable("cache", "cache_index", _zero_index).value = _zero_index()
+
     def _decode_step(self, query: jax.Array, key: jax.Array, value: jax.Array,
                      mask: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array | None]:
         """Linen's decode cache: created by the first call, advanced one token per later call."""
