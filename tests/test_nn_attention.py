@@ -262,6 +262,12 @@ def test_attention_fn_gets_only_the_keywords_it_names():
     assert seen == [(True, 0.0, True), (False, 0.5, False)]
 
 
+def test_constructor_takes_flax_nnx_positional_sizes():
+    layer = nn.MultiHeadAttention(2, 4, 6, 3, ctx=nnx.Context(0))
+    assert (layer.qkv_features, layer.out_features) == (6, 3)
+    assert layer(normal((1, 5, 4))).shape == (1, 5, 3)
+
+
 def test_attention_fn_must_be_callable():
     with pytest.raises(TypeError, match=r"attention_fn must be a function \(query, key, value, \*\*kwargs\) "
                                         r"-> array, like nnx_bridge.nn.dot_product_attention; found 'softmax'"):

@@ -31,9 +31,9 @@ class MultiHeadAttention(Module):
     Args:
       num_heads: number of heads; must divide ``qkv_features``.
       in_features: size of the last axis of the query input.
-      ctx: the Context the ``params`` keys come from.
       qkv_features: total size of the query/key/value projections (default: ``in_features``).
       out_features: size of the output (default: ``in_features``).
+      ctx: the Context the ``params`` keys come from.
       in_kv_features: size of the last axis of the key/value inputs (default: ``in_features``).
       dropout_rate: dropout on the attention weights.
       broadcast_dropout: share the dropout mask across batch and head dimensions.
@@ -89,8 +89,8 @@ class MultiHeadAttention(Module):
         ((2, 1, 16), 1)
     """
 
-    def __init__(self, num_heads: int, in_features: int, *, ctx: Context,
-                 qkv_features: int | None = None, out_features: int | None = None,
+    def __init__(self, num_heads: int, in_features: int, qkv_features: int | None = None,
+                 out_features: int | None = None, *, ctx: Context,
                  in_kv_features: int | None = None, dropout_rate: float = 0.0,
                  broadcast_dropout: bool = True, deterministic: bool | None = None,
                  use_bias: bool = True, normalize_qk: bool = False, dtype: tp.Any = None,
