@@ -446,3 +446,34 @@ def test_bridged_decode_needs_the_cache_that_init_made():
     with pytest.raises(ValueError, match=r"the module updated 'cache/cache_index', but collection 'cache' is "
                                          r"not mutable. Pass mutable=\['cache'\]"):
         model.apply(variables, token)
+
+
+class LinenParent(linen.Module):
+    """A Linen model whose attention is Linen's, or a bridged nnx_bridge one under the same name."""
+
+    bridged: bool
+
+    @linen.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = linen.Dense(6)(x)
+        if self.bridged:
+            return nnx.to_linen(nn.MultiHeadAttention, 2, 6, decode=True, name="attention")(x)
+        return linen.MultiHeadDotProductAttention(2, decode=True, name="attention")(x)
+
+
+def test_bridged_decode_nested_in_a_linen_parent():
+    prompt, tokens = normal((2, 5, 3)), normal((3, 2, 1, 3), seed=1)
+    variables = LinenParent(bridged=True).init(rbg_key(0), prompt)
+    assert_equal_trees(variables["cache"], LinenParent(bridged=False).init(rbg_key(0), prompt)["cache"])
+
+    @jax.jit
+    def step(params: tp.Any, caches: tp.Any, token: jax.Array) -> tp.Any:
+        return [LinenParent(bridged=b).apply({"params": params, "cache": c}, token, mutable=["cache"])
+                for b, c in zip((True, False), caches)]
+
+    caches = (variables["cache"], variables["cache"])
+    for token in tokens:
+        (y, ours), (y_linen, theirs) = step(variables["params"], caches, token)
+        assert_equal_trees((y, ours), (y_linen, theirs))
+        caches = (ours["cache"], theirs["cache"])
+    assert int(caches[0]["attention"]["cache_index"]) == 3
