@@ -165,6 +165,8 @@ def _variable_spec(path: str, variable: tp.Any, rules: Rules | None) -> Partitio
                 f"{ndim} dimension(s) (shape {tuple(variable.value.shape)}) but its sharding "
                 f"names {len(names)}: {names!r}. Give one name (or None) per dimension."
             )
+    if rules is None:  # a Variable's own rules (from nn.LogicallyPartitioned) come next, as in Linen
+        rules = getattr(variable, "sharding_rules", None)
     try:
         return logical_to_mesh(names, rules)
     except ValueError as error:

@@ -8,6 +8,7 @@ import jax
 
 A = tp.TypeVar("A")
 Sharding = tp.Tuple[tp.Optional[str], ...]
+Rules = tp.Tuple[tp.Tuple[str, tp.Any], ...]
 
 _FIXED_COLLECTION = "_fixed_collection"
 _COLLECTION_TYPES: dict[str, type["Variable"]] = {}
@@ -28,6 +29,21 @@ def _normalize_sharding(sharding: tp.Any) -> Sharding | None:
                 f"sharding entries must be str or None; found {name!r} in {sharding!r}."
             )
     return names
+
+
+def _normalize_rules(rules: tp.Any) -> Rules | None:
+    if rules is None:
+        return None
+    try:
+        normalized = tuple((str(logical), tuple(mesh) if isinstance(mesh, list) else mesh)
+                           for logical, mesh in rules)
+        hash(normalized)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"sharding_rules must be logical-axis rules in Linen's format, pairs (logical name, mesh "
+            f"axis or axes or None), e.g. (('embed', 'model'),); found {rules!r}."
+        ) from None
+    return normalized
 
 
 class Variable(tp.Generic[A]):
@@ -55,9 +71,10 @@ class Variable(tp.Generic[A]):
     collection: str
     value: A
     sharding: Sharding | None
+    sharding_rules: Rules | None  # the Variable's own logical-axis rules (nn.LogicallyPartitioned)
 
     def __init__(self, collection: str, value: A, *, sharding: tp.Any = None,
-                 _pytree_type: type | None = None):
+                 sharding_rules: tp.Any = None, _pytree_type: type | None = None):
         fixed = getattr(type(self), _FIXED_COLLECTION, None)
         if fixed is not None and collection != fixed:
             raise ValueError(
@@ -72,6 +89,7 @@ class Variable(tp.Generic[A]):
         self.collection = collection
         self.value = value
         self.sharding = _normalize_sharding(sharding)
+        self.sharding_rules = _normalize_rules(sharding_rules)
 
     def __init_subclass__(cls, collection: str | None = None, **kwargs: tp.Any):
         super().__init_subclass__(**kwargs)
@@ -111,12 +129,14 @@ class Variable(tp.Generic[A]):
 
 def _fixed_collection_init(fixed: str) -> tp.Callable[..., None]:
     def __init__(self: Variable[tp.Any], value: tp.Any, *, sharding: tp.Any = None,
-                 collection: str = fixed, _pytree_type: type | None = None) -> None:
+                 sharding_rules: tp.Any = None, collection: str = fixed,
+                 _pytree_type: type | None = None) -> None:
         if collection != fixed:
             Variable.__init__(self, collection, value, sharding=sharding)  # raises the error
         self.collection = fixed
         self.value = value
         self.sharding = None if sharding is None else _normalize_sharding(sharding)
+        self.sharding_rules = None if sharding_rules is None else _normalize_rules(sharding_rules)
 
     __init__.__doc__ = f"Creates a Variable of collection {fixed!r}."
     return __init__
@@ -142,7 +162,9 @@ def _register(cls: type) -> None:
     # metadata match, so the class itself is part of the metadata.
     cls._pytree_type = cls  # type: ignore[attr-defined]
     fixed = getattr(cls, _FIXED_COLLECTION, None) is not None
-    meta = ["_pytree_type", "sharding"] if fixed else ["_pytree_type", "collection", "sharding"]
+    meta = ["_pytree_type", "sharding", "sharding_rules"]
+    if not fixed:
+        meta.insert(1, "collection")
     jax.tree_util.register_dataclass(cls, data_fields=["value"], meta_fields=meta)
 
 
@@ -192,9 +214,10 @@ def variable_type(collection: str) -> type[Variable[tp.Any]]:
     return _COLLECTION_TYPES.get(collection, Variable)
 
 
-def make_variable(collection: str, value: tp.Any, *, sharding: tp.Any = None) -> Variable[tp.Any]:
+def make_variable(collection: str, value: tp.Any, *, sharding: tp.Any = None,
+                  sharding_rules: tp.Any = None) -> Variable[tp.Any]:
     """Builds a Variable of the canonical type for `collection`."""
     cls = variable_type(collection)
     if cls is Variable:
-        return Variable(collection, value, sharding=sharding)
-    return cls(value, sharding=sharding)  # type: ignore[call-arg]
+        return Variable(collection, value, sharding=sharding, sharding_rules=sharding_rules)
+    return cls(value, sharding=sharding, sharding_rules=sharding_rules)  # type: ignore[call-arg]

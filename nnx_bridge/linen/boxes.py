@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typing as tp
 
+import flax.linen as nn
 from flax.core import meta
 
 from nnx_bridge.state import State, to_variables
@@ -11,12 +12,21 @@ from nnx_bridge.state import State, to_variables
 
 def boxed_variables(state: State, box: type[meta.Partitioned] = meta.Partitioned
                     ) -> dict[str, dict[str, tp.Any]]:
-    """Linen's ``{collection: nested dict}``, sharded Variables boxed as `box` (`nn.Partitioned`)."""
-    boxed = State._from_sorted(
-        (path, v.replace(box(v.value, names=v.sharding)) if v.sharding is not None else v)
-        for path, v in state.items()
-    )
+    """Linen's ``{collection: nested dict}``, sharded Variables boxed as `box` (`nn.Partitioned`).
+
+    A Variable with its own ``sharding_rules`` is boxed as ``nn.LogicallyPartitioned``
+    carrying them, whatever `box` is.
+    """
+    boxed = State._from_sorted((path, v.replace(_box(v, box)) if v.sharding is not None else v)
+                               for path, v in state.items())
     return to_variables(boxed)
+
+
+def _box(variable: tp.Any, box: type[meta.Partitioned]) -> meta.Partitioned:
+    rules = getattr(variable, "sharding_rules", None)
+    if rules is not None:
+        return nn.LogicallyPartitioned(variable.value, names=variable.sharding, rules=rules)
+    return box(variable.value, names=variable.sharding)
 
 
 def flat_leaves(variables: tp.Mapping[str, tp.Any]) -> dict[tuple[str, str], tp.Any]:

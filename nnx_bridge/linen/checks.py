@@ -47,7 +47,7 @@ def state_after_call(module: Module, before: ModuleDef[tp.Any], before_values: t
         )
     for path, old in before_values.items():
         new = state.get(path)
-        if new is None:
+        if new is None or new.value is old.value:  # unchanged (the common case): nothing to check
             continue
         old_sig, new_sig = _signature(old.value), _signature(new.value)
         if old_sig is not None and new_sig is not None and old_sig != new_sig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import typing as tp
 
@@ -18,6 +19,7 @@ from nnx_bridge.variables import Variable, make_variable
 
 # The one attribute of a FromLinen that is not a Linen variable name (see `_reserved_names`).
 _CONFIG = "_from_linen"
+_LINEN_MODULE_NAMES = frozenset(dir(nn.Module))  # Linen's own API, not the module's methods
 _STREAM_IN_LINEN_ERROR = re.compile(r'needs PRNG for "([^"]*)"')
 
 
@@ -144,6 +146,33 @@ class FromLinen(Module):
                 if value is not variable.value:
                     variable.value = value
         return out
+
+    def __getattr__(self, name: str) -> tp.Any:
+        """The Linen module's own methods, as methods of this block: ``block.encode(x)``.
+
+        ``block.encode(x, ctx=ctx)`` is ``block(x, ctx=ctx, method="encode")``.
+
+        Example:
+            >>> import jax.numpy as jnp, flax.linen as nn, nnx_bridge as nnx
+            >>> class Coder(nn.Module):
+            ...     def setup(self):
+            ...         self.enc, self.dec = nn.Dense(2), nn.Dense(3)
+            ...     def encode(self, x):
+            ...         return self.enc(x)
+            ...     def __call__(self, x):
+            ...         return self.dec(self.encode(x))
+            >>> block = nnx.from_linen(Coder(), jnp.ones((1, 3)), ctx=nnx.Context(0))
+            >>> block.encode(jnp.ones((4, 3))).shape
+            (4, 2)
+        """
+        config = self.__dict__.get(_CONFIG)
+        if config is not None and not name.startswith("_") and name not in _LINEN_MODULE_NAMES:
+            if callable(getattr(type(config.module), name, None)):
+                return functools.partial(self.__call__, method=name)
+        raise AttributeError(
+            f"{type(self).__name__} has no attribute {name!r}"
+            + (f" (and {_owner(config.module)} has no method of that name)" if config is not None else "")
+        )
 
     # -- helpers -------------------------------------------------------------------------------
     @property
@@ -340,16 +369,19 @@ def _clash(path: tuple[str, ...], leaves: dict[tuple[str, ...], str],
 
 
 def _variable(collection: str, leaf: tp.Any, full: str, owner: str) -> Variable[tp.Any]:
-    sharding = None
-    if isinstance(leaf, meta.Partitioned):
+    sharding = rules = None
+    if isinstance(leaf, nn.LogicallyPartitioned):  # logical names, and the box's own rules
+        leaf, sharding, rules = leaf.value, leaf.names, leaf.rules
+    elif isinstance(leaf, meta.Partitioned):
         leaf, sharding = leaf.value, leaf.names
     elif isinstance(leaf, meta.AxisMetadata):
         raise TypeError(
             f"{owner}: the Linen variable {full!r} is boxed in {type(leaf).__name__}; from_linen "
-            f"understands nn.Partitioned (its names become Variable.sharding). Unbox it first."
+            f"understands nn.Partitioned and nn.LogicallyPartitioned (their names become "
+            f"Variable.sharding, their rules Variable.sharding_rules). Unbox it first."
         )
     try:
-        return make_variable(collection, leaf, sharding=sharding)
+        return make_variable(collection, leaf, sharding=sharding, sharding_rules=rules)
     except TypeError as error:
         raise TypeError(f"{owner}: the Linen variable {full!r}: {error}") from None
 

@@ -25,14 +25,21 @@ class ToLinen(nn.Module):
     """A Linen module that builds ``factory(*args, ctx=ctx, **kwargs)`` and runs it.
 
     ``init`` builds the module with a Context drawn from Linen's RNGs, runs the
-    call and returns its Variables in Linen's layout (``params/l1/kernel``;
-    list elements under ``"0"``, ``"1"``...; sharded Variables boxed as
-    ``nn.Partitioned``, or ``nn.LogicallyPartitioned`` with ``logical_axes=True``
-    when the names are logical names for ``nn.logical_axis_rules``). ``apply``
-    merges the given variables into the ModuleDef of this configuration
-    (computed once, cached) and never re-runs initialisers; updated Variables
-    are written back only to mutable collections, and anything missing,
-    unexpected or misshapen is an error.
+    call (``is_initializing()`` True; ``self.variable(...)`` may create Variables
+    sized from the inputs) and returns its Variables as constructed, plus those
+    the call created with the values it gave them, in Linen's layout
+    (``params/l1/kernel``; list elements under ``"0"``, ``"1"``...; sharded
+    Variables boxed as ``nn.Partitioned``, or ``nn.LogicallyPartitioned`` with
+    ``logical_axes=True`` when the names are logical names for
+    ``nn.logical_axis_rules``). ``apply`` merges the given variables into the
+    ModuleDef of this configuration (computed once, cached) and never re-runs
+    initialisers; variables that ``init`` created lazily are put in place for
+    ``self.variable(...)`` to find; updated Variables are written back only to
+    mutable collections, and anything missing, unexpected, misshapen or
+    changing shape or dtype in the call is an error (see `BridgePhase`).
+
+    The configuration reads as attributes (``model.dtype``); ``to_linen`` is the
+    usual way to build one (a subclass named after the wrapped class).
 
     Methods of the wrapped module are methods of this one, so
     ``model.apply(v, x, method="encode")`` works; a method with a ``ctx``
