@@ -26,11 +26,11 @@ import optax
 import pytest
 from flax.training import train_state
 from jax import lax
+from test_nn_attention import assert_equal_trees
+from test_nn_parity import FAST_COMPILE, random_like, rbg_key
 
 import nnx_bridge as nnx
 from nnx_bridge import nn
-from test_nn_attention import assert_equal_trees
-from test_nn_parity import FAST_COMPILE, random_like, rbg_key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,7 +286,7 @@ def twins(config: LMConfig) -> tuple[linen.Module, linen.Module]:
     return nnx.to_linen(TransformerLM, config), LinenTransformerLM(config)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def trained(dtype: tp.Any) -> tuple[LMConfig, tp.Any]:
     """A trained model's stand-in: random values in the shapes of Linen's params."""
     train = LMConfig(dtype=dtype)
@@ -294,7 +294,7 @@ def trained(dtype: tp.Any) -> tuple[LMConfig, tp.Any]:
     return train, random_like({"params": shapes["params"]})["params"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def decode_init(dtype: tp.Any) -> tuple[tp.Any, tp.Any]:
     """``init`` with ``decode=True`` on a full-length input: (bridged variables, Linen's)."""
     ours, theirs = twins(dataclasses.replace(trained(dtype)[0], decode=True))
@@ -331,7 +331,8 @@ def test_per_token_apply_gives_linens_logits_and_cache_bit_for_bit(dtype):
 
     @jax.jit
     def step(params: tp.Any, linen_cache: tp.Any, our_cache: tp.Any, token: jax.Array) -> tp.Any:
-        y_linen, linen_updates = theirs.apply({"params": params, "cache": linen_cache}, token, mutable=["cache"])
+        y_linen, linen_updates = theirs.apply({"params": params, "cache": linen_cache}, token,
+                                              mutable=["cache"])
         y, updates = ours.apply({"params": params, "cache": our_cache}, token, mutable=["cache"])
         return (y_linen, linen_updates["cache"]), (y, updates["cache"])
 

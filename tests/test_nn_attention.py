@@ -19,10 +19,10 @@ import numpy as np
 import optax
 import pytest
 from flax.training import train_state
+from test_nn_parity import FAST_COMPILE, build_abstract, load, plain, random_like, rbg_key, weighted_sum
 
 import nnx_bridge as nnx
 from nnx_bridge import nn
-from test_nn_parity import FAST_COMPILE, build_abstract, load, plain, random_like, rbg_key, weighted_sum
 
 F32, BF16 = jnp.float32, jnp.bfloat16
 
@@ -36,7 +36,7 @@ def assert_equal_trees(ours: tp.Any, theirs: tp.Any) -> None:
     ours, theirs = plain(ours), plain(theirs)
     assert jax.tree.structure(ours) == jax.tree.structure(theirs), (
         jax.tree.map(jnp.shape, ours), jax.tree.map(jnp.shape, theirs))
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
         assert (jnp.shape(a), jnp.result_type(a)) == (jnp.shape(b), jnp.result_type(b))
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
 
@@ -92,7 +92,9 @@ def test_attention_functions_take_linens_positional_order():
 
 def test_attention_functions_take_custom_einsums():
     q, k, v = qkv()
-    einsum = lambda spec, a, b: jnp.einsum(spec, a, b, precision=jax.lax.Precision.HIGHEST)
+    def einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+        return jnp.einsum(spec, a, b, precision=jax.lax.Precision.HIGHEST)
+
     options = dict(qk_attn_weights_einsum=einsum, attn_weights_value_einsum=einsum)
     assert_equal_trees(nn.dot_product_attention(q, k, v, **options),
                        linen.dot_product_attention(q, k, v, **options))
@@ -214,7 +216,9 @@ def exact_parity(linen_layer: linen.Module, ours: nnx.Module, *inputs: jax.Array
         return moduledef.apply(p)(*args, **our_call)[0]
 
     argnums = tuple(range(1, len(inputs) + 2))  # the variables and every input
-    grad = lambda apply, p, *args: jax.value_and_grad(loss, argnums, has_aux=True)(apply, p, *args)
+    def grad(apply: tp.Callable[..., jax.Array], p: tp.Any, *args: jax.Array) -> tp.Any:
+        return jax.value_and_grad(loss, argnums, has_aux=True)(apply, p, *args)
+
     both = jax.jit(lambda v, p, *args: (grad(linen_apply, v, *args), grad(our_apply, p, *args)))
     theirs, mine = both.lower(variables, params, *inputs).compile(FAST_COMPILE)(variables, params, *inputs)
     (_, y_theirs), (g_theirs, *gx_theirs) = theirs
@@ -269,8 +273,9 @@ def test_constructor_takes_flax_nnx_positional_sizes():
 
 
 def test_attention_fn_must_be_callable():
-    with pytest.raises(TypeError, match=r"attention_fn must be a function \(query, key, value, \*\*kwargs\) "
-                                        r"-> array, like nnx_bridge.nn.dot_product_attention; found 'softmax'"):
+    with pytest.raises(TypeError, match=r"attention_fn must be a function \(query, key, value, "
+                                        r"\*\*kwargs\) -> array, like nnx_bridge.nn.dot_product_attention; "
+                                        r"found 'softmax'"):
         nn.MultiHeadAttention(2, 4, attention_fn="softmax", ctx=nnx.Context(0))
 
 
@@ -469,7 +474,7 @@ def test_bridged_decode_nested_in_a_linen_parent():
     @jax.jit
     def step(params: tp.Any, caches: tp.Any, token: jax.Array) -> tp.Any:
         return [LinenParent(bridged=b).apply({"params": params, "cache": c}, token, mutable=["cache"])
-                for b, c in zip((True, False), caches)]
+                for b, c in zip((True, False), caches, strict=True)]
 
     caches = (variables["cache"], variables["cache"])
     for token in tokens:
