@@ -186,11 +186,6 @@ class MultiHeadAttention(Module):
                     f"MultiHeadAttention expects {name} of shape (batch..., length, {size}); found "
                     f"shape {jnp.shape(x)}."
                 )
-        query, key, value = self.query(inputs_q), self.key(inputs_k), self.value(inputs_v)
-        if self.normalize_qk:
-            query, key = self.query_ln(query), self.key_ln(key)
-        if self.decode if decode is None else decode:
-            key, value, mask = self._decode_step(query, key, value, mask)
         if self.dropout_rate > 0.0:  # as Linen: `deterministic` only matters with dropout
             if deterministic is None:
                 deterministic = True if self.deterministic is None else self.deterministic
@@ -198,6 +193,11 @@ class MultiHeadAttention(Module):
                 dropout_rng = dropout_key(ctx, "dropout", "MultiHeadAttention")
         else:
             deterministic = True
+        query, key, value = self.query(inputs_q), self.key(inputs_k), self.value(inputs_v)
+        if self.normalize_qk:
+            query, key = self.query_ln(query), self.key_ln(key)
+        if self.decode if decode is None else decode:
+            key, value, mask = self._decode_step(query, key, value, mask)
         x = self._attend(query, key, value, sow_weights, mask=mask, dropout_rng=dropout_rng,
                          dropout_rate=self.dropout_rate, broadcast_dropout=self.broadcast_dropout,
                          deterministic=deterministic, dtype=self.dtype, precision=self.precision,
