@@ -80,4 +80,4 @@ def test_linen_methods_are_methods_of_the_block():
     np.testing.assert_allclose(block.decode(codes), block(X), rtol=1e-6)
     with pytest.raises(AttributeError, match=r"FromLinen has no attribute 'missing' \(and "
                                              r"from_linen\(Coder\) has no method of that name\)"):
-        block.missing
+        _ = block.missing

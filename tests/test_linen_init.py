@@ -113,6 +113,19 @@ def test_lazy_variables_are_created_at_init_and_claimed_at_apply():
     np.testing.assert_allclose(updates["stats"]["inner"]["total"], X.sum(0), rtol=1e-6)
 
 
+def test_jitted_init_and_apply_with_lazy_variables():
+    model = nnx.to_linen(Outer)
+    variables = jax.jit(model.init)(KEY, X)
+    step = jax.jit(lambda v, x: model.apply(v, x, update=True, mutable=["stats"]))
+    out, updates = step(variables, X)
+    eager_out, eager_updates = model.apply(variables, X, update=True, mutable=["stats"])
+    np.testing.assert_allclose(out, eager_out, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), updates, eager_updates)
+    _, twice = step({**variables, **updates}, X)
+    np.testing.assert_allclose(twice["stats"]["inner"]["total"], 2 * updates["stats"]["inner"]["total"],
+                               rtol=1e-6)  # the inner sum sees X both times
+
+
 def test_apply_in_a_fresh_process_builds_the_structure_without_lazy_variables():
     model = nnx.to_linen(Outer)
     variables = model.init(KEY, X)
@@ -135,7 +148,7 @@ def test_apply_after_restore_in_a_new_interpreter(tmp_path):
     import pickle
 
     (tmp_path / "v.pkl").write_bytes(pickle.dumps(variables))
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     line = next(l for l in result.stdout.splitlines() if l.startswith("OUT "))
     np.testing.assert_allclose(np.array(eval(line[4:])), nnx.to_linen(Outer).apply(variables, X), rtol=1e-6)
@@ -360,6 +373,22 @@ def test_other_structure_changes_are_still_rejected():
         nnx.to_linen(Adds).init(KEY, X)
 
 
+def test_variable_in_a_collection_init_may_not_write():
+    class Records(nnx.Module):
+        def __init__(self, *, ctx):
+            pass
+
+        def __call__(self, x):
+            self.variable("intermediates", "seen", lambda: x)
+            return x
+
+    with pytest.raises(ValueError, match=r"Records\.variable\('intermediates', 'seen', \.\.\.\) would create "
+                                         r"'intermediates/seen' during init, but collection 'intermediates' "
+                                         r"is not mutable in this init call"):
+        nnx.to_linen(Records).init(KEY, X)
+    assert nnx.to_linen(Records).init(KEY, X, mutable=True)["intermediates"]["seen"].shape == (2, 4)
+
+
 def test_variable_of_another_collection_is_an_error():
     class Wrong(nnx.Module):
         def __init__(self, *, ctx):
@@ -389,7 +418,7 @@ def test_configuration_reads_as_attributes():
     assert (model.features, model.depth, model.dtype, model.note) == (4, 2, jnp.float16, "hi")
     assert nnx.ToLinen(Configured, (3, 5)).depth == 5
     with pytest.raises(AttributeError, match=r"has no attribute \"nothing\""):
-        model.nothing
+        _ = model.nothing
 
 
 def test_tabulate_and_linen_errors_name_the_wrapped_class():
@@ -419,8 +448,83 @@ def test_bridge_options_do_not_collide_with_the_factory_keywords():
     assert nnx.ToLinen(Sharded, logical_axes=True) == nnx.ToLinen(Sharded, (), {}, True)
 
 
+def test_class_named_wrapper_pickles_and_copies():
+    import copy
+    import pickle
+
+    model = nnx.to_linen(Configured, 4, dtype=jnp.float16)
+    for clone in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert type(clone) is type(model) and clone == model and hash(clone) == hash(model)
+        assert clone.dtype == jnp.float16
+
+
 def test_ToLinen_class_form_keeps_working():
     model = nnx.ToLinen(Configured, (4,), {"dtype": jnp.float32})
     variables = model.init(KEY, X)
     assert type(model) is nnx.ToLinen
     np.testing.assert_array_equal(model.apply(variables, X), X)
+
+
+# ----------------------------------------------------------------------------------
+# mixing both directions (Flax's hybrid bridge tests, in nnx_bridge's API)
+# ----------------------------------------------------------------------------------
+class Inner(nnx.Module):
+    def __init__(self, din, dout, rate, *, ctx):
+        self.w = nnx.Param(jax.random.normal(ctx.make_rng("params"), (din, dout)), sharding=("in", "out"))
+        self.drop = nnx.Dropout(rate)
+
+    def __call__(self, x, *, ctx=None):
+        return self.drop(x @ self.w.value, deterministic=ctx is None, ctx=ctx)
+
+
+class LinenMiddle(nn.Module):
+    dout: int
+    rate: float
+
+    @nn.compact
+    def __call__(self, x):
+        dot = nnx.to_linen(Inner, x.shape[-1], self.dout, self.rate, name="dot")
+        init = nn.with_logical_partitioning(nn.initializers.normal(), ("out-alias",),
+                                            rules=(("out-alias", "out"),))
+        return dot(x) + self.param("b", init, (self.dout,))
+
+
+def test_nnx_in_linen_in_nnx():
+    class Outer(nnx.Module):
+        def __init__(self, *, ctx):
+            self.inner = nnx.from_linen(LinenMiddle(6, 0.0), X, ctx=ctx)
+
+        def __call__(self, x):
+            return self.inner(x)
+
+    model = Outer(ctx=nnx.Context(0))
+    w, b = model.inner.dot["w"], model.inner.b
+    np.testing.assert_allclose(model(X), X @ w.value + b.value, rtol=1e-6)
+    assert isinstance(w, nnx.Param) and w.sharding == ("in", "out")
+    assert b.sharding == ("out-alias",) and b.sharding_rules == (("out-alias", "out"),)
+
+
+def test_linen_counter_and_cache_inside_an_nnx_module():
+    class Foo(nn.Module):
+        def setup(self):
+            self.count = self.variable("counter", "count", lambda: jnp.zeros((), jnp.int32))
+
+        def __call__(self, x):
+            if not self.is_initializing():
+                self.count.value += 1
+            return x
+
+    block = nnx.from_linen(Foo(), X, ctx=nnx.Context(0))
+    assert int(block.count.value) == 0
+    block(X)
+    assert int(block.count.value) == 1
+
+    class Cached(nn.Module):
+        @nn.compact
+        def __call__(self):
+            if self.is_initializing() and self.is_mutable_collection("cache"):
+                self.put_variable("cache", "x", 0)
+            return self.get_variable("cache", "x")
+
+    cached = nnx.from_linen(Cached(), ctx=nnx.Context(0))
+    assert cached() == 0 and cached() == 0

@@ -66,11 +66,17 @@ class BridgePhase(Phase):
         return bool(self._linen.is_mutable_collection(collection))
 
     def missing(self, module: Module, collection: str, name: str) -> Variable[tp.Any] | None:
-        if self._initializing:
+        if self._initializing and self.is_mutable(collection):
             return None
         path = _path_of(self.root, module) if self.root is not None else None
-        where = name if path is None else f"{path}{name}"
-        full = self._full_path(collection, where)
+        full = self._full_path(collection, name if path is None else f"{path}{name}")
+        if self._initializing:
+            raise ValueError(
+                f"{self._owner}: {type(module).__name__}.variable({collection!r}, {name!r}, ...) "
+                f"would create {full!r} during init, but collection {collection!r} is not mutable "
+                f"in this init call (init leaves 'intermediates' immutable by default, as Linen). "
+                f"Record values with self.sow(...), or pass init(..., mutable=True)."
+            )
         raise MissingVariableError(
             f"{self._owner}: missing variable {full!r}: {type(module).__name__}.variable("
             f"{collection!r}, {name!r}, ...) would have to create it during apply. Variables are "

@@ -76,6 +76,15 @@ class ToLinen(nn.Module):
         return hash((type(self), self._config_key(), self.name))
 
     @nn.nowrap
+    def __reduce_ex__(self, protocol: tp.SupportsIndex) -> tp.Any:
+        # A class made by `linen_class` is not importable by name: pickle the factory instead.
+        reduced = super().__reduce_ex__(protocol)
+        if (type(self) is not ToLinen and isinstance(reduced, tuple) and len(reduced) > 2
+                and reduced[1][:1] == (type(self),)):
+            return (_instance_of, (self.factory,), *reduced[2:])
+        return reduced
+
+    @nn.nowrap
     def _config_key(self) -> tp.Hashable:
         return self.__dict__["_config"]
 
@@ -366,7 +375,7 @@ class ToLinenFunction:
         return linen_class(factory)(factory, args, FrozenDict(kwargs), logical_axes=self._logical_axes,
                                     name=name)
 
-    def options(self, *, logical_axes: bool = False) -> "ToLinenFunction":
+    def options(self, *, logical_axes: bool = False) -> ToLinenFunction:
         """A `to_linen` with these bridge options (they never reach the factory).
 
         Args:
@@ -388,6 +397,11 @@ class ToLinenFunction:
 to_linen = ToLinenFunction()
 
 _classes: dict[tp.Any, type[ToLinen]] = {}
+
+
+def _instance_of(factory: tp.Any) -> ToLinen:
+    """An empty instance of ``linen_class(factory)`` (unpickling sets its fields)."""
+    return object.__new__(linen_class(factory))
 
 
 def linen_class(factory: tp.Any) -> type[ToLinen]:
