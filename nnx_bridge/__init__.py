@@ -60,6 +60,11 @@ from nnx_bridge.nn import LayerNorm as LayerNorm
 from nnx_bridge.nn import Linear as Linear
 from nnx_bridge.nn import LinearGeneral as LinearGeneral
 from nnx_bridge.nn import MultiHeadAttention as MultiHeadAttention
+from nnx_bridge.nn import combine_masks as combine_masks
+from nnx_bridge.nn import dot_product_attention as dot_product_attention
+from nnx_bridge.nn import dot_product_attention_weights as dot_product_attention_weights
+from nnx_bridge.nn import make_attention_mask as make_attention_mask
+from nnx_bridge.nn import make_causal_mask as make_causal_mask
 from nnx_bridge.nn import RMSNorm as RMSNorm
 from nnx_bridge.nn import Sequential as Sequential
 

@@ -13,6 +13,10 @@ Example:
 
 from nnx_bridge.nn.attention import MultiHeadAttention as MultiHeadAttention
 from nnx_bridge.nn.attention import dot_product_attention as dot_product_attention
+from nnx_bridge.nn.attention_functions import combine_masks as combine_masks
+from nnx_bridge.nn.attention_functions import dot_product_attention_weights as dot_product_attention_weights
+from nnx_bridge.nn.attention_functions import make_attention_mask as make_attention_mask
+from nnx_bridge.nn.attention_functions import make_causal_mask as make_causal_mask
 from nnx_bridge.nn.conv import Conv as Conv
 from nnx_bridge.nn.dropout import Dropout as Dropout
 from nnx_bridge.nn.dtypes import canonicalize_dtype as canonicalize_dtype
