@@ -62,5 +62,13 @@ from nnx_bridge.nn import LinearGeneral as LinearGeneral
 from nnx_bridge.nn import MultiHeadAttention as MultiHeadAttention
 from nnx_bridge.nn import RMSNorm as RMSNorm
 from nnx_bridge.nn import Sequential as Sequential
+from nnx_bridge.nn import ConvLocal as ConvLocal
+from nnx_bridge.nn import ConvTranspose as ConvTranspose
+from nnx_bridge.nn import Einsum as Einsum
+from nnx_bridge.nn import PReLU as PReLU
+from nnx_bridge.nn import avg_pool as avg_pool
+from nnx_bridge.nn import max_pool as max_pool
+from nnx_bridge.nn import min_pool as min_pool
+from nnx_bridge.nn import pool as pool
 
 __version__ = "0.1.0"

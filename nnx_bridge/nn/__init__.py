@@ -28,3 +28,11 @@ from nnx_bridge.nn.params import default_embed_init as default_embed_init
 from nnx_bridge.nn.params import default_kernel_init as default_kernel_init
 from nnx_bridge.nn.params import default_scale_init as default_scale_init
 from nnx_bridge.nn.sequential import Sequential as Sequential
+from nnx_bridge.nn.activations import PReLU as PReLU
+from nnx_bridge.nn.conv_local import ConvLocal as ConvLocal
+from nnx_bridge.nn.conv_transpose import ConvTranspose as ConvTranspose
+from nnx_bridge.nn.einsum import Einsum as Einsum
+from nnx_bridge.nn.pooling import avg_pool as avg_pool
+from nnx_bridge.nn.pooling import max_pool as max_pool
+from nnx_bridge.nn.pooling import min_pool as min_pool
+from nnx_bridge.nn.pooling import pool as pool
