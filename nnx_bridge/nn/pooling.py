@@ -65,7 +65,13 @@ def pool(inputs: jax.Array, init: tp.Any, reduce_fn: tp.Callable[[tp.Any, tp.Any
         >>> pool(jnp.arange(4.0).reshape(1, 4, 1), 0.0, lax.add, (2,), (2,), "VALID")[0, :, 0].tolist()
         [1.0, 5.0]
     """
-    dims, steps, pads = _windows(inputs, window_shape, strides, padding, "pool")
+    return _pool(inputs, init, reduce_fn, window_shape, strides, padding, "pool")
+
+
+def _pool(inputs: jax.Array, init: tp.Any, reduce_fn: tp.Callable[[tp.Any, tp.Any], tp.Any],
+          window_shape: tp.Sequence[int], strides: tp.Sequence[int] | int | None, padding: PoolPadding,
+          name: str) -> jax.Array:
+    dims, steps, pads = _windows(inputs, window_shape, strides, padding, name)
     return lax.reduce_window(inputs, init, reduce_fn, dims, steps, pads)
 
 
@@ -91,7 +97,7 @@ def avg_pool(inputs: jax.Array, window_shape: tp.Sequence[int], strides: tp.Sequ
         [0.5, 1.5, 2.0]
     """
     window = spatial.kernel_size_tuple(window_shape, layer="avg_pool", argument="window_shape")
-    y = pool(inputs, 0.0, lax.add, window, strides, padding)
+    y = _pool(inputs, 0.0, lax.add, window, strides, padding, "avg_pool")
     if count_include_pad:
         return y / math.prod(window)
     # How many real entries each window holds: one batch dimension is pooled with size 1
@@ -99,7 +105,7 @@ def avg_pool(inputs: jax.Array, window_shape: tp.Sequence[int], strides: tp.Sequ
     ones_shape = jnp.shape(inputs)[:-1] + (1,)
     if len(ones_shape) - 2 == len(window):
         ones_shape = (1,) + ones_shape[1:]
-    return y / pool(jnp.ones(ones_shape), 0.0, lax.add, window, strides, padding)
+    return y / _pool(jnp.ones(ones_shape), 0.0, lax.add, window, strides, padding, "avg_pool")
 
 
 def max_pool(inputs: jax.Array, window_shape: tp.Sequence[int], strides: tp.Sequence[int] | int | None = None,
@@ -112,7 +118,7 @@ def max_pool(inputs: jax.Array, window_shape: tp.Sequence[int], strides: tp.Sequ
         >>> max_pool(jnp.array([[[1.0], [3.0], [2.0]]]), (2,))[0, :, 0].tolist()
         [3.0, 3.0]
     """
-    return pool(inputs, -jnp.inf, lax.max, window_shape, strides, padding)
+    return _pool(inputs, -jnp.inf, lax.max, window_shape, strides, padding, "max_pool")
 
 
 def min_pool(inputs: jax.Array, window_shape: tp.Sequence[int], strides: tp.Sequence[int] | int | None = None,
@@ -125,4 +131,4 @@ def min_pool(inputs: jax.Array, window_shape: tp.Sequence[int], strides: tp.Sequ
         >>> min_pool(jnp.array([[[1.0], [3.0], [2.0]]]), (2,))[0, :, 0].tolist()
         [1.0, 2.0]
     """
-    return pool(inputs, jnp.inf, lax.min, window_shape, strides, padding)
+    return _pool(inputs, jnp.inf, lax.min, window_shape, strides, padding, "min_pool")
