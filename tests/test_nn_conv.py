@@ -20,6 +20,7 @@ import pytest
 
 import nnx_bridge as nnx
 from nnx_bridge import nn
+from nnx_bridge.nn.spatial import KernelMask
 from linen_loop import create_state, load_digits_split, predict, train_step
 from test_nn_layers import linen_params_from_our_keys, raises
 from test_nn_parity import (FAST_COMPILE, assert_same_layout, build_abstract, load, normal, plain,
@@ -210,7 +211,8 @@ def test_same_keys_give_linens_initial_parameters(case):
 # ----------------------------------------------------------------------------------
 def test_constructor_errors():
     ctx = nnx.Context(0)
-    with raises(ValueError, "Conv: unknown padding 'SYMMETRIC'", "'SAME'", "'CAUSAL'", "an int, or 2 (low, high) pairs"):
+    with raises(ValueError, "Conv: unknown padding 'SYMMETRIC'", "'SAME'", "'CAUSAL'",
+                "an int, or 2 (low, high) pairs"):
         nn.Conv(3, 4, (3, 3), padding="SYMMETRIC", ctx=ctx)
     with raises(ValueError, "Conv: mask must have the kernel's shape (3, 3, 3, 4); found shape (3, 3, 4)"):
         nn.Conv(3, 4, (3, 3), mask=np.ones((3, 3, 4)), ctx=ctx)
@@ -262,34 +264,29 @@ def _image(x: jax.Array) -> jax.Array:
     return x.reshape(-1, 8, 8, 1)
 
 
-FRONTS = {  # kind: (first layer for 8x8 digits, its forward pass, features left after flattening)
-    "Conv": (lambda ctx: nn.Conv(1, 8, (3, 3), mask=tril_mask((3, 3, 1, 8)) + 1, ctx=ctx),
-             lambda layer, x: nn.max_pool(layer(_image(x)), (2, 2), strides=(2, 2)), 4 * 4 * 8),
-    "ConvTranspose": (lambda ctx: nn.ConvTranspose(1, 4, (3, 3), strides=2, padding="CIRCULAR", ctx=ctx),
-                      lambda layer, x: nn.avg_pool(layer(_image(x)), (2, 2), strides=(2, 2)), 8 * 8 * 4),
-    "ConvLocal": (lambda ctx: nn.ConvLocal(1, 4, (3, 3), (8, 8), padding="VALID", ctx=ctx),
-                  lambda layer, x: nn.min_pool(-layer(_image(x)), (2, 2), strides=2), 3 * 3 * 4),
-    "Einsum": (lambda ctx: nn.Einsum("nhw,wk->nhk", (8, 16), (16,), ctx=ctx),
-               lambda layer, x: layer(x.reshape(-1, 8, 8)), 8 * 16),
-    "PReLU": (lambda ctx: nn.Sequential(nn.Linear(64, 32, ctx=ctx), nn.PReLU()),
-              lambda layer, x: layer(x), 32),
+BRIDGED = {  # kind: (factory, args, kwargs, forward pass of the bridged layer on 8x8 digits)
+    "Conv": (nn.Conv, (1, 8, (3, 3)), dict(mask=KernelMask(tril_mask((3, 3, 1, 8)) + 1)),
+             lambda layer, x: nn.max_pool(layer(_image(x)), (2, 2), strides=(2, 2))),
+    "ConvTranspose": (nn.ConvTranspose, (1, 4, (3, 3)), dict(strides=2, padding="CIRCULAR"),
+                      lambda layer, x: nn.avg_pool(layer(_image(x)), (2, 2), strides=(2, 2))),
+    "ConvLocal": (nn.ConvLocal, (1, 4, (3, 3), (8, 8)), dict(padding="VALID"),
+                  lambda layer, x: nn.min_pool(-layer(_image(x)), (2, 2), strides=2)),
+    "Einsum": (nn.Einsum, ("nhw,wk->nhk", (8, 16), (16,)), {}, lambda layer, x: layer(x.reshape(-1, 8, 8))),
+    "PReLU": (nn.PReLU, (0.1,), {}, lambda layer, x: layer(linen.Dense(32)(x))),
 }
 
 
-class DigitsNet(nnx.Module):
-    """One layer of this issue (plus a pooling function), then BatchNorm and a linear head."""
+class LinenDigits(linen.Module):
+    """Ordinary Linen code around one bridged layer of this issue (and a pooling function)."""
 
-    def __init__(self, kind: str, *, ctx: nnx.Context):
-        build, _, features = FRONTS[kind]
-        self.kind = kind
-        self.front = build(ctx)
-        self.bn = nn.BatchNorm(features, momentum=0.9, ctx=ctx)
-        self.head = nn.Linear(features, 10, ctx=ctx)
+    kind: str
 
+    @linen.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = FRONTS[self.kind][1](self.front, x)
-        x = self.bn(x.reshape(x.shape[0], -1), use_running_average=not train)
-        return self.head(x)
+        factory, args, kwargs, forward = BRIDGED[self.kind]
+        x = forward(nnx.to_linen(factory, *args, name="layer", **kwargs), x)
+        x = linen.BatchNorm(use_running_average=not train, momentum=0.9)(x.reshape(x.shape[0], -1))
+        return linen.Dense(10)(x)
 
 
 @pytest.fixture(scope="module")
@@ -297,13 +294,13 @@ def digits():
     return load_digits_split()
 
 
-@pytest.mark.parametrize("kind", list(FRONTS))
+@pytest.mark.parametrize("kind", list(BRIDGED))
 def test_layer_trains_through_to_linen_in_a_train_state_loop(kind, digits):
     x_train, y_train, x_test, y_test = digits
-    model = nnx.to_linen(DigitsNet, kind)
+    model = LinenDigits(kind)
     # create_state compiled as one program, with an 'rbg' key: much faster than op by op
     state = jax.jit(create_state, static_argnums=0)(model, rbg_key(0), x_train[:64])
-    assert set(state.params) == {"front", "bn", "head"} and set(state.batch_stats) == {"bn"}
+    assert "layer" in state.params and set(state.batch_stats) == {"BatchNorm_0"}
     for step in range(30):
         batch = slice(64 * step % 1344, 64 * step % 1344 + 64)
         state, loss = train_step(state, x_train[batch], y_train[batch], rbg_key(step))

@@ -7,6 +7,7 @@ import typing as tp
 import jax
 import jax.numpy as jnp
 
+from nnx_bridge.context import Context
 from nnx_bridge.module import Module
 from nnx_bridge.nn import dtypes
 from nnx_bridge.variables import Param
@@ -20,9 +21,10 @@ class PReLU(Module):
       dtype: computation dtype. None (the default) is Linen's rule: the slope is
         cast to the input's dtype and the output has the input's dtype.
       param_dtype: storage dtype of the slope.
+      ctx: not needed (no random key is drawn); accepted so that
+        ``nnx.to_linen(PReLU)``, which passes one, works.
 
-    Variables: params ``negative_slope``, a scalar. No random key is drawn, so
-    the layer needs no Context.
+    Variables: params ``negative_slope``, a scalar.
 
     Example:
         >>> import jax.numpy as jnp, nnx_bridge as nnx
@@ -32,7 +34,8 @@ class PReLU(Module):
     """
 
     def __init__(self, negative_slope_init: float = 0.01, *, dtype: tp.Any = None,
-                 param_dtype: tp.Any = jnp.float32):
+                 param_dtype: tp.Any = jnp.float32, ctx: Context | None = None):
+        del ctx  # the initial slope is a constant
         self.dtype = dtypes.as_dtype(dtype)
         self.negative_slope = Param(jnp.asarray(negative_slope_init, dtypes.as_dtype(param_dtype)))
 

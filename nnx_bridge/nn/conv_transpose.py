@@ -36,7 +36,10 @@ class ConvTranspose(Module):
         ``(low, high)`` pair per spatial dimension (passed to lax as Linen does).
       kernel_dilation: int or one int per spatial dimension (None means 1).
       use_bias: whether to add a bias.
-      mask: optional array of the kernel's shape, multiplied into the kernel.
+      mask: optional array of the kernel's shape, multiplied into the kernel
+        before every use (masked convolution); a constant kept in the ModuleDef,
+        not a variable, as Linen. Arguments of `nnx.to_linen` must be hashable:
+        pass it there as ``nnx_bridge.nn.spatial.KernelMask(array)``.
       dtype: computation dtype; None infers it from the input and parameters.
       param_dtype: storage dtype of the parameters.
       precision: passed to `jax.lax.conv_transpose`.
