@@ -22,7 +22,7 @@ import nnx_bridge as nnx
 from nnx_bridge import nn
 from nnx_bridge.nn.spatial import KernelMask
 from linen_loop import create_state, load_digits_split, predict, train_step
-from test_nn_layers import linen_params_from_our_keys, raises
+from test_nn_layers import linen_params_from_our_keys, raises, shardings
 from test_nn_parity import (FAST_COMPILE, assert_same_layout, build_abstract, load, normal, plain,
                             random_like, rbg_key, weighted_sum)
 
@@ -204,6 +204,22 @@ def test_same_keys_give_linens_initial_parameters(case):
     assert jax.tree.structure(ours) == jax.tree.structure(expected)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(expected)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_sharding_names_reach_every_parameter():
+    def names(make: tp.Callable[[nnx.Context], nnx.Module]) -> dict[str, tp.Any]:
+        return shardings(build_abstract(lambda: make(nnx.Context(0))))
+
+    assert names(lambda ctx: nn.ConvTranspose(3, 4, 3, sharding=(None, "in", "out"), ctx=ctx)) == {
+        "bias": ("out",), "kernel": (None, "in", "out")}
+    assert names(lambda ctx: nn.ConvTranspose(3, 4, 3, transpose_kernel=True, sharding=(None, "out", "in"),
+                                              ctx=ctx)) == {"bias": ("out",), "kernel": (None, "out", "in")}
+    assert names(lambda ctx: nn.ConvLocal(3, 4, 3, 8, padding="VALID", sharding=("pos", None, "out"),
+                                          ctx=ctx)) == {"bias": ("pos", "out"), "kernel": ("pos", None, "out")}
+    assert names(lambda ctx: nn.Einsum("btd,dhk->bthk", (4, 2, 3), (2, 3), sharding=("embed", "heads", "kv"),
+                                       ctx=ctx)) == {"bias": ("heads", "kv"), "kernel": ("embed", "heads", "kv")}
+    assert names(lambda ctx: nn.Einsum("bd,...dk->b...k", (2, 4, 3), (2, 3), sharding=("x", "embed", "kv"),
+                                       ctx=ctx)) == {"bias": ("x", "kv"), "kernel": ("x", "embed", "kv")}
 
 
 # ----------------------------------------------------------------------------------

@@ -49,35 +49,44 @@ def _expand_ellipsis(term: str, ndim: int, letters: str) -> str:
     return term.replace("...", letters[len(letters) - count:] if count > 0 else "")
 
 
-def bias_shapes(equation: str, input_ndim: int, kernel_shape: Shape) -> tuple[Shape, Shape]:
-    """The bias shape Linen infers, and its shape broadcast against the output.
+def output_kernel_axes(equation: str, input_ndim: int, kernel_ndim: int) -> tuple[int | None, ...]:
+    """For each output axis of ``equation``, the kernel axis it comes from (None: input only).
 
-    Output axes that come from the kernel carry the bias, in output order;
-    '...' stands for the same trailing-aligned axes in every term, as NumPy's
-    einsum (so the kernel's '...' axes are the last ones of the output's).
+    '...' stands for the same trailing-aligned axes in every term, as in NumPy's
+    einsum, so the kernel's '...' axes are the last ones of the output's.
+
+    Example:
+        >>> from nnx_bridge.nn.einsum import output_kernel_axes
+        >>> output_kernel_axes("abc,cde->abde", 3, 3)
+        (None, None, 1, 2)
+    """
+    lhs_rhs, result = equation.split("->")
+    lhs, rhs = lhs_rhs.split(",")
+    spare = "".join(c for c in string.ascii_letters if c not in equation)
+    longest = max(input_ndim - (len(lhs) - 3) if "..." in lhs else 0,
+                  kernel_ndim - (len(rhs) - 3) if "..." in rhs else 0, 0)
+    letters = spare[:longest]
+    rhs = _expand_ellipsis(rhs, kernel_ndim, letters)
+    if len(rhs) != kernel_ndim or len(set(rhs)) != len(rhs):
+        raise ValueError(
+            f"Einsum: the kernel term of {equation!r} must name each of the {kernel_ndim} "
+            f"dimensions of the kernel once; found {rhs!r}."
+        )
+    where = {c: i for i, c in enumerate(rhs)}
+    return tuple(where.get(c) for c in result.replace("...", letters))
+
+
+def bias_shapes(equation: str, input_ndim: int, kernel_shape: Shape) -> tuple[Shape, Shape]:
+    """The bias shape Linen infers (the kernel's output axes, in output order), and its broadcast shape.
 
     Example:
         >>> from nnx_bridge.nn.einsum import bias_shapes
         >>> bias_shapes("abc,cde->abde", 3, (5, 6, 7))
         ((6, 7), (1, 1, 6, 7))
     """
-    lhs_rhs, result = equation.split("->")
-    lhs, rhs = lhs_rhs.split(",")
-    spare = "".join(c for c in string.ascii_letters if c not in equation)
-    explicit_rhs = len(rhs) - 3 if "..." in rhs else len(rhs)
-    longest = max(input_ndim - (len(lhs) - 3) if "..." in lhs else 0,
-                  len(kernel_shape) - explicit_rhs if "..." in rhs else 0, 0)
-    letters = spare[:longest]
-    rhs = _expand_ellipsis(rhs, len(kernel_shape), letters)
-    result = result.replace("...", letters)
-    if len(rhs) != len(kernel_shape) or len(set(rhs)) != len(rhs):
-        raise ValueError(
-            f"Einsum: the kernel term of {equation!r} must name each of the {len(kernel_shape)} "
-            f"dimensions of kernel_shape={tuple(kernel_shape)} once; found {rhs!r}."
-        )
-    where = {c: i for i, c in enumerate(rhs)}
-    broadcast = tuple(kernel_shape[where[c]] if c in where else 1 for c in result)
-    return tuple(kernel_shape[where[c]] for c in result if c in where), broadcast
+    axes = output_kernel_axes(equation, input_ndim, len(kernel_shape))
+    return (tuple(kernel_shape[a] for a in axes if a is not None),
+            tuple(1 if a is None else kernel_shape[a] for a in axes))
 
 
 class Einsum(Module):
@@ -97,7 +106,8 @@ class Einsum(Module):
       kernel_init: initialiser of the kernel (default: LeCun normal, as Linen).
       bias_init: initialiser of the bias (default: zeros).
       preferred_element_type: the accumulation/output dtype passed to einsum.
-      sharding: axis names of the kernel (one per dimension).
+      sharding: axis names of the kernel (one per dimension); the bias gets the
+        names of the kernel dimensions it spans (with ``einsum_str`` given here).
 
     Variables: params ``kernel`` of shape ``kernel_shape`` and ``bias`` of shape
     ``bias_shape``.
@@ -118,16 +128,20 @@ class Einsum(Module):
         self.einsum_str = None if einsum_str is None else check_equation(einsum_str)
         self.kernel_shape = tuple(int(d) for d in kernel_shape)
         self.bias_shape = None if bias_shape is None else tuple(int(d) for d in bias_shape)
-        if self.einsum_str is not None and self.bias_shape is not None and "..." not in self.einsum_str:
-            self._check_bias_shape(self.einsum_str, input_ndim=0)
+        if self.einsum_str is not None and self.bias_shape is not None:
+            self._check_bias_shape(self.einsum_str, input_ndim=0)  # the input's '...' cannot matter
         self.dtype = dtypes.as_dtype(dtype)
         self.precision = precision
         self.preferred_element_type = dtypes.as_dtype(preferred_element_type, argument="preferred_element_type")
         sharding = check_sharding(sharding, len(self.kernel_shape), layer="Einsum",
                                   what=f"kernel {self.kernel_shape}")
         self.kernel = make_param(ctx, kernel_init, self.kernel_shape, param_dtype, sharding)
+        bias_sharding = None
+        if sharding is not None and self.einsum_str is not None:
+            axes = output_kernel_axes(self.einsum_str, 0, len(self.kernel_shape))
+            bias_sharding = tuple(sharding[a] for a in axes if a is not None)
         self.bias = (None if self.bias_shape is None
-                     else make_param(ctx, bias_init, self.bias_shape, param_dtype))
+                     else make_param(ctx, bias_init, self.bias_shape, param_dtype, bias_sharding))
 
     def _check_bias_shape(self, equation: str, input_ndim: int) -> Shape:
         expected, broadcast = bias_shapes(equation, input_ndim, self.kernel_shape)
