@@ -60,8 +60,8 @@ def per_dim(value: int | tp.Sequence[int] | None, rank: int, argument: str, *,
     values = (value,) * rank if _is_int(value) else tuple(value)
     if len(values) != rank or not all(_is_int(v) and v > 0 for v in values):
         raise ValueError(
-            f"{layer}: {argument} must be an int or {rank} ints (one per spatial dimension of "
-            f"kernel_size), each at least 1; found {value!r}."
+            f"{layer}: {argument} must be an int or {rank} ints (one per spatial dimension), each "
+            f"at least 1; found {value!r}."
         )
     return tuple(int(v) for v in values)
 
