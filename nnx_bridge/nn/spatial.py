@@ -144,7 +144,13 @@ def pad_by_hand(x: jax.Array, padding: str | tuple[tuple[int, int], ...], kernel
 
 def padded_spatial_shape(spatial: tuple[int, ...], padding: str | tuple[tuple[int, int], ...],
                          kernel_size: tuple[int, ...], kernel_dilation: tuple[int, ...]) -> tuple[int, ...]:
-    """The spatial shape `pad_by_hand` gives an input of spatial shape ``spatial``."""
+    """The spatial shape `pad_by_hand` gives an input of spatial shape ``spatial``.
+
+    Example:
+        >>> from nnx_bridge.nn.spatial import padded_spatial_shape
+        >>> padded_spatial_shape((8, 8), "CIRCULAR", (3, 3), (1, 2)), padded_spatial_shape((8,), "SAME", (3,), (1,))
+        ((10, 12), (8,))
+    """
     if padding not in HAND_PADDINGS:
         return spatial
     dilated = [(k - 1) * d + 1 for k, d in zip(kernel_size, kernel_dilation)]
@@ -166,7 +172,16 @@ def conv_dimension_numbers(ndim: int) -> lax.ConvDimensionNumbers:
 
 
 def check_input(x: jax.Array, rank: int, in_features: int, *, layer: str) -> tuple[int, ...]:
-    """Checks ``x`` is ``(batch..., rank spatial dims..., in_features)``; returns its batch shape."""
+    """Checks ``x`` is ``(batch..., rank spatial dims..., in_features)``; returns its batch shape.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from nnx_bridge.nn.spatial import check_input
+        >>> check_input(jnp.ones((2, 3, 5, 5, 4)), 2, 4, layer="Conv")
+        (2, 3)
+        >>> check_input(jnp.ones((5, 4)), 1, 4, layer="Conv")
+        ()
+    """
     shape = jnp.shape(x)
     if len(shape) < rank + 1 or shape[-1] != in_features:
         raise ValueError(
@@ -178,14 +193,28 @@ def check_input(x: jax.Array, rank: int, in_features: int, *, layer: str) -> tup
 
 
 def fold_batch(x: jax.Array, batch_shape: tuple[int, ...]) -> jax.Array:
-    """``x`` with its batch dimensions folded into exactly one (added if there is none)."""
+    """``x`` with its batch dimensions folded into exactly one (added if there is none).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from nnx_bridge.nn.spatial import fold_batch
+        >>> fold_batch(jnp.ones((2, 3, 5, 4)), (2, 3)).shape, fold_batch(jnp.ones((5, 4)), ()).shape
+        ((6, 5, 4), (1, 5, 4))
+    """
     if len(batch_shape) == 1:
         return x
     return jnp.reshape(x, (-1,) + jnp.shape(x)[len(batch_shape):])
 
 
 def unfold_batch(y: jax.Array, batch_shape: tuple[int, ...]) -> jax.Array:
-    """The inverse of `fold_batch` on the output ``y``."""
+    """The inverse of `fold_batch` on the output ``y``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from nnx_bridge.nn.spatial import unfold_batch
+        >>> unfold_batch(jnp.ones((6, 3, 8)), (2, 3)).shape, unfold_batch(jnp.ones((1, 3, 8)), ()).shape
+        ((2, 3, 3, 8), (3, 8))
+    """
     if len(batch_shape) == 1:
         return y
     return jnp.reshape(y, batch_shape + jnp.shape(y)[1:])
@@ -229,7 +258,14 @@ class KernelMask:
 
 
 def kernel_mask(mask: tp.Any, kernel_shape: tuple[int, ...], *, layer: str) -> KernelMask | None:
-    """``mask`` as a `KernelMask`, checked to have the kernel's shape (None stays None)."""
+    """``mask`` as a `KernelMask`, checked to have the kernel's shape (None stays None).
+
+    Example:
+        >>> import numpy as np
+        >>> from nnx_bridge.nn.spatial import kernel_mask
+        >>> kernel_mask(np.ones((3, 2, 4)), (3, 2, 4), layer="Conv"), kernel_mask(None, (3,), layer="Conv")
+        (KernelMask(shape=(3, 2, 4), dtype=float64), None)
+    """
     if mask is None:
         return None
     found = KernelMask(mask.array if isinstance(mask, KernelMask) else mask)
