@@ -4,8 +4,10 @@ Parity: Linen's `init` gives the variables (random values in its shapes are
 loaded into ours); the variable trees must be equal, and outputs and
 gradients (parameters and inputs) equal bit for bit, since both sides run the
 same lax operations in the same order. `check_layer` is shared by the
-einsum/PReLU tests. The last test trains every layer of this issue through
-`nnx.to_linen` in the stock Linen `TrainState` loop.
+einsum/PReLU tests. For one configuration of each layer of this issue, the
+compiled gradient program must be Linen's, instruction for instruction. The
+last test trains every layer through `nnx.to_linen` in the stock Linen
+`TrainState` loop.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pytest
 import nnx_bridge as nnx
 from nnx_bridge import nn
 from nnx_bridge.nn.spatial import KernelMask
+from benchmarks.bridge_overhead import canonical_names, hlo_computations
 from linen_loop import create_state, load_digits_split, predict, train_step
 from test_nn_layers import linen_params_from_our_keys, raises, shardings
 from test_nn_parity import (FAST_COMPILE, assert_same_layout, build_abstract, load, normal, plain,
@@ -264,6 +267,43 @@ def test_masked_layers_keep_the_mask_in_their_moduledef():
     a, b, c = build(mask).partition()[1], build(jnp.asarray(mask), 1).partition()[1], build(1 - mask).partition()[1]
     assert a == b and hash(a) == hash(b) and a != c
     assert set(nnx.to_variables(build(mask).partition()[0])["params"]) == {"kernel", "bias"}
+
+
+# ----------------------------------------------------------------------------------
+# Zero cost: the compiled gradient program is Linen's
+# ----------------------------------------------------------------------------------
+MASK = tril_mask((3, 3, 3, 4))
+PROGRAM_CASES = {  # id: (Linen layer, our layer, input shape)
+    "Conv-mask": (linen.Conv(4, (3, 3), mask=MASK), lambda: nn.Conv(3, 4, (3, 3), mask=MASK, ctx=nnx.Context(0)),
+                  (2, 6, 6, 3)),
+    "ConvTranspose-circular": (linen.ConvTranspose(4, (3, 3), strides=(2, 2), padding="CIRCULAR"),
+                               lambda: nn.ConvTranspose(3, 4, (3, 3), 2, padding="CIRCULAR", ctx=nnx.Context(0)),
+                               (2, 5, 5, 3)),
+    "ConvLocal": (linen.ConvLocal(4, (3, 3)), lambda: nn.ConvLocal(3, 4, (3, 3), (6, 6), ctx=nnx.Context(0)),
+                  (2, 6, 6, 3)),
+    "Einsum": (linen.Einsum((3, 2, 5), "abc,cde->abde"),
+               lambda: nn.Einsum("abc,cde->abde", (3, 2, 5), (2, 5), ctx=nnx.Context(0)), (2, 4, 3)),
+    "PReLU": (linen.PReLU(), lambda: nn.PReLU(), (2, 4, 3)),
+}
+
+
+@pytest.mark.parametrize("case", list(PROGRAM_CASES))
+def test_compiled_gradient_program_is_linens(case):
+    linen_layer, make_ours, shape = PROGRAM_CASES[case]
+    x = jnp.ones(shape)
+    variables = random_like(jax.eval_shape(linen_layer.init, rbg_key(0), x))
+    params, moduledef = load(build_abstract(make_ours), variables).partition()
+
+    def linen_grad(p: tp.Any, x: jax.Array) -> tp.Any:
+        return jax.grad(lambda p: linen_layer.apply({"params": p}, x).sum())(p)
+
+    def our_grad(p: nnx.State, x: jax.Array) -> tp.Any:
+        return jax.grad(lambda p: moduledef.apply(p)(x)[0].sum())(p)
+
+    def program(f: tp.Callable[..., tp.Any], p: tp.Any) -> list[str]:
+        return canonical_names(hlo_computations(jax.jit(f).lower(p, x).compile().as_text()))
+
+    assert program(our_grad, params) == program(linen_grad, variables["params"])
 
 
 # ----------------------------------------------------------------------------------
