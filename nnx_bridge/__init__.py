@@ -54,7 +54,10 @@ from nnx_bridge.variables import variable_type as variable_type
 from nnx_bridge import nn as nn
 from nnx_bridge.nn import BatchNorm as BatchNorm
 from nnx_bridge.nn import Conv as Conv
+from nnx_bridge.nn import ConvLocal as ConvLocal
+from nnx_bridge.nn import ConvTranspose as ConvTranspose
 from nnx_bridge.nn import Dropout as Dropout
+from nnx_bridge.nn import Einsum as Einsum
 from nnx_bridge.nn import Embed as Embed
 from nnx_bridge.nn import LayerNorm as LayerNorm
 from nnx_bridge.nn import Linear as Linear
@@ -65,7 +68,12 @@ from nnx_bridge.nn import dot_product_attention as dot_product_attention
 from nnx_bridge.nn import dot_product_attention_weights as dot_product_attention_weights
 from nnx_bridge.nn import make_attention_mask as make_attention_mask
 from nnx_bridge.nn import make_causal_mask as make_causal_mask
+from nnx_bridge.nn import PReLU as PReLU
 from nnx_bridge.nn import RMSNorm as RMSNorm
 from nnx_bridge.nn import Sequential as Sequential
+from nnx_bridge.nn import avg_pool as avg_pool
+from nnx_bridge.nn import max_pool as max_pool
+from nnx_bridge.nn import min_pool as min_pool
+from nnx_bridge.nn import pool as pool
 
 __version__ = "0.1.0"

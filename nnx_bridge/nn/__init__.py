@@ -11,6 +11,7 @@ Example:
     (2, 4)
 """
 
+from nnx_bridge.nn.activations import PReLU as PReLU
 from nnx_bridge.nn.attention import MultiHeadAttention as MultiHeadAttention
 from nnx_bridge.nn.attention import dot_product_attention as dot_product_attention
 from nnx_bridge.nn.attention_functions import combine_masks as combine_masks
@@ -18,9 +19,12 @@ from nnx_bridge.nn.attention_functions import dot_product_attention_weights as d
 from nnx_bridge.nn.attention_functions import make_attention_mask as make_attention_mask
 from nnx_bridge.nn.attention_functions import make_causal_mask as make_causal_mask
 from nnx_bridge.nn.conv import Conv as Conv
+from nnx_bridge.nn.conv_local import ConvLocal as ConvLocal
+from nnx_bridge.nn.conv_transpose import ConvTranspose as ConvTranspose
 from nnx_bridge.nn.dropout import Dropout as Dropout
 from nnx_bridge.nn.dtypes import canonicalize_dtype as canonicalize_dtype
 from nnx_bridge.nn.dtypes import promote_dtype as promote_dtype
+from nnx_bridge.nn.einsum import Einsum as Einsum
 from nnx_bridge.nn.embed import Embed as Embed
 from nnx_bridge.nn.linear import Linear as Linear
 from nnx_bridge.nn.linear import LinearGeneral as LinearGeneral
@@ -31,4 +35,8 @@ from nnx_bridge.nn.params import default_bias_init as default_bias_init
 from nnx_bridge.nn.params import default_embed_init as default_embed_init
 from nnx_bridge.nn.params import default_kernel_init as default_kernel_init
 from nnx_bridge.nn.params import default_scale_init as default_scale_init
+from nnx_bridge.nn.pooling import avg_pool as avg_pool
+from nnx_bridge.nn.pooling import max_pool as max_pool
+from nnx_bridge.nn.pooling import min_pool as min_pool
+from nnx_bridge.nn.pooling import pool as pool
 from nnx_bridge.nn.sequential import Sequential as Sequential
