@@ -62,5 +62,13 @@ from nnx_bridge.nn import LinearGeneral as LinearGeneral
 from nnx_bridge.nn import MultiHeadAttention as MultiHeadAttention
 from nnx_bridge.nn import RMSNorm as RMSNorm
 from nnx_bridge.nn import Sequential as Sequential
+from nnx_bridge.nn import SimpleCell as SimpleCell
+from nnx_bridge.nn import LSTMCell as LSTMCell
+from nnx_bridge.nn import OptimizedLSTMCell as OptimizedLSTMCell
+from nnx_bridge.nn import GRUCell as GRUCell
+from nnx_bridge.nn import MGUCell as MGUCell
+from nnx_bridge.nn import ConvLSTMCell as ConvLSTMCell
+from nnx_bridge.nn import RNN as RNN
+from nnx_bridge.nn import Bidirectional as Bidirectional
 
 __version__ = "0.1.0"
