@@ -119,3 +119,160 @@ def test_cell_matches_linen_bit_for_bit(case):
     linen_cell, make_ours, shape = CELL_CASES[case]
     x_dtype = BF16 if case.endswith("bf16") else F32
     check_cell(linen_cell, make_ours, normal(shape, x_dtype))
+
+
+def test_initialize_carry_matches_linen_and_takes_both_argument_orders():
+    carry_init = jax.nn.initializers.normal(0.5)
+    conv = build_abstract(lambda: nn.ConvLSTMCell(3, 4, (2,), carry_init=carry_init, ctx=nnx.Context(0)))
+    gru = build_abstract(lambda: nn.GRUCell(3, 4, carry_init=carry_init, ctx=nnx.Context(0)))
+    lstm = build_abstract(lambda: nn.LSTMCell(3, 4, param_dtype=BF16, ctx=nnx.Context(0)))
+
+    @jax.jit  # one program instead of one per random op
+    def carries(key: jax.Array) -> tp.Any:
+        shape = (2, 6, 3)
+        return dict(
+            linen_conv=linen.ConvLSTMCell(4, (2,), carry_init=carry_init).initialize_carry(key, shape),
+            conv=conv.initialize_carry(key, shape),
+            conv_nnx_order=conv.initialize_carry(shape, key),
+            linen_gru=linen.GRUCell(4, carry_init=carry_init).initialize_carry(key, (5, 3)),
+            gru=gru.initialize_carry(key, (5, 3)),
+            gru_ctx=gru.initialize_carry((5, 3), nnx.Context({"carry": key})),
+            lstm_zeros=lstm.initialize_carry((5, 3)),
+        )
+
+    out = carries(rbg_key(7))
+    assert_bitwise(out["conv"], out["linen_conv"])
+    assert_bitwise(out["conv_nnx_order"], out["linen_conv"])
+    assert_bitwise(out["gru"], out["linen_gru"])
+    assert out["gru_ctx"].shape == (5, 4) and float(jnp.std(out["gru_ctx"])) > 0.1
+    assert not np.array_equal(out["gru_ctx"], out["gru"])  # a key drawn from the Context's stream
+    assert [(z.shape, z.dtype, float(jnp.abs(z).max())) for z in out["lstm_zeros"]] == [((5, 4), BF16, 0.0)] * 2
+
+
+def test_initialize_carry_errors():
+    cell = build_abstract(lambda: nn.LSTMCell(3, 4, carry_init=jax.nn.initializers.normal(), ctx=nnx.Context(0)))
+    with pytest.raises(ValueError, match=r"LSTMCell.initialize_carry: the carry initialiser .* no RNG"):
+        cell.initialize_carry((2, 3))
+    with pytest.raises(TypeError, match=r"expected an input shape .* found"):
+        cell.initialize_carry(jax.random.key(0), 3)
+    with pytest.raises(TypeError, match=r"RNG must be a JAX key, an int seed, a Context or None; found str"):
+        cell.initialize_carry("key", (2, 3))
+
+
+def test_cell_errors_name_the_sizes():
+    cell = nn.GRUCell(3, 4, ctx=nnx.Context(0))
+    with pytest.raises(ValueError, match=r"GRUCell\(in_features=3, hidden_features=4\) expects inputs .* "
+                                         r"found an input of shape \(2, 5\)"):
+        cell(jnp.zeros((2, 4)), jnp.zeros((2, 5)))
+    with pytest.raises(ValueError, match=r"got a carry of shape \(2, 3\); its last dimension must be 4"):
+        cell(jnp.zeros((2, 3)), jnp.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"LSTMCell: hidden_features must be a positive int; found 0"):
+        nn.LSTMCell(3, 0, ctx=nnx.Context(0))
+
+
+# ----------------------------------------------------------------------------------
+# RNN and Bidirectional through to_linen, in a jitted TrainState step
+# ----------------------------------------------------------------------------------
+def sequence(cell_type: type, cell_args: tuple[tp.Any, ...], *, ctx: nnx.Context,
+             cell_options: tuple[tuple[str, tp.Any], ...] = (), **rnn_options: tp.Any) -> nn.RNN:
+    """An RNN over ``cell_type(*cell_args, ...)``: the factory given to ``nnx.to_linen``."""
+    return nn.RNN(cell_type(*cell_args, ctx=ctx, **dict(cell_options)), **rnn_options)
+
+
+def bidirectional(cell_type: type, cell_args: tuple[tp.Any, ...], *, ctx: nnx.Context,
+                  **options: tp.Any) -> nn.Bidirectional:
+    return nn.Bidirectional(nn.RNN(cell_type(*cell_args, ctx=ctx)), nn.RNN(cell_type(*cell_args, ctx=ctx)),
+                            **options)
+
+
+def check_train_step(linen_model: linen.Module, bridged: linen.Module, x: jax.Array,
+                     call: dict[str, tp.Any] | None = None) -> None:
+    """Same layout; outputs, loss and SGD-updated parameters bit for bit equal."""
+    call = call or {}
+    shapes = jax.eval_shape(lambda k: linen_model.init(k, x, **call), rbg_key(0))
+    assert_same_layout(jax.eval_shape(lambda k: bridged.init(k, x, **call), rbg_key(0)), shapes)
+    params = random_like(shapes)["params"]
+
+    def step(state: train_state.TrainState, xs: jax.Array) -> tp.Any:
+        def loss_fn(p: tp.Any) -> tp.Any:
+            out = state.apply_fn({"params": p}, xs, **call)
+            return tree_loss(out), out
+
+        (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return state.apply_gradients(grads=grads).params, loss, out
+
+    states = [train_state.TrainState.create(apply_fn=m.apply, params=params, tx=optax.sgd(0.1))
+              for m in (linen_model, bridged)]
+    both = jax.jit(lambda a, b, xs: (step(a, xs), step(b, xs)))
+    theirs, ours = both.lower(*states, x).compile(FAST_COMPILE)(*states, x)
+    assert_bitwise(ours, theirs)
+
+
+CARRY_INIT = jax.nn.initializers.normal(0.3)
+LENGTHS = jnp.array([5, 2])
+RNN_CASES = {  # id: (Linen cell, our cell type and args, RNN options, call options, input shape)
+    "gru-time-major-reverse-keep-order-carry": (
+        linen.GRUCell(4), (nn.GRUCell, (3, 4)),
+        dict(time_major=True, reverse=True, keep_order=True, return_carry=True), {}, (5, 2, 3)),
+    "simple-reverse-seq-lengths-carry": (
+        linen.SimpleCell(4), (nn.SimpleCell, (3, 4)), dict(reverse=True, return_carry=True),
+        dict(seq_lengths=LENGTHS), (2, 5, 3)),
+    "optimized-lstm-seq-lengths-carry-init-key": (
+        linen.OptimizedLSTMCell(4, carry_init=CARRY_INIT),
+        (nn.OptimizedLSTMCell, (3, 4), (("carry_init", CARRY_INIT),)), dict(return_carry=True),
+        dict(seq_lengths=LENGTHS, init_key=jax.random.key(3)), (2, 5, 3)),
+    "mgu-unroll-call-overrides": (
+        linen.MGUCell(4), (nn.MGUCell, (3, 4)), dict(unroll=2),
+        dict(return_carry=True, reverse=True, keep_order=True), (2, 5, 3)),
+    "conv-lstm-1d": (linen.ConvLSTMCell(3, (3,)), (nn.ConvLSTMCell, (2, 3, (3,))), {}, {}, (2, 4, 6, 2)),
+    "lstm-bf16": (linen.LSTMCell(4, param_dtype=BF16), (nn.LSTMCell, (3, 4), (("param_dtype", BF16),)),
+                  {}, {}, (2, 5, 3)),
+}
+
+
+@pytest.mark.parametrize("case", list(RNN_CASES))
+def test_rnn_through_to_linen_train_step(case):
+    linen_cell, (cell_type, cell_args, *cell_options), options, call, shape = RNN_CASES[case]
+    cell_options = cell_options[0] if cell_options else ()
+    bridged = nnx.to_linen(sequence, cell_type, cell_args, cell_options=cell_options, **options)
+    x = normal(shape, BF16 if case.endswith("bf16") else F32)
+    check_train_step(linen.RNN(linen_cell, **options), bridged, x, call)
+
+
+def add(a: jax.Array, b: jax.Array) -> jax.Array:
+    return a + b
+
+
+@pytest.mark.parametrize("options,call,shape", [
+    ({}, dict(seq_lengths=LENGTHS, return_carry=True), (2, 5, 3)),
+    (dict(merge_fn=add, time_major=True), {}, (5, 2, 3)),
+], ids=["seq-lengths-carry", "merge-fn-time-major"])
+def test_bidirectional_through_to_linen_train_step(options, call, shape):
+    linen_model = linen.Bidirectional(linen.RNN(linen.GRUCell(4)), linen.RNN(linen.GRUCell(4)), **options)
+    bridged = nnx.to_linen(bidirectional, nn.GRUCell, (3, 4), **options)
+    check_train_step(linen_model, bridged, normal(shape), call)
+
+
+# ----------------------------------------------------------------------------------
+# a sequence model on the digits: the 8 rows of 8 pixels are 8 time steps
+# ----------------------------------------------------------------------------------
+class DigitsLSTM(nnx.Module):
+    """LSTM over the image rows; its last hidden state, batch-normalised, feeds the classifier."""
+
+    def __init__(self, hidden: int, *, ctx: nnx.Context):
+        self.rnn = nn.RNN(nn.LSTMCell(8, hidden, ctx=ctx), return_carry=True)
+        self.bn = nn.BatchNorm(hidden, momentum=0.9, ctx=ctx)
+        self.drop = nn.Dropout(0.1)
+        self.head = nn.Linear(hidden, 10, ctx=ctx)
+
+    def __call__(self, x: jax.Array, *, train: bool, ctx: nnx.Context | None = None) -> jax.Array:
+        (_, h), _ = self.rnn(x.reshape(x.shape[0], 8, 8))
+        h = self.bn(h, use_running_average=not train)
+        return self.head(self.drop(h, deterministic=not train, ctx=ctx))
+
+
+def test_lstm_on_digit_rows_trains_through_to_linen():
+    model = nnx.to_linen(DigitsLSTM, 32)
+    state, accuracy = train(model, 0, load_digits_split(), steps=200)
+    assert sorted(state.params["rnn"]["cell"]) == ["hf", "hg", "hi", "ho", "if", "ig", "ii", "io"]
+    assert accuracy > 0.9, accuracy

@@ -40,8 +40,27 @@ Shape = tp.Tuple[int, ...]
 Carry = tp.Any
 Activation = tp.Callable[..., jax.Array]
 
-#: Linen's default initialiser of the kernels applied to the hidden state.
-default_recurrent_kernel_init: Initializer = initializers.orthogonal()
+_orthogonal = initializers.orthogonal()
+
+
+def default_recurrent_kernel_init(key: jax.Array, shape: Shape, dtype: tp.Any = jnp.float32) -> jax.Array:
+    """Linen's default for the kernels applied to the hidden state: ``orthogonal()``.
+
+    For dtypes under 32 bits the matrix is drawn in float32 and cast (as
+    flax.nnx does), since LAPACK's QR has no bfloat16 or float16 kernels.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from nnx_bridge.nn.recurrent import default_recurrent_kernel_init
+        >>> w = default_recurrent_kernel_init(jax.random.key(0), (3, 3), jnp.bfloat16)
+        >>> w.dtype, bool(jnp.allclose((w.astype(jnp.float32) @ w.T.astype(jnp.float32)), jnp.eye(3), atol=2e-2))
+        (dtype(bfloat16), True)
+    """
+    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+        return _orthogonal(key, shape, jnp.float32).astype(dtype)
+    return _orthogonal(key, shape, dtype)
+
+
 #: Linen's default carry initialiser (it ignores its key).
 default_carry_init: Initializer = initializers.zeros
 
