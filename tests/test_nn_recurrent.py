@@ -160,7 +160,7 @@ def test_initialize_carry_errors():
 
 
 def test_cell_errors_name_the_sizes():
-    cell = nn.GRUCell(3, 4, ctx=nnx.Context(0))
+    cell = build_abstract(lambda: nn.GRUCell(3, 4, ctx=nnx.Context(0)))  # the checks come first
     with pytest.raises(ValueError, match=r"GRUCell\(in_features=3, hidden_features=4\) expects inputs .* "
                                          r"found an input of shape \(2, 5\)"):
         cell(jnp.zeros((2, 4)), jnp.zeros((2, 5)))
@@ -276,3 +276,57 @@ def test_lstm_on_digit_rows_trains_through_to_linen():
     state, accuracy = train(model, 0, load_digits_split(), steps=200)
     assert sorted(state.params["rnn"]["cell"]) == ["hf", "hg", "hi", "ho", "if", "ig", "ii", "io"]
     assert accuracy > 0.9, accuracy
+
+
+# ----------------------------------------------------------------------------------
+# RNN: one loop, strict errors
+# ----------------------------------------------------------------------------------
+def test_rnn_is_one_scan_with_the_parameters_broadcast():
+    def run(x: jax.Array) -> tp.Any:
+        rnn = nn.RNN(nn.LSTMCell(3, 4, ctx=nnx.Context(0)))
+        params, moduledef = rnn.partition()
+        return jax.make_jaxpr(lambda p, xs: moduledef.apply(p)(xs)[0])(params, x), len(params)
+
+    closed, n_params = run(jnp.zeros((2, 7, 3)))
+    scans = [e for e in closed.jaxpr.eqns if e.primitive.name == "scan"]
+    assert len(scans) == 1
+    (scan,) = scans
+    assert scan.params["length"] == 7
+    assert scan.params["num_carry"] == 2  # (c, h); the parameters are loop constants
+    assert scan.params["num_consts"] >= n_params == 12
+
+
+class CountingCell(nn.SimpleCell):
+    """A cell that (wrongly, for a scan) updates a Variable on every step."""
+
+    def __init__(self, *, ctx: nnx.Context):
+        super().__init__(2, 2, ctx=ctx)
+        self.calls = nnx.Variable("counts", jnp.zeros((), jnp.int32))
+
+    def __call__(self, carry: jax.Array, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        self.calls.value = self.calls.value + 1
+        return super().__call__(carry, inputs)
+
+
+@pytest.mark.parametrize("make,x,call,error,match", [
+    (lambda: nn.RNN(CountingCell(ctx=nnx.Context(0))), (2, 4, 2), {}, ValueError,
+     r"RNN: the CountingCell updated its Variable 'calls' \(collection 'counts'\) during the scan"),
+    (lambda: nn.RNN(nn.GRUCell(2, 3, ctx=nnx.Context(0))), (2, 4, 2), dict(seq_lengths=jnp.ones((3,), int)),
+     ValueError, r"seq_lengths must have the batch shape \(2,\) .* found shape \(3,\)"),
+    (lambda: nn.RNN(nn.ConvLSTMCell(2, 3, (3, 3), ctx=nnx.Context(0))), (4, 5, 2), {}, ValueError,
+     r"RNN\(ConvLSTMCell\) expects inputs with a time axis and 3 feature axis\(es\)"),
+    (lambda: nn.RNN(nn.Linear(2, 3, ctx=nnx.Context(0))), (2, 4, 2), {}, TypeError,
+     r"RNN: cell must be a recurrent cell Module with initialize_carry .* found Linear"),
+    (lambda: nn.RNN(nn.GRUCell(2, 3, ctx=nnx.Context(0)), unroll=0), (2, 4, 2), {}, ValueError,
+     r"RNN: unroll must be a positive int; found 0"),
+], ids=["variable-update", "seq-lengths-shape", "rank", "not-a-cell", "unroll"])
+def test_rnn_errors(make, x, call, error, match):
+    with pytest.raises(error, match=match):  # traced only: nothing is compiled
+        jax.eval_shape(lambda xs: make()(xs, **call), jax.ShapeDtypeStruct(x, F32))
+
+
+def test_bidirectional_rejects_a_non_module():
+    rnn = build_abstract(lambda: nn.RNN(nn.GRUCell(2, 3, ctx=nnx.Context(0))))
+    with pytest.raises(TypeError, match=r"Bidirectional: backward_rnn must be an nnx_bridge Module .* found "
+                                        r"function"):
+        nn.Bidirectional(rnn, lambda x: x)

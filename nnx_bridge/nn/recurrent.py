@@ -520,12 +520,13 @@ class ConvLSTMCell(RNNCellBase):
     ``hh/kernel`` ``(*kernel_size, hidden, 4 * hidden)`` and their biases.
 
     Example:
-        >>> import jax.numpy as jnp, nnx_bridge as nnx
-        >>> cell = nnx.nn.ConvLSTMCell(3, 4, (2, 2), ctx=nnx.Context(0))
-        >>> x = jnp.ones((2, 5, 5, 3))
-        >>> (c, h), y = cell(cell.initialize_carry(x.shape), x)
-        >>> cell.num_feature_axes, y.shape
-        (3, (2, 5, 5, 4))
+        >>> import jax, jax.numpy as jnp, nnx_bridge as nnx
+        >>> def step(x):
+        ...     cell = nnx.nn.ConvLSTMCell(3, 4, (2, 2), ctx=nnx.Context(0))
+        ...     return cell(cell.initialize_carry(x.shape), x)
+        >>> (c, h), y = jax.eval_shape(step, jnp.ones((2, 5, 5, 3)))  # shapes only: nothing runs
+        >>> c.shape, y.shape
+        ((2, 5, 5, 4), (2, 5, 5, 4))
     """
 
     def __init__(self, in_features: int, hidden_features: int, kernel_size: int | tp.Sequence[int], *,
