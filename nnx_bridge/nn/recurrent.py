@@ -319,9 +319,11 @@ class LSTMCell(_DenseCell):
         """One step: ``((new_c, new_h), new_h)``."""
         c, h = carry
         self._check_step(inputs, h, self.in_features)
-        pre = {g: self._sub("i" + g)(inputs) + self._sub("h" + g)(h) for g in self._GATES}
-        i, f, o = self.gate_fn(pre["i"]), self.gate_fn(pre["f"]), self.gate_fn(pre["o"])
-        g = self.activation_fn(pre["g"])
+        sub = self.__dict__  # Linen's order of operations, gate by gate
+        i = self.gate_fn(sub["ii"](inputs) + sub["hi"](h))
+        f = self.gate_fn(sub["if"](inputs) + sub["hf"](h))
+        g = self.activation_fn(sub["ig"](inputs) + sub["hg"](h))
+        o = self.gate_fn(sub["io"](inputs) + sub["ho"](h))
         new_c = f * c + i * g
         new_h = o * self.activation_fn(new_c)
         return (new_c, new_h), new_h
