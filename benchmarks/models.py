@@ -49,8 +49,7 @@ from flax.nnx import bridge as flax_bridge
 from flax.training import train_state
 
 import nnx_bridge as nnx
-from nnx_bridge.nn import (RNN, BatchNorm, Conv, Dropout, LayerNorm, Linear, LSTMCell,
-                           MultiHeadAttention)
+from nnx_bridge.nn import RNN, BatchNorm, Conv, Dropout, LayerNorm, Linear, LSTMCell, MultiHeadAttention
 
 
 # ----------------------------------------------------------------------------------

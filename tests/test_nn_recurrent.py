@@ -24,12 +24,20 @@ import numpy as np
 import optax
 import pytest
 from flax.training import train_state
+from linen_loop import load_digits_split, train
+from test_nn_parity import (
+    FAST_COMPILE,
+    assert_same_layout,
+    build_abstract,
+    load,
+    plain,
+    random_like,
+    rbg_key,
+    weighted_sum,
+)
 
 import nnx_bridge as nnx
 from nnx_bridge import nn
-from linen_loop import load_digits_split, train
-from test_nn_parity import (FAST_COMPILE, assert_same_layout, build_abstract, load, plain, random_like,
-                            rbg_key, weighted_sum)
 
 F32, BF16 = jnp.float32, jnp.bfloat16
 

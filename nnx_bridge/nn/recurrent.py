@@ -36,7 +36,7 @@ from nnx_bridge.nn.conv import Conv
 from nnx_bridge.nn.linear import Linear
 from nnx_bridge.nn.params import Initializer, default_kernel_init
 
-Shape = tp.Tuple[int, ...]
+Shape = tuple[int, ...]
 Carry = tp.Any
 Activation = tp.Callable[..., jax.Array]
 

@@ -84,6 +84,12 @@ class RNN(Module):
     The cell's Variables are broadcast over time and must not change during the
     scan (a cell that updates a Variable is an error, not a silent drop).
 
+    Linen's layout ``rnn/cell/...`` is what Linen gives when the RNN owns its
+    cell: built in ``setup`` or with ``nn.LSTMCell(..., parent=None)``. A cell
+    built inline in an ``@nn.compact`` method belongs to the enclosing module
+    instead (``LSTMCell_0/...`` beside the RNN); to load such a checkpoint,
+    rename that subtree to ``<rnn name>/cell``.
+
     Example:
         >>> import jax.numpy as jnp, nnx_bridge as nnx
         >>> rnn = nnx.nn.RNN(nnx.nn.LSTMCell(3, 5, ctx=nnx.Context(0)), return_carry=True)
