@@ -145,6 +145,7 @@ def test_initialize_carry_matches_linen_and_takes_both_argument_orders():
             linen_gru=linen.GRUCell(4, carry_init=carry_init).initialize_carry(key, (5, 3)),
             gru=gru.initialize_carry(key, (5, 3)),
             gru_ctx=gru.initialize_carry((5, 3), nnx.Context({"carry": key})),
+            gru_ctx_keyword=gru.initialize_carry((5, 3), ctx=nnx.Context({"carry": key})),
             lstm_zeros=lstm.initialize_carry((5, 3)),
         )
 
@@ -154,6 +155,7 @@ def test_initialize_carry_matches_linen_and_takes_both_argument_orders():
     assert_bitwise(out["gru"], out["linen_gru"])
     assert out["gru_ctx"].shape == (5, 4) and float(jnp.std(out["gru_ctx"])) > 0.1
     assert not np.array_equal(out["gru_ctx"], out["gru"])  # a key drawn from the Context's stream
+    assert_bitwise(out["gru_ctx_keyword"], out["gru_ctx"])
     assert [(z.shape, z.dtype, float(jnp.abs(z).max())) for z in out["lstm_zeros"]] == [((5, 4), BF16, 0.0)] * 2
 
 
@@ -165,6 +167,8 @@ def test_initialize_carry_errors():
         cell.initialize_carry(jax.random.key(0), 3)
     with pytest.raises(TypeError, match=r"RNG must be a JAX key, an int seed, a Context or None; found str"):
         cell.initialize_carry("key", (2, 3))
+    with pytest.raises(TypeError, match=r"got both an RNG \(int\) and ctx=; pass one of them"):
+        cell.initialize_carry(0, (2, 3), ctx=nnx.Context(0))
 
 
 def test_cell_errors_name_the_sizes():

@@ -97,15 +97,16 @@ class RNNCellBase(Module):
         raise NotImplementedError(f"{type(self).__name__} must define _carry_shapes.")
 
     def initialize_carry(self, rng: tp.Any = None, input_shape: tp.Any = None, *,
-                         carry_init: Initializer | None = None) -> Carry:
+                         ctx: Context | None = None, carry_init: Initializer | None = None) -> Carry:
         """The initial carry for one time step's input shape ``(*batch, *features)``.
 
         Linen's order ``initialize_carry(rng, input_shape)`` and flax.nnx's order
         ``initialize_carry(input_shape, rng)`` are both accepted. ``rng`` is a
         JAX key (split as Linen splits it), a `Context` (one key from its
         ``"carry"`` stream), or None when the carry initialiser ignores keys
-        (the default ``zeros``). ``carry_init`` overrides the cell's for this
-        call. The carry is stored in ``param_dtype``, as Linen does.
+        (the default ``zeros``); ``ctx=`` passes a Context by keyword.
+        ``carry_init`` overrides the cell's for this call. The carry is stored
+        in ``param_dtype``, as Linen does.
 
         Example:
             >>> import jax, nnx_bridge as nnx
@@ -118,6 +119,13 @@ class RNNCellBase(Module):
         """
         if _is_shape(rng) and not _is_shape(input_shape):
             rng, input_shape = input_shape, rng
+        if ctx is not None:
+            if rng is not None:
+                raise TypeError(
+                    f"{type(self).__name__}.initialize_carry: got both an RNG ({type(rng).__name__}) "
+                    f"and ctx=; pass one of them."
+                )
+            rng = ctx
         if not _is_shape(input_shape):
             raise TypeError(
                 f"{type(self).__name__}.initialize_carry: expected an input shape (a tuple of ints, "
