@@ -236,7 +236,9 @@ RNN_CASES = {  # id: (Linen cell, our cell type and args, RNN options, call opti
     "mgu-unroll-call-overrides": (
         linen.MGUCell(4), (nn.MGUCell, (3, 4)), dict(unroll=2),
         dict(return_carry=True, reverse=True, keep_order=True), (2, 5, 3)),
-    "conv-lstm-1d": (linen.ConvLSTMCell(3, (3,)), (nn.ConvLSTMCell, (2, 3, (3,))), {}, {}, (2, 4, 6, 2)),
+    "conv-lstm-1d-initial-carry": (
+        linen.ConvLSTMCell(3, (3,)), (nn.ConvLSTMCell, (2, 3, (3,))), {},
+        dict(initial_carry=(normal((2, 6, 3), seed=4), normal((2, 6, 3), seed=5))), (2, 4, 6, 2)),
     "lstm-bf16": (linen.LSTMCell(4, param_dtype=BF16), (nn.LSTMCell, (3, 4), (("param_dtype", BF16),)),
                   {}, {}, (2, 5, 3)),
 }

@@ -82,7 +82,10 @@ class RNN(Module):
     valid step; outputs at padded steps are not zeroed (as Linen).
 
     The cell's Variables are broadcast over time and must not change during the
-    scan (a cell that updates a Variable is an error, not a silent drop).
+    scan (a cell that updates a Variable is an error, not a silent drop). This
+    is Linen's default ``variable_broadcast='params'``; Linen's other
+    ``nn.scan`` options (``variable_axes``, ``variable_carry``, ``split_rngs``)
+    are not taken.
 
     Linen's layout ``rnn/cell/...`` is what Linen gives when the RNN owns its
     cell: built in ``setup`` or with ``nn.LSTMCell(..., parent=None)``. A cell
