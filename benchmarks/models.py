@@ -11,7 +11,7 @@ Every model exists three times, with the same variable names and arithmetic:
 All of them are called as ``model(x, train=...)``; the nnx_bridge module takes
 its dropout randomness as ``ctx=``. A `Twin` bundles the three classes with
 one configuration, and the functions `mlp`, `digits_mlp`, `cnn`,
-`transformer` and `tiny_mlp` build the configurations the benchmarks use.
+`transformer`, `lstm` and `tiny_mlp` build the configurations the benchmarks use.
 
 The loops:
 
@@ -49,7 +49,7 @@ from flax.nnx import bridge as flax_bridge
 from flax.training import train_state
 
 import nnx_bridge as nnx
-from nnx_bridge.nn import BatchNorm, Conv, Dropout, LayerNorm, Linear, MultiHeadAttention
+from nnx_bridge.nn import RNN, BatchNorm, Conv, Dropout, LayerNorm, Linear, LSTMCell, MultiHeadAttention
 
 
 # ----------------------------------------------------------------------------------
@@ -291,6 +291,54 @@ class FlaxTransformer(flax_nnx.Module):
 
 
 # ----------------------------------------------------------------------------------
+# LSTM over the rows of an image: nn.RNN(nn.LSTMCell), last hidden state -> head
+# ----------------------------------------------------------------------------------
+class LinenLSTM(nn.Module):
+    """Linen ``nn.RNN(nn.LSTMCell(hidden))`` over ``(batch, rows, features)``; ``features`` is unused."""
+
+    features: int = 8
+    hidden: int = 64
+    classes: int = 10
+
+    def setup(self) -> None:
+        # Made in setup, the cell belongs to the RNN (params/rnn/cell/...). Made inline in an
+        # @nn.compact method it would belong to this module instead (params/LSTMCell_0/...).
+        self.rnn = nn.RNN(nn.LSTMCell(self.hidden), return_carry=True)
+        self.head = nn.Dense(self.classes)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        del train
+        (_, h), _ = self.rnn(x)
+        return self.head(h)
+
+
+class BridgeLSTM(nnx.Module):
+    """The nnx_bridge twin of `LinenLSTM` (``rnn/cell/{ii,...,ho}``, ``head``)."""
+
+    def __init__(self, features: int = 8, hidden: int = 64, classes: int = 10, *, ctx: nnx.Context):
+        self.rnn = RNN(LSTMCell(features, hidden, ctx=ctx), return_carry=True)
+        self.head = Linear(hidden, classes, ctx=ctx)
+
+    def __call__(self, x: jax.Array, *, train: bool, ctx: nnx.Context | None = None) -> jax.Array:
+        del train, ctx
+        (_, h), _ = self.rnn(x)
+        return self.head(h)
+
+
+class FlaxLSTM(flax_nnx.Module):
+    """The Flax NNX twin of `LinenLSTM` (flax.nnx names the forget-gate layer ``if_``)."""
+
+    def __init__(self, features: int = 8, hidden: int = 64, classes: int = 10, *, rngs: flax_nnx.Rngs):
+        self.rnn = flax_nnx.RNN(flax_nnx.LSTMCell(features, hidden, rngs=rngs), return_carry=True)
+        self.head = flax_nnx.Linear(hidden, classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        del train
+        (_, h), _ = self.rnn(x)
+        return self.head(h)
+
+
+# ----------------------------------------------------------------------------------
 # a model configuration in its three forms
 # ----------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
@@ -367,6 +415,11 @@ def transformer(d_model: int = 64, heads: int = 4, depth: int = 2, length: int =
     """The Transformer block stack on ``(length, d_model)`` inputs."""
     return Twin("transformer", LinenTransformer, BridgeTransformer, FlaxTransformer,
                 (d_model, heads, depth, 10), (length, d_model), 10)
+
+
+def lstm(hidden: int = 128, rows: int = 8, features: int = 8) -> Twin:
+    """The LSTM twin over ``rows`` time steps of ``features`` (default: the 8x8 digit rows)."""
+    return Twin("lstm", LinenLSTM, BridgeLSTM, FlaxLSTM, (features, hidden, 10), (rows, features), 10)
 
 
 # ----------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ Run from the repository root::
     python -m benchmarks.suite                      # everything (about 7 minutes on 2 CPU cores)
     python -m benchmarks.suite --quick              # tiny settings, a smoke run
     python -m benchmarks.suite --only hlo memory --out results/suite_gpu
+    python -m benchmarks.suite --models lstm        # only the LSTM (any subset of the models)
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ FULL = Settings(
         ("transformer", ModelSpec(models.transformer, 32,
                                   "Transformer, 2 pre-norm blocks, d=64, 4 heads, 32 tokens, batch 32")),
         ("tiny_mlp", ModelSpec(models.tiny_mlp, 32, "tiny MLP 16-32-32-4, batch 32")),
+        ("lstm", ModelSpec(models.lstm, 128, "LSTM nn.RNN(nn.LSTMCell(128)) over 8 rows of 8, batch 128")),
     ),
     step_rounds=30, step_min_batch_s=0.05, compile_rounds=6,
     depths=(1, 10, 100, 1000), overhead_rounds=30, overhead_min_batch_s=0.005,
@@ -125,6 +127,7 @@ QUICK = Settings(
         ("transformer", ModelSpec(functools.partial(models.transformer, 16, 2, 1, 8), 4,
                                   "Transformer, 1 block, d=16, 2 heads, 8 tokens, batch 4")),
         ("tiny_mlp", ModelSpec(models.tiny_mlp, 8, "tiny MLP 16-32-32-4, batch 8")),
+        ("lstm", ModelSpec(functools.partial(models.lstm, 16), 8, "LSTM(16) over 8 rows of 8, batch 8")),
     ),
     step_rounds=6, step_min_batch_s=0.005, compile_rounds=1,
     depths=(1, 10, 100), overhead_rounds=6, overhead_min_batch_s=0.002,
@@ -694,13 +697,26 @@ def parse_args(argv: tp.Sequence[str] | None = None) -> argparse.Namespace:
                    help=f"benchmarks to run, from {', '.join(BENCHMARKS)}")
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results/suite"),
                    help="folder for the JSON, PNG and summary.md files")
+    p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+                   help=f"models to run (default: all), from {', '.join(n for n, _ in FULL.models)}")
     return p.parse_args(argv)
+
+
+def select_models(settings: Settings, names: tp.Sequence[str] | None) -> Settings:
+    """`settings` with only the models in `names` (all of them for None), in the settings' order."""
+    if names is None:
+        return settings
+    known = [n for n, _ in settings.models]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; choose from {known}.")
+    return dataclasses.replace(settings, models=tuple((n, m) for n, m in settings.models if n in names))
 
 
 def main(argv: tp.Sequence[str] | None = None) -> dict[str, dict[str, tp.Any]]:
     """Parses the flags and runs the suite."""
     args = parse_args(argv)
-    return run(QUICK if args.quick else FULL, args.only, args.out)
+    return run(select_models(QUICK if args.quick else FULL, args.models), args.only, args.out)
 
 
 if __name__ == "__main__":

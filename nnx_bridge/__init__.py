@@ -75,5 +75,13 @@ from nnx_bridge.nn import avg_pool as avg_pool
 from nnx_bridge.nn import max_pool as max_pool
 from nnx_bridge.nn import min_pool as min_pool
 from nnx_bridge.nn import pool as pool
+from nnx_bridge.nn import SimpleCell as SimpleCell
+from nnx_bridge.nn import LSTMCell as LSTMCell
+from nnx_bridge.nn import OptimizedLSTMCell as OptimizedLSTMCell
+from nnx_bridge.nn import GRUCell as GRUCell
+from nnx_bridge.nn import MGUCell as MGUCell
+from nnx_bridge.nn import ConvLSTMCell as ConvLSTMCell
+from nnx_bridge.nn import RNN as RNN
+from nnx_bridge.nn import Bidirectional as Bidirectional
 
 __version__ = "0.1.0"

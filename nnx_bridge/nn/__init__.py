@@ -31,6 +31,16 @@ from nnx_bridge.nn.linear import LinearGeneral as LinearGeneral
 from nnx_bridge.nn.normalization import BatchNorm as BatchNorm
 from nnx_bridge.nn.normalization import LayerNorm as LayerNorm
 from nnx_bridge.nn.normalization import RMSNorm as RMSNorm
+from nnx_bridge.nn.recurrent import ConvLSTMCell as ConvLSTMCell
+from nnx_bridge.nn.recurrent import GRUCell as GRUCell
+from nnx_bridge.nn.recurrent import LSTMCell as LSTMCell
+from nnx_bridge.nn.recurrent import MGUCell as MGUCell
+from nnx_bridge.nn.recurrent import OptimizedLSTMCell as OptimizedLSTMCell
+from nnx_bridge.nn.recurrent import RNNCellBase as RNNCellBase
+from nnx_bridge.nn.recurrent import SimpleCell as SimpleCell
+from nnx_bridge.nn.rnn import RNN as RNN
+from nnx_bridge.nn.rnn import Bidirectional as Bidirectional
+from nnx_bridge.nn.rnn import flip_sequences as flip_sequences
 from nnx_bridge.nn.params import default_bias_init as default_bias_init
 from nnx_bridge.nn.params import default_embed_init as default_embed_init
 from nnx_bridge.nn.params import default_kernel_init as default_kernel_init
