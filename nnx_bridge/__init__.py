@@ -56,11 +56,18 @@ from nnx_bridge.nn import BatchNorm as BatchNorm
 from nnx_bridge.nn import Conv as Conv
 from nnx_bridge.nn import Dropout as Dropout
 from nnx_bridge.nn import Embed as Embed
+from nnx_bridge.nn import GroupNorm as GroupNorm
+from nnx_bridge.nn import InstanceNorm as InstanceNorm
 from nnx_bridge.nn import LayerNorm as LayerNorm
 from nnx_bridge.nn import Linear as Linear
 from nnx_bridge.nn import LinearGeneral as LinearGeneral
+from nnx_bridge.nn import LoRA as LoRA
+from nnx_bridge.nn import LoRALinear as LoRALinear
+from nnx_bridge.nn import LoRAParam as LoRAParam
 from nnx_bridge.nn import MultiHeadAttention as MultiHeadAttention
 from nnx_bridge.nn import RMSNorm as RMSNorm
 from nnx_bridge.nn import Sequential as Sequential
+from nnx_bridge.nn import SpectralNorm as SpectralNorm
+from nnx_bridge.nn import WeightNorm as WeightNorm
 
 __version__ = "0.1.0"
