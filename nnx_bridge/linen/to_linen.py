@@ -214,7 +214,8 @@ class ToLinen(nn.Module):
 
     @nn.nowrap
     def _full(self, collection: str, path: str) -> str:
-        return "/".join((collection, *(self.scope.path if self.scope is not None else ()), path))
+        # Linen's names in messages: escaped path segments (nnx_bridge.state.escape_name) unescaped.
+        return "/".join((collection, *(self.scope.path if self.scope is not None else ()), *split_path(path)))
 
 
 def _box(logical_axes: bool) -> type[nn.Partitioned]:

@@ -145,7 +145,7 @@ class WeightNorm(Module):
             targets.append(path)
             if use_scale:
                 value = jnp.asarray(variable.value)
-                axes = _feature_axes(self.feature_axes, value.ndim, f"{LAYER}/{path!r}")
+                axes = _feature_axes(self.feature_axes, value.ndim, repr(f"{LAYER}/{path}"))
                 shape = tuple(value.shape[a] for a in axes)
                 setattr(self, state_name(path, "scale"), make_param(ctx, scale_init, shape, param_dtype))
         self.targets = tuple(targets)  # the layer's State paths that are normalised
@@ -158,7 +158,7 @@ class WeightNorm(Module):
 
     def _normalize(self, path: str, weight: tp.Any) -> jax.Array:
         value = jnp.asarray(weight)
-        axes = _feature_axes(self.feature_axes, value.ndim, f"{LAYER}/{path!r}")
+        axes = _feature_axes(self.feature_axes, value.ndim, repr(f"{LAYER}/{path}"))
         value_bar = l2_normalize(value, tuple(i for i in range(value.ndim) if i not in axes),
                                  eps=self.epsilon)
         operands = [value]
