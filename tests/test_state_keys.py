@@ -90,7 +90,7 @@ class Holder(nnx.Module):
 
     def __init__(self) -> None:
         self.inner = nnx.Module()
-        setattr(self.inner, "kernel", nnx.Param(jnp.ones(2)))
+        self.inner.kernel = nnx.Param(jnp.ones(2))
         setattr(self, "inner/kernel/scale", nnx.Param(jnp.full((2,), 2.0)))
         self.table = {"a/b~c": nnx.Variable("counts", jnp.zeros(()))}
 

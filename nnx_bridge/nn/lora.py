@@ -39,7 +39,7 @@ class LoRAParam(Param[A]):
     """
 
 
-def _check_param_type(lora_param_type: tp.Any) -> type[Variable[tp.Any]]:
+def _check_param_type(lora_param_type: tp.Any) -> tp.Any:
     if not (isinstance(lora_param_type, type) and issubclass(lora_param_type, Variable)
             and getattr(lora_param_type, "_fixed_collection", None) is not None):
         raise TypeError(

@@ -128,4 +128,4 @@ class SpectralNorm(Module):
             update_stats = self.update_stats
         state, _ = self.layer_instance.partition()
         with substituted(self.layer_instance, self._normalized(state, update_stats=bool(update_stats))):
-            return self.layer_instance(*args, **kwargs)
+            return tp.cast(tp.Any, self.layer_instance)(*args, **kwargs)

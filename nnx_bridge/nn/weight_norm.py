@@ -175,7 +175,7 @@ class WeightNorm(Module):
         """Calls the wrapped layer with its selected variables normalised."""
         state, _ = self.layer_instance.partition()
         with substituted(self.layer_instance, self._normalized(state)):
-            return self.layer_instance(*args, **kwargs)
+            return tp.cast(tp.Any, self.layer_instance)(*args, **kwargs)
 
 
 def _selector(variable_filter: tp.Any) -> tp.Callable[[str, Variable[tp.Any]], bool]:
