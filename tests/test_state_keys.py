@@ -139,3 +139,16 @@ def test_optax_labels_from_a_filter_see_escaped_paths():
     params = {"inner": {"kernel": 1.0}, "inner/kernel/scale": 2.0}
     labels = nnx.labels(params, {"scale": lambda path, v: path.endswith("~1scale")}, default="rest")
     assert labels == {"inner": {"kernel": "rest"}, "inner/kernel/scale": "scale"}
+
+
+def test_from_linen_holds_linen_keys_with_a_slash():
+    import flax.linen as linen
+
+    x = jnp.ones((2, 3))
+    layer = linen.WeightNorm(linen.Dense(4), variable_filter=("kernel",))  # hashable: a tuple
+    wrapped = nnx.from_linen(layer, x, ctx=nnx.Context(0))
+    state, moduledef = wrapped.partition()
+    assert list(state) == ["layer_instance/bias", "layer_instance/kernel", "layer_instance~1kernel~1scale"]
+    expected = layer.apply(nnx.to_variables(state), x)
+    np.testing.assert_array_equal(moduledef.merge(state)(x), expected)
+    assert nnx.to_variables(state) == wrapped.linen_variables()
