@@ -130,6 +130,18 @@ def test_weight_norm_dense_parity_exact(options):
            normal((2, 3)), EXACT)
 
 
+def test_weight_norm_covers_every_collection_of_the_layer_exact():
+    """Linen maps all the layer's collections: with no filter, batch statistics get scales too."""
+    x = normal((4, 3))
+    theirs = linen.WeightNorm(linen.BatchNorm(use_running_average=True), variable_filter=None)
+    variables = random_like(jax.eval_shape(theirs.init, rbg_key(0), x))
+    ours = nn.WeightNorm(nn.BatchNorm(3, use_running_average=True, ctx=ctx()), variable_filter=None, ctx=ctx())
+    assert_same_layout(nnx.to_variables(ours.partition()[0]), variables)
+    assert "layer_instance/mean/scale" in variables["params"]
+    load(ours, variables)
+    np.testing.assert_array_equal(ours(x), theirs.apply(variables, x))
+
+
 def test_weight_norm_conv_feature_axes_exact():
     options = dict(feature_axes=(2, 3))
     parity(linen.WeightNorm(linen.Conv(4, (3, 3)), **options),
