@@ -61,6 +61,28 @@ def test_linen_variables_round_trip_and_keep_jax_order(variables):
         assert ours == jax.tree.leaves(tree)
 
 
+@FAST
+@given(st.lists(NAMES, min_size=1, max_size=5, unique=True), st.lists(NAMES, min_size=1, max_size=3, unique=True))
+def test_modules_with_such_attribute_names_and_dict_keys_round_trip(attributes, keys):
+    module = nnx.Module()
+    for i, name in enumerate(attributes):
+        setattr(module, name, nnx.Param(float(i)))
+    module.table = {k: nnx.Variable("counts", i) for i, k in enumerate(keys)}  # type: ignore[attr-defined]
+    if "table" in attributes:
+        return  # the dict replaced that attribute
+    state, moduledef = module.partition()
+    assert nnx.to_variables(state) == {"counts": {"table": {k: i for i, k in enumerate(keys)}},
+                                       "params": {n: float(i) for i, n in enumerate(attributes)}}
+    rebuilt = moduledef.merge(state)
+    rebuilt.update_state(plus_one(state))
+    assert [getattr(rebuilt, n).value for n in attributes] == [i + 1.0 for i in range(len(attributes))]
+    assert [rebuilt.table[k].value for k in keys] == [i + 1 for i in range(len(keys))]
+
+
+def plus_one(state: nnx.State) -> nnx.State:
+    return nnx.State({p: v.replace(v.value + 1) for p, v in state.items()})
+
+
 def test_a_linen_weight_norm_key_is_one_segment():
     variables = {"params": {"layer_instance": {"kernel": 1.0, "bias": 2.0},
                             "layer_instance/kernel/scale": 3.0}}
