@@ -172,14 +172,14 @@ def test_spectral_norm_conv_flattens_the_kernel_exact():
 def test_wrapper_trees_as_linen_init_stores_them():
     """Linen's init stores the wrapped kernel normalised, in the result dtype: so do we."""
     x = jnp.ones((2, 3))
-    for linen_layer, ours, call in [
+    for linen_layer, make, call in [
         (linen.WeightNorm(linen.Dense(4), dtype=BF16),
-         nn.WeightNorm(nn.Linear(3, 4, ctx=ctx()), dtype=BF16, ctx=ctx()), {}),
+         lambda: nn.WeightNorm(nn.Linear(3, 4, ctx=ctx()), dtype=BF16, ctx=ctx()), {}),
         (linen.SpectralNorm(linen.Dense(4), dtype=BF16),
-         nn.SpectralNorm(nn.Linear(3, 4, ctx=ctx()), dtype=BF16, ctx=ctx()), dict(update_stats=False)),
+         lambda: nn.SpectralNorm(nn.Linear(3, 4, ctx=ctx()), dtype=BF16, ctx=ctx()), dict(update_stats=False)),
     ]:
-        theirs = linen_layer.init(rbg_key(0), x, **call)
-        mine = nnx.to_variables(ours.partition()[0])
+        theirs = jax.eval_shape(lambda k: linen_layer.init(k, x, **call), rbg_key(0))
+        mine = jax.eval_shape(lambda: nnx.to_variables(make().partition()[0]))
         assert_same_layout(mine, theirs)
         assert mine["params"]["layer_instance"]["kernel"].dtype == BF16
     wn = nn.WeightNorm(nn.Linear(3, 4, ctx=ctx()), ctx=ctx())
