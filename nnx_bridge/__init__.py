@@ -59,9 +59,14 @@ from nnx_bridge.nn import ConvTranspose as ConvTranspose
 from nnx_bridge.nn import Dropout as Dropout
 from nnx_bridge.nn import Einsum as Einsum
 from nnx_bridge.nn import Embed as Embed
+from nnx_bridge.nn import GroupNorm as GroupNorm
+from nnx_bridge.nn import InstanceNorm as InstanceNorm
 from nnx_bridge.nn import LayerNorm as LayerNorm
 from nnx_bridge.nn import Linear as Linear
 from nnx_bridge.nn import LinearGeneral as LinearGeneral
+from nnx_bridge.nn import LoRA as LoRA
+from nnx_bridge.nn import LoRALinear as LoRALinear
+from nnx_bridge.nn import LoRAParam as LoRAParam
 from nnx_bridge.nn import MultiHeadAttention as MultiHeadAttention
 from nnx_bridge.nn import combine_masks as combine_masks
 from nnx_bridge.nn import dot_product_attention as dot_product_attention
@@ -83,5 +88,7 @@ from nnx_bridge.nn import MGUCell as MGUCell
 from nnx_bridge.nn import ConvLSTMCell as ConvLSTMCell
 from nnx_bridge.nn import RNN as RNN
 from nnx_bridge.nn import Bidirectional as Bidirectional
+from nnx_bridge.nn import SpectralNorm as SpectralNorm
+from nnx_bridge.nn import WeightNorm as WeightNorm
 
 __version__ = "0.1.0"

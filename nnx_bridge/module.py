@@ -17,7 +17,7 @@ import jax
 from nnx_bridge import filters as filterlib
 from nnx_bridge import phase as phaselib
 from nnx_bridge.context import Context
-from nnx_bridge.state import State, _item_key
+from nnx_bridge.state import State, _item_key, escape_name, unescape_name
 from nnx_bridge.variables import Variable, make_variable
 
 M = tp.TypeVar("M", bound="Module")
@@ -420,18 +420,15 @@ class _Walker:
         owner = type(module)
         fields = []
         for name in sorted(attributes):
-            if "/" in name:
-                raise ValueError(
-                    f"Attribute name {name!r} of {owner.__name__} at "
-                    f"{_where(prefix.rstrip('/'))} contains '/', the State path separator. "
-                    f"Rename the attribute."
-                )
             value = attributes[name]
             value_type = type(value)
             if value_type in _PLAIN_STATIC:
                 fields.append((name, (_STATIC, value_type, value)))
             else:
-                fields.append((name, self.value(value, prefix + name, owner)))
+                # A name containing "/" (Linen's "layer_instance/kernel/scale") or the
+                # escape "~" is one escaped path segment (nnx_bridge.state.escape_name).
+                segment = escape_name(name) if "/" in name or "~" in name else name
+                fields.append((name, self.value(value, prefix + segment, owner)))
         return ModuleDef(owner, index, tuple(fields))
 
     def value(self, value: tp.Any, path: str, owner: type) -> tp.Any:
@@ -473,17 +470,18 @@ class _Walker:
         keys = sorted(value, key=str)
         names = [str(k) for k in keys]
         for name in names:
-            if "/" in name or not name:
+            if not name:
                 raise ValueError(
-                    f"Dict key {name!r} at path {path!r} is empty or contains '/', the State path "
-                    f"separator. Use keys without '/'."
+                    f"Dict key {name!r} at path {path!r} is empty; State paths need non-empty "
+                    f"names. Use non-empty keys."
                 )
         if len(set(names)) != len(names):
             raise ValueError(
                 f"Dict at path {path!r} has keys with the same string form ({keys!r}); State paths "
                 f"could not tell them apart. Use distinct string keys."
             )
-        specs = tuple(self.value(value[k], f"{path}/{n}", owner) for k, n in zip(keys, names))
+        # A key containing "/" or "~" is one escaped path segment, as attribute names.
+        specs = tuple(self.value(value[k], f"{path}/{escape_name(n)}", owner) for k, n in zip(keys, names))
         return (_DICT, tuple(keys), specs)
 
 
@@ -597,6 +595,7 @@ def _variable_at(module: Module, path: str) -> Variable[tp.Any]:
     parts = path.split("/")
     for depth, part in enumerate(parts):
         here = _where("/".join(parts[:depth]))
+        part = unescape_name(part)  # an escaped segment names an attribute/key with "/" or "~"
         if isinstance(node, Module):
             if part not in vars(node):
                 raise _unknown_path(path, f"{type(node).__name__} at {here} has no attribute {part!r}")

@@ -11,22 +11,111 @@ from nnx_bridge.variables import Variable, make_variable
 
 _DictKey = jax.tree_util.DictKey
 
+# ----------------------------------------------------------------------------------
+# Names that contain "/": one path segment, escaped
+# ----------------------------------------------------------------------------------
+# A State path joins names with "/". Linen also has names that contain "/" themselves:
+# WeightNorm keeps the scale of its wrapped layer's kernel under the ONE key
+# "layer_instance/kernel/scale", beside the key "layer_instance". Such a name is one
+# segment of the path, written with JSON Pointer's escapes (RFC 6901): "~" as "~0",
+# then "/" as "~1". So "layer_instance/kernel/scale" is the segment
+# "layer_instance~1kernel~1scale", every "/" in a path separates segments, and code
+# that splits paths on "/" stays correct. Names without "/" or "~" are unchanged.
+_ESCAPE = "~"
+
+
+def escape_name(name: str) -> str:
+    """The path segment of one name: ``"~"`` written ``"~0"``, then ``"/"`` written ``"~1"``.
+
+    Example:
+        >>> from nnx_bridge.state import escape_name
+        >>> escape_name("layer_instance/kernel/scale"), escape_name("a~b"), escape_name("w")
+        ('layer_instance~1kernel~1scale', 'a~0b', 'w')
+    """
+    if _ESCAPE in name:
+        name = name.replace("~", "~0")
+    if "/" in name:
+        name = name.replace("/", "~1")
+    return name
+
+
+def unescape_name(segment: str) -> str:
+    """The name a path segment stands for; the inverse of `escape_name`.
+
+    Example:
+        >>> from nnx_bridge.state import unescape_name
+        >>> unescape_name("layer_instance~1kernel~1scale"), unescape_name("a~0b")
+        ('layer_instance/kernel/scale', 'a~b')
+    """
+    if _ESCAPE not in segment:
+        return segment
+    _check_escapes(segment, segment)
+    return segment.replace("~1", "/").replace("~0", "~")
+
+
+def split_path(path: str) -> tuple[str, ...]:
+    """The names along a State path (segments unescaped); the inverse of `join_path`.
+
+    Example:
+        >>> from nnx_bridge.state import split_path
+        >>> split_path("layer_instance~1kernel~1scale"), split_path("encoder/0/kernel")
+        (('layer_instance/kernel/scale',), ('encoder', '0', 'kernel'))
+    """
+    if _ESCAPE not in path:
+        return tuple(path.split("/"))
+    return tuple(unescape_name(part) for part in path.split("/"))
+
+
+def join_path(names: tp.Iterable[str]) -> str:
+    """The State path of a sequence of names (each escaped with `escape_name`).
+
+    Example:
+        >>> from nnx_bridge.state import join_path
+        >>> join_path(["wn", "layer_instance/kernel/scale"])
+        'wn/layer_instance~1kernel~1scale'
+    """
+    return "/".join(escape_name(name) for name in names)
+
+
+def _check_escapes(segment: str, path: str) -> None:
+    i = segment.find(_ESCAPE)
+    while i != -1:
+        if segment[i + 1 : i + 2] not in ("0", "1"):
+            raise ValueError(
+                f"State path {path!r} has '~' not followed by '0' or '1'. In State paths '~' "
+                f"starts an escape: '~0' stands for '~' and '~1' for a '/' inside one name "
+                f"(as Linen's key 'layer_instance/kernel/scale' is the one segment "
+                f"'layer_instance~1kernel~1scale'). Write names with nnx.state.escape_name(name) "
+                f"or build paths with nnx.state.join_path(names)."
+            )
+        i = segment.find(_ESCAPE, i + 2)
+
 
 def path_sort_key(path: str) -> str:
-    """Sort key of a path: compares its parts level by level, as JAX sorts nested dicts.
+    """Sort key of a path: compares its names level by level, as JAX sorts nested dicts.
 
     ``"a/b" < "a-x"`` because part ``"a"`` sorts before ``"a-x"``; replacing the
     separator by the lowest character gives that order with plain string sorting.
+    Escaped segments compare by the names they stand for (``"a/b"`` before ``"a0"``,
+    as in Linen's dicts).
     """
+    if _ESCAPE in path:
+        return "\0".join(unescape_name(part) for part in path.split("/"))
     return path.replace("/", "\0")
 
 
 def _item_key(item: tuple[str, tp.Any]) -> str:
-    return item[0].replace("/", "\0")
+    path = item[0]
+    if _ESCAPE in path:
+        return path_sort_key(path)
+    return path.replace("/", "\0")
 
 
 class State(dict):  # type: ignore[type-arg]
     """A flat mapping from ``"a/b/c"`` paths to Variables, always sorted by path.
+
+    A name that itself contains ``"/"`` is one segment written with escapes
+    (``"~"`` as ``"~0"``, ``"/"`` as ``"~1"``; see `escape_name` and `join_path`).
 
     Sorting is by path parts, level by level, which is the order in which JAX
     flattens the equivalent nested dict. A State is a pytree whose children are
@@ -172,6 +261,8 @@ def _check_path(path: tp.Any) -> None:
             f"State paths are non-empty strings of '/'-separated names such as 'layers/0/kernel'; "
             f"found {path!r}."
         )
+    if _ESCAPE in path:
+        _check_escapes(path, path)
 
 
 def _flatten_with_keys(state: State) -> tuple[tuple[tuple[tp.Any, tp.Any], ...], tuple[str, ...]]:
@@ -193,7 +284,8 @@ def to_variables(state: tp.Mapping[str, Variable[tp.Any]]) -> dict[str, dict[str
     """Converts a State to Linen's variables layout ``{collection: {"a": {"b": value}}}``.
 
     Sharding names are not part of plain Linen dicts; the Linen bridge boxes
-    them as ``nn.Partitioned``. The inverse is `from_variables`.
+    them as ``nn.Partitioned``. A path segment with escapes (see `escape_name`)
+    becomes one key containing ``"/"``. The inverse is `from_variables`.
 
     Example:
         >>> import nnx_bridge as nnx
@@ -209,12 +301,12 @@ def to_variables(state: tp.Mapping[str, Variable[tp.Any]]) -> dict[str, dict[str
                 f"{type(variable).__name__}. Build States with Module.partition() or nnx.from_variables()."
             )
         node = variables.setdefault(variable.collection, {})
-        *parents, leaf = path.split("/")
+        *parents, leaf = split_path(path)  # Linen's keys: escaped segments unescaped
         for i, part in enumerate(parents):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(
-                    f"to_variables: path {path!r} goes through {'/'.join(parents[: i + 1])!r}, "
+                    f"to_variables: path {path!r} goes through {join_path(parents[: i + 1])!r}, "
                     f"which is itself a variable of collection {variable.collection!r}."
                 )
         if leaf in node:
@@ -231,12 +323,15 @@ def from_variables(variables: tp.Mapping[str, tp.Mapping[str, tp.Any]]) -> State
 
     Each leaf becomes a Variable of the canonical type for its collection
     (`Param` for ``'params'``, `BatchStat` for ``'batch_stats'``, else `Variable`).
-    The inverse is `to_variables`.
+    A key that contains ``"/"`` (Linen's ``"layer_instance/kernel/scale"``) is
+    one path segment, escaped by `escape_name`. The inverse is `to_variables`.
 
     Example:
         >>> import nnx_bridge as nnx
         >>> nnx.from_variables({"params": {"l1": {"kernel": 1.0}}})
         {'l1/kernel': Param(value=1.0, collection=params, sharding=None)}
+        >>> list(nnx.from_variables({"params": {"wn": {"layer_instance/kernel/scale": 1.0}}}))
+        ['wn/layer_instance~1kernel~1scale']
     """
     if not isinstance(variables, tp.Mapping):
         raise TypeError(
@@ -264,12 +359,13 @@ def from_variables(variables: tp.Mapping[str, tp.Mapping[str, tp.Any]]) -> State
 
 def _flatten_nested(tree: tp.Mapping[str, tp.Any], prefix: tuple[str, ...]) -> tp.Iterator[tuple[str, tp.Any]]:
     for key, value in tree.items():
-        if not isinstance(key, str) or "/" in key or not key:
+        if not isinstance(key, str) or not key:
             raise ValueError(
-                f"from_variables: keys must be non-empty strings without '/'; found {key!r} "
+                f"from_variables: keys must be non-empty strings; found {key!r} "
                 f"under {repr('/'.join(prefix)) if prefix else 'the top level'}."
             )
+        segment = escape_name(key)  # a key containing "/" stays one segment
         if isinstance(value, tp.Mapping):
-            yield from _flatten_nested(value, (*prefix, key))
+            yield from _flatten_nested(value, (*prefix, segment))
         else:
-            yield "/".join((*prefix, key)), value
+            yield "/".join((*prefix, segment)), value

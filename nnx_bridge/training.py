@@ -7,7 +7,7 @@ import typing as tp
 from flax.core import meta
 
 from nnx_bridge import filters as filterlib
-from nnx_bridge.state import State
+from nnx_bridge.state import State, escape_name
 from nnx_bridge.variables import Variable, make_variable
 
 Tree = tp.Any
@@ -108,7 +108,9 @@ def _map_nested(tree: tp.Any, collection: str, prefix: str,
         else:
             variable = make_variable(collection, tree)
         return fn(path, variable)
-    return _rebuild(tree, {k: _map_nested(v, collection, f"{prefix}{k}/", fn) for k, v in tree.items()})
+    # Keys with "/" are one escaped segment of the path that filters see, as in a State.
+    return _rebuild(tree, {k: _map_nested(v, collection, f"{prefix}{escape_name(k)}/", fn)
+                           for k, v in tree.items()})
 
 
 def _rebuild(original: tp.Mapping[str, tp.Any], items: dict[str, tp.Any]) -> tp.Any:

@@ -7,7 +7,7 @@ import typing as tp
 import flax.linen as nn
 from flax.core import meta
 
-from nnx_bridge.state import State, to_variables
+from nnx_bridge.state import State, escape_name, to_variables
 
 
 def boxed_variables(state: State, box: type[meta.Partitioned] = meta.Partitioned
@@ -43,7 +43,7 @@ def flat_leaves(variables: tp.Mapping[str, tp.Any]) -> dict[tuple[str, str], tp.
 def _walk(tree: tp.Mapping[str, tp.Any], collection: str, prefix: str,
           flat: dict[tuple[str, str], tp.Any]) -> None:
     for key, value in tree.items():
-        path = f"{prefix}{key}"
+        path = f"{prefix}{escape_name(key)}"  # a Linen key with "/" is one State path segment
         if isinstance(value, tp.Mapping):
             _walk(value, collection, path + "/", flat)
         else:

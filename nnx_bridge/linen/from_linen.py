@@ -326,10 +326,12 @@ def _attributes(variables: tp.Any, owner: str) -> dict[str, tp.Any]:
                 continue
             full = "/".join((collection, *path))
             for part in path:
-                if not isinstance(part, str) or not part or "/" in part:
+                # A name containing "/" (Linen's "layer_instance/kernel/scale") is fine: it is
+                # kept as one attribute/dict key, one escaped State path segment.
+                if not isinstance(part, str) or not part:
                     raise ValueError(
                         f"{owner}: the Linen variable {full!r} has the name part {part!r}; "
-                        f"nnx_bridge paths need non-empty string names without '/'."
+                        f"nnx_bridge paths need non-empty string names."
                     )
             if path[0] in reserved:
                 raise ValueError(

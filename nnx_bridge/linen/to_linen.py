@@ -16,7 +16,7 @@ from nnx_bridge.linen import boxes, checks, config
 from nnx_bridge.linen.phases import BridgePhase
 from nnx_bridge.linen.rngs import LinenRngs
 from nnx_bridge.module import Module, ModuleDef
-from nnx_bridge.state import State
+from nnx_bridge.state import State, split_path, unescape_name
 
 _MISSING = object()
 
@@ -292,20 +292,22 @@ class ToLinen(nn.Module):
                 if variable.collection != collection or top != name:
                     continue
                 value = boxes.rebox(leaves[path], variable.value) if path in leaves else variable.value
+                # Path segments are escaped (nnx_bridge.state.escape_name); Linen's keys are not.
                 if not rest:
-                    self.put_variable(collection, name, value)
+                    self.put_variable(collection, unescape_name(name), value)
                     break
                 node = subtree
-                *parents, leaf = rest.split("/")
+                *parents, leaf = split_path(rest)
                 for part in parents:
                     node = node.setdefault(part, {})
                 node[leaf] = value
             else:
-                self.put_variable(collection, name, subtree)
+                self.put_variable(collection, unescape_name(name), subtree)
 
     @nn.nowrap
     def _full(self, collection: str, path: str) -> str:
-        return "/".join((collection, *(self.scope.path if self.scope is not None else ()), path))
+        # Linen's names in messages: escaped path segments (nnx_bridge.state.escape_name) unescaped.
+        return "/".join((collection, *(self.scope.path if self.scope is not None else ()), *split_path(path)))
 
 
 def _box(logical_axes: bool) -> type[nn.Partitioned]:

@@ -26,8 +26,13 @@ from nnx_bridge.nn.dtypes import canonicalize_dtype as canonicalize_dtype
 from nnx_bridge.nn.dtypes import promote_dtype as promote_dtype
 from nnx_bridge.nn.einsum import Einsum as Einsum
 from nnx_bridge.nn.embed import Embed as Embed
+from nnx_bridge.nn.group_norm import GroupNorm as GroupNorm
+from nnx_bridge.nn.group_norm import InstanceNorm as InstanceNorm
 from nnx_bridge.nn.linear import Linear as Linear
 from nnx_bridge.nn.linear import LinearGeneral as LinearGeneral
+from nnx_bridge.nn.lora import LoRA as LoRA
+from nnx_bridge.nn.lora import LoRALinear as LoRALinear
+from nnx_bridge.nn.lora import LoRAParam as LoRAParam
 from nnx_bridge.nn.normalization import BatchNorm as BatchNorm
 from nnx_bridge.nn.normalization import LayerNorm as LayerNorm
 from nnx_bridge.nn.normalization import RMSNorm as RMSNorm
@@ -50,3 +55,5 @@ from nnx_bridge.nn.pooling import max_pool as max_pool
 from nnx_bridge.nn.pooling import min_pool as min_pool
 from nnx_bridge.nn.pooling import pool as pool
 from nnx_bridge.nn.sequential import Sequential as Sequential
+from nnx_bridge.nn.spectral_norm import SpectralNorm as SpectralNorm
+from nnx_bridge.nn.weight_norm import WeightNorm as WeightNorm
