@@ -1,0 +1,645 @@
+"""`jit`: `jax.jit` for functions that take and change Modules, Variables and Contexts.
+
+How a call works. The arguments are flattened as a pytree in which Modules,
+Variables and Contexts are leaves. The Modules and Variables among them form one
+graph (shared submodules and Variables, also between arguments, are found once);
+its walk — the ModuleDef, the caller's Variable objects in State order, the lists
+and dicts it holds — is cached per argument objects, and reused while no Module
+attribute was set anywhere (`nnx_bridge.module.structure_version`) and no list or
+dict of the graph changed in place. A call then costs a cache look-up, reading
+each Variable's ``.value``, and JAX's own dispatch.
+
+Inside, the compiled function rebuilds the graph from the ModuleDef (sharing
+included), calls ``fn``, and returns only the values of the Variables it
+changed; those are written back into the caller's Variables. Variables created
+inside on an existing Module (``Module.variable``, ``Module.sow``) are created on
+the caller's Module. Any other structure change — a new submodule, a changed
+static attribute, a replaced Variable, an item added to a list — raises an
+error that names the path: make such changes outside the jitted function.
+
+A Context argument is passed as its key(s) and two numbers (a hash of its fork
+path and its call count), so it never causes a retrace; each call draws keys
+from a stream of its own, and the caller's Context advances by one call.
+"""
+
+from __future__ import annotations
+
+import functools
+import typing as tp
+import weakref
+
+import jax
+import numpy as np
+
+from nnx_bridge.context import Context, stable_hash
+from nnx_bridge.graph import Graph, unchanged, walk
+from nnx_bridge.module import Module, ModuleDef, structure_version
+from nnx_bridge.state import State
+from nnx_bridge.variables import Variable
+
+F = tp.TypeVar("F", bound=tp.Callable[..., tp.Any])
+_GRAPH_TYPES = (Module, Variable)
+_NODE_TYPES = (Module, Variable, Context)
+
+
+def _is_node(x: tp.Any) -> bool:
+    return isinstance(x, _NODE_TYPES)
+
+
+class _Refs(Module):
+    """The graph of one call: every Module and Variable argument, in argument order."""
+
+    refs: list[tp.Any]
+
+
+def _refs_module(refs: list[tp.Any]) -> _Refs:
+    container = object.__new__(_Refs)
+    container.__dict__["refs"] = refs  # not setattr: no structure change is recorded
+    return container
+
+
+def _meta(variable: Variable[tp.Any]) -> tuple[type, tuple[tuple[str, tp.Any], ...]]:
+    return type(variable), tuple(sorted((k, v) for k, v in variable.__dict__.items() if k != "value"))
+
+
+def _rebuild_variable(meta: tuple[type, tuple[tuple[str, tp.Any], ...]], value: tp.Any) -> Variable[tp.Any]:
+    new = object.__new__(meta[0])
+    new.__dict__.update(meta[1])
+    new.value = value
+    return new
+
+
+@functools.lru_cache(maxsize=1024)
+def _path_hash(count_path: tuple[int, ...]) -> int:
+    return stable_hash(count_path)
+
+
+class _Static:
+    """An output pytree node without children: carries trace-time facts out of `jax.jit`."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: tp.Any):
+        self.value = value
+
+
+jax.tree_util.register_pytree_node(_Static, lambda s: ((), s.value), lambda value, _: _Static(value))
+
+
+class _Spec(tp.NamedTuple):
+    """Everything about a call that is not an array: the key of the compiled function."""
+
+    moduledef: ModuleDef[tp.Any]
+    paths: tuple[str, ...]
+    metas: tuple[tp.Any, ...]
+    treedef: tp.Any
+    graph_positions: tuple[int, ...]
+    ctx_positions: tuple[tuple[int, int], ...]  # (leaf position, index among distinct Contexts)
+    other_positions: tuple[int, ...]
+    ctx_streams: tuple[tp.Optional[tuple[str, ...]], ...]
+    static: tuple[tp.Any, ...]
+    donated_vars: tuple[bool, ...]
+    donated_leaves: tuple[bool, ...]
+    var_shardings: tuple[tp.Any, ...]
+    leaf_shardings: tuple[tp.Any, ...]
+
+
+class _Out(tp.NamedTuple):
+    """Trace-time facts about the outputs."""
+
+    changed: tuple[int, ...]
+    created: tuple[tuple[int, str, tp.Any], ...]  # (module index, attribute, variable meta)
+    plain: bool  # the result holds no Module, Variable or input Context
+    out_treedef: tp.Any
+    out_kinds: tuple[tuple[str, int], ...]  # per output leaf: ("leaf"|"module"|"var"|"new"|"ctx", index)
+    new_moduledef: tp.Optional[ModuleDef[tp.Any]]
+    new_paths: tuple[str, ...]
+    new_metas: tuple[tp.Any, ...]
+
+
+class _Entry:
+    __slots__ = ("objects", "version", "graph", "variables", "modules", "spec", "compiled")
+
+    def __init__(self, objects: list[tp.Any], graph: Graph, spec: _Spec, compiled: tp.Any):
+        self.objects = [weakref.ref(o) for o in objects]
+        self.version = structure_version()
+        self.graph = graph
+        self.variables = list(graph.variables.values())
+        self.modules = graph.modules
+        self.spec = spec
+        self.compiled = compiled
+
+    def valid(self, objects: list[tp.Any]) -> bool:
+        if self.version != structure_version() or not unchanged(self.graph.containers):
+            return False
+        return all(ref() is obj for ref, obj in zip(self.objects, objects))
+
+
+class Jitted(tp.Generic[F]):
+    """What `jit` returns: call it like the function."""
+
+    def __init__(self, fn: F, *, static_argnums: tp.Sequence[int], static_argnames: tp.Sequence[str],
+                 donate_argnums: tp.Sequence[int], in_shardings: tp.Any, out_shardings: tp.Any,
+                 jit_kwargs: dict[str, tp.Any]):
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.static_argnums = tuple(sorted(static_argnums))
+        self.static_argnames = frozenset(static_argnames)
+        self.donate_argnums = frozenset(donate_argnums)
+        self.in_shardings = in_shardings
+        self.out_shardings = out_shardings
+        self.jit_kwargs = jit_kwargs
+        self._entries: dict[tp.Any, _Entry] = {}
+        self._compiled: dict[_Spec, tp.Any] = {}
+
+    # -- the call ------------------------------------------------------------------
+    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        static: tuple[tp.Any, ...] = ()
+        if self.static_argnums or self.static_argnames:
+            args, kwargs, static = self._split_static(args, kwargs)
+        leaves, treedef = jax.tree.flatten((args, kwargs), is_leaf=_is_node)
+        objects, graph_ids, contexts, ctx_ids = [], [], [], []
+        for i, leaf in enumerate(leaves):
+            if isinstance(leaf, _GRAPH_TYPES):
+                objects.append(leaf)
+                graph_ids.append((i, id(leaf)))
+            elif isinstance(leaf, Context):
+                contexts.append(leaf)
+                ctx_ids.append((i, id(leaf)))
+        key = (treedef, static, tuple(graph_ids), tuple(ctx_ids))
+        entry = self._entries.get(key)
+        if entry is None or not entry.valid(objects):
+            entry = self._build(key, args, leaves, treedef, objects, contexts, static)
+        spec = entry.spec
+        values = [v.value for v in entry.variables]
+        distinct = _distinct(contexts)
+        ctx_in = [(c.key, np.array([_path_hash(c.count_path), c.count], np.uint32)) for c in distinct]
+        others = [leaf for leaf in leaves if not isinstance(leaf, _NODE_TYPES)]
+        if spec.donated_vars:
+            out = entry.compiled(*_split(values, spec.donated_vars), ctx_in, *_split(others, spec.donated_leaves))
+        else:
+            out = entry.compiled(values, ctx_in, others)
+        changed, created, result, new_values, facts = out
+        facts = facts.value
+        variables = entry.variables
+        for i, value in zip(facts.changed, changed):
+            variables[i].value = value
+        for c in distinct:
+            c.count += 1
+        created_vars: list[Variable[tp.Any]] = []
+        for (module_index, name, meta), value in zip(facts.created, created):
+            variable = _rebuild_variable(meta, value)
+            setattr(entry.modules[module_index], name, variable)
+            created_vars.append(variable)
+        if facts.plain:
+            return result
+        return self._outputs(entry, facts, result, new_values, created_vars, distinct)
+
+    def _split_static(self, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any]
+                      ) -> tuple[tuple[tp.Any, ...], dict[str, tp.Any], tuple[tp.Any, ...]]:
+        static = []
+        for i in self.static_argnums:
+            if i >= len(args):
+                raise TypeError(
+                    f"jit({_name(self.fn)}): static_argnums includes {i}, but the call has only "
+                    f"{len(args)} positional argument(s). Pass that argument positionally."
+                )
+            static.append((i, _hashable(args[i], f"argument {i}", self.fn)))
+        dynamic = tuple(a for i, a in enumerate(args) if i not in self.static_argnums)
+        kw = {k: v for k, v in kwargs.items() if k not in self.static_argnames}
+        for k in sorted(self.static_argnames & kwargs.keys()):
+            static.append((k, _hashable(kwargs[k], f"keyword argument {k!r}", self.fn)))
+        return dynamic, kw, tuple(static)
+
+    # -- building a cache entry (once per argument objects and structure) -----------
+    def _build(self, key: tp.Any, args: tuple[tp.Any, ...], leaves: list[tp.Any], treedef: tp.Any,
+               objects: list[tp.Any], contexts: list[Context], static: tuple[tp.Any, ...]) -> _Entry:
+        container = _refs_module(objects)
+        state, moduledef = container.partition()
+        graph = walk(container)
+        if list(graph.variables) != list(state):
+            raise AssertionError(f"jit: internal error, walk and partition disagree: "
+                                 f"{list(graph.variables)[:5]} vs {list(state)[:5]}")
+        variables = list(graph.variables.values())
+        distinct = _distinct(contexts)
+        index = {id(c): k for k, c in enumerate(distinct)}
+        ctx_positions = tuple((i, index[id(leaf)]) for i, leaf in enumerate(leaves) if isinstance(leaf, Context))
+        graph_positions = tuple(i for i, leaf in enumerate(leaves) if isinstance(leaf, _GRAPH_TYPES))
+        arg_of_leaf = _arg_of_leaf(args, len(leaves), self.donate_argnums or self.in_shardings is not None)
+        others = [i for i, leaf in enumerate(leaves) if not isinstance(leaf, _NODE_TYPES)]
+        donated_vars: tuple[bool, ...] = ()
+        donated_leaves: tuple[bool, ...] = ()
+        if self.donate_argnums:
+            donated_ids = _variables_of(
+                [leaf for i, leaf in enumerate(leaves) if arg_of_leaf[i] in self.donate_argnums and
+                 isinstance(leaf, _GRAPH_TYPES)])
+            donated_vars = tuple(id(v) in donated_ids for v in variables)
+            donated_leaves = tuple(arg_of_leaf[i] in self.donate_argnums for i in others)
+        var_shardings, leaf_shardings = self._input_shardings(args, leaves, arg_of_leaf, others, variables)
+        spec = _Spec(moduledef, tuple(state), tuple(_hashable(_meta(v), f"Variable {p!r}", self.fn)
+                                                     for p, v in graph.variables.items()),
+                     treedef, graph_positions, ctx_positions, tuple(others), tuple(c.streams for c in distinct), static,
+                     donated_vars, donated_leaves, var_shardings, leaf_shardings)
+        compiled = self._compiled.get(spec)
+        if compiled is None:
+            donate = (0, 3) if donated_vars else ()
+            compiled = jax.jit(functools.partial(self._pure, spec), donate_argnums=donate, **self.jit_kwargs)
+            self._compiled[spec] = compiled
+        entry = _Entry(objects, graph, spec, compiled)
+        if len(self._entries) >= 64:  # drop the oldest
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[key] = entry
+        return entry
+
+    def _input_shardings(self, args: tuple[tp.Any, ...], leaves: list[tp.Any], arg_of_leaf: list[int],
+                         others: list[int], variables: list[Variable[tp.Any]]
+                         ) -> tuple[tuple[tp.Any, ...], tuple[tp.Any, ...]]:
+        if self.in_shardings is None:
+            return (), ()
+        given = self.in_shardings
+        if not isinstance(given, (tuple, list)):
+            given = (given,) * len(args)
+        if len(given) != len(args):
+            raise ValueError(
+                f"jit({_name(self.fn)}): in_shardings has {len(given)} entries but the call has "
+                f"{len(args)} positional (non-static) argument(s). Give one entry per argument "
+                f"(None, a Sharding, or for a Module a State of shardings from get_named_sharding)."
+            )
+        by_variable: dict[int, tp.Any] = {}
+        for arg, entry in zip(args, given):
+            if entry is None:
+                continue
+            if isinstance(entry, jax.sharding.Sharding):
+                if isinstance(arg, Module):
+                    for v in walk(arg).variables.values():
+                        by_variable.setdefault(id(v), entry)
+                continue
+            if isinstance(arg, Module) and isinstance(entry, tp.Mapping):
+                for path, v in walk(arg).variables.items():
+                    if path in entry:
+                        s = entry[path]
+                        by_variable.setdefault(id(v), s.value if isinstance(s, Variable) else s)
+                continue
+            raise TypeError(
+                f"jit({_name(self.fn)}): an in_shardings entry is a {type(entry).__name__} for an "
+                f"argument of type {type(arg).__name__}. Use None, a jax.sharding.Sharding, or for a "
+                f"Module argument a State of shardings (nnx.get_named_sharding(model.partition()[0], mesh))."
+            )
+        leaf_shardings = []
+        for i in others:
+            entry = given[arg_of_leaf[i]]
+            leaf_shardings.append(entry if isinstance(entry, jax.sharding.Sharding) else None)
+        return tuple(by_variable.get(id(v)) for v in variables), tuple(leaf_shardings)
+
+    # -- the traced function -----------------------------------------------------
+    def _pure(self, spec: _Spec, *flat: tp.Any) -> tp.Any:
+        if spec.donated_vars:
+            donated_values, kept_values, ctx_in, donated_leaves, kept_leaves = flat
+            values = _join(donated_values, kept_values, spec.donated_vars)
+            others = _join(donated_leaves, kept_leaves, spec.donated_leaves)
+        else:
+            values, ctx_in, others = flat
+        if spec.var_shardings:
+            values = [v if s is None else jax.lax.with_sharding_constraint(v, s)
+                      for v, s in zip(values, spec.var_shardings)]
+        if spec.leaf_shardings:
+            others = [v if s is None else jax.lax.with_sharding_constraint(v, s)
+                      for v, s in zip(others, spec.leaf_shardings)]
+        state = State(dict(zip(spec.paths, (_rebuild_variable(m, v) for m, v in zip(spec.metas, values)))))
+        container = spec.moduledef.merge(state)
+        graph = walk(container)
+        inner_vars = list(graph.variables.values())
+        inner_values = [v.value for v in inner_vars]
+        before = [dict(m.__dict__) for m in graph.modules]
+        inner_contexts = [_inner_context(key, numbers, streams) for (key, numbers), streams in zip(ctx_in, spec.ctx_streams)]
+        leaves: list[tp.Any] = [None] * spec.treedef.num_leaves
+        for i, obj in zip(spec.graph_positions, container.refs):
+            leaves[i] = obj
+        for i, k in spec.ctx_positions:
+            leaves[i] = inner_contexts[k]
+        for i, leaf in zip(spec.other_positions, others):
+            leaves[i] = leaf
+        args, kwargs = jax.tree.unflatten(spec.treedef, leaves)
+        if spec.static:
+            args, kwargs = _insert_static(args, kwargs, spec.static)
+        result = self.fn(*args, **kwargs)
+        created = _check_structure(graph, before, inner_vars, self.fn)
+        changed = tuple(i for i, (v, old) in enumerate(zip(inner_vars, inner_values))
+                        if v.value is not old or (spec.donated_vars and spec.donated_vars[i]))
+        changed_values = [inner_vars[i].value for i in changed]
+        if spec.var_shardings:
+            changed_values = [v if spec.var_shardings[i] is None else
+                              jax.lax.with_sharding_constraint(v, spec.var_shardings[i])
+                              for i, v in zip(changed, changed_values)]
+        created_values = [v.value for _, _, v in created]
+        created_facts = tuple((m, name, _hashable(_meta(v), f"new Variable {name!r}", self.fn))
+                              for m, name, v in created)
+        result = self._constrain_output(result)
+        out_leaves, out_treedef = jax.tree.flatten(result, is_leaf=_is_node)
+        module_index = {id(m): k for k, m in enumerate(graph.modules)}
+        var_index = {id(v): k for k, v in enumerate(inner_vars)}
+        created_index = {id(v): k for k, (_, _, v) in enumerate(created)}
+        ctx_index = {id(c): k for k, c in enumerate(inner_contexts)}
+        kinds, plain_leaves, new_objects = [], [], []
+        for leaf in out_leaves:
+            if isinstance(leaf, Module) and id(leaf) in module_index:
+                kinds.append(("module", module_index[id(leaf)]))
+            elif isinstance(leaf, Variable) and id(leaf) in var_index:
+                kinds.append(("var", var_index[id(leaf)]))
+            elif isinstance(leaf, Variable) and id(leaf) in created_index:
+                kinds.append(("created", created_index[id(leaf)]))
+            elif isinstance(leaf, Context) and id(leaf) in ctx_index:
+                kinds.append(("ctx", ctx_index[id(leaf)]))
+            elif isinstance(leaf, _GRAPH_TYPES):
+                kinds.append(("new", len(new_objects)))
+                new_objects.append(leaf)
+            else:
+                kinds.append(("leaf", len(plain_leaves)))
+                plain_leaves.append(leaf)
+        plain = all(kind == "leaf" for kind, _ in kinds)
+        new_moduledef, new_paths, new_metas, new_values = None, (), (), []
+        if new_objects:
+            new_moduledef, new_paths, new_metas, new_values = self._new_objects(new_objects, graph)
+        facts = _Out(changed, created_facts, plain, out_treedef, tuple(kinds), new_moduledef,
+                     new_paths, new_metas)
+        return changed_values, created_values, result if plain else plain_leaves, new_values, _Static(facts)
+
+    def _constrain_output(self, result: tp.Any) -> tp.Any:
+        shardings = self.out_shardings
+        if shardings is None:
+            return result
+        if isinstance(result, Module) and isinstance(shardings, tp.Mapping):
+            for path, v in walk(result).variables.items():
+                if path in shardings:
+                    s = shardings[path]
+                    v.value = jax.lax.with_sharding_constraint(v.value, s.value if isinstance(s, Variable) else s)
+            return result
+        if isinstance(shardings, jax.sharding.Sharding):
+            return jax.tree.map(lambda x: x if _is_node(x) else jax.lax.with_sharding_constraint(x, shardings),
+                                result, is_leaf=_is_node)
+        return jax.lax.with_sharding_constraint(result, shardings)
+
+    def _new_objects(self, objects: list[tp.Any], inputs: Graph) -> tuple[tp.Any, ...]:
+        container = _refs_module(objects)
+        state, moduledef = container.partition()
+        graph = walk(container)
+        known = {id(m) for m in inputs.modules} | {id(v) for v in inputs.variables.values()}
+        for path, v in graph.variables.items():
+            if id(v) in known:
+                raise ValueError(
+                    f"jit({_name(self.fn)}): a new Module returned from the jitted function holds, at "
+                    f"{_relative(path)!r}, a Variable of an argument. A new Module cannot share state "
+                    f"with the arguments across jit: build it outside, or return the argument's "
+                    f"Variables themselves."
+                )
+        for m in graph.modules[1:]:
+            if id(m) in known:
+                raise ValueError(
+                    f"jit({_name(self.fn)}): a new Module returned from the jitted function holds a "
+                    f"{type(m).__name__} that is an argument's submodule. Build the new Module outside "
+                    f"the jitted function, or return the argument itself."
+                )
+        metas = tuple(_hashable(_meta(v), f"Variable {p!r}", self.fn) for p, v in graph.variables.items())
+        return moduledef, tuple(state), metas, [v.value for v in graph.variables.values()]
+
+    def _outputs(self, entry: _Entry, facts: _Out, leaves: list[tp.Any], new_values: list[tp.Any],
+                 created: list[Variable[tp.Any]], contexts: list[Context]) -> tp.Any:
+        new_objects: list[tp.Any] = []
+        if facts.new_moduledef is not None:
+            state = State(dict(zip(facts.new_paths, (_rebuild_variable(m, v)
+                                                     for m, v in zip(facts.new_metas, new_values)))))
+            new_objects = facts.new_moduledef.merge(state).refs
+        out = []
+        for kind, k in facts.out_kinds:
+            if kind == "leaf":
+                out.append(leaves[k])
+            elif kind == "module":
+                out.append(entry.modules[k])
+            elif kind == "var":
+                out.append(entry.variables[k])
+            elif kind == "created":
+                out.append(created[k])
+            elif kind == "ctx":
+                out.append(contexts[k])
+            else:
+                out.append(new_objects[k])
+        return jax.tree.unflatten(facts.out_treedef, out)
+
+    def __repr__(self) -> str:
+        return f"nnx_bridge.jit({_name(self.fn)})"
+
+
+def jit(fn: F | None = None, *, static_argnums: int | tp.Sequence[int] = (),
+        static_argnames: str | tp.Sequence[str] = (), donate_argnums: int | tp.Sequence[int] = (),
+        in_shardings: tp.Any = None, out_shardings: tp.Any = None, **jit_kwargs: tp.Any) -> tp.Any:
+    """`jax.jit` for functions of Modules: changes to their Variables reach the caller.
+
+    Arguments and results may be Modules, Variables, Contexts, States, arrays, or
+    pytrees holding them. What the function does to the arguments' Variables
+    (``.value = ...``) is written back; Modules and Variables shared between
+    arguments stay shared; Variables created inside on an argument's Module
+    (``Module.variable``, ``Module.sow``) appear on the caller's Module; a Module
+    or Variable returned from the arguments is the caller's object. A Context
+    argument advances for the caller (one call per call) and gives new keys on
+    every call without retracing. Any other structure change inside (a new
+    submodule or static attribute, a replaced Variable) is an error: make it
+    outside the jitted function.
+
+    Args:
+      fn: the function (or use ``@jit(...)`` as a decorator factory).
+      static_argnums: positional arguments that are hashable compile-time constants.
+      static_argnames: keyword arguments that are hashable compile-time constants.
+      donate_argnums: positional arguments whose buffers (the Variables of a Module
+        argument included) may be reused for the results.
+      in_shardings: per positional argument: None, a ``jax.sharding.Sharding``, or for a
+        Module a State of shardings (`nnx_bridge.get_named_sharding` of its State).
+      out_shardings: for the result: a Sharding, a pytree of them, or for a returned
+        Module a State of shardings.
+      **jit_kwargs: passed on to `jax.jit` (e.g. ``keep_unused``, ``backend``).
+
+    Example:
+        >>> import jax.numpy as jnp, nnx_bridge as nnx
+        >>> class Counter(nnx.Module):
+        ...     def __init__(self):
+        ...         self.n = nnx.Variable("counts", jnp.array(0))
+        >>> @nnx.jit
+        ... def bump(counter, by):
+        ...     counter.n.value += by
+        >>> c = Counter()
+        >>> bump(c, 2); bump(c, 3)
+        >>> int(c.n.value)
+        5
+    """
+    if fn is None:
+        return functools.partial(jit, static_argnums=static_argnums, static_argnames=static_argnames,
+                                 donate_argnums=donate_argnums, in_shardings=in_shardings,
+                                 out_shardings=out_shardings, **jit_kwargs)
+    if not callable(fn):
+        raise TypeError(f"jit expects a function to compile; found {type(fn).__name__}.")
+    return Jitted(fn, static_argnums=_ints(static_argnums, "static_argnums"),
+                  static_argnames=(static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames),
+                  donate_argnums=_ints(donate_argnums, "donate_argnums"), in_shardings=in_shardings,
+                  out_shardings=out_shardings, jit_kwargs=jit_kwargs)
+
+
+# ----------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------
+def _name(fn: tp.Any) -> str:
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def _ints(value: int | tp.Sequence[int], what: str) -> tuple[int, ...]:
+    values = (value,) if isinstance(value, int) else tuple(value)
+    for v in values:
+        if not isinstance(v, int) or v < 0:
+            raise TypeError(f"jit: {what} takes non-negative ints (argument positions); found {v!r}.")
+    return values
+
+
+def _hashable(value: tp.Any, what: str, fn: tp.Any) -> tp.Any:
+    try:
+        hash(value)
+    except TypeError:
+        raise TypeError(
+            f"jit({_name(fn)}): {what} is a compile-time constant and must be hashable; found "
+            f"{type(value).__name__}. Use a hashable value (e.g. a tuple instead of a list)."
+        ) from None
+    return value
+
+
+def _distinct(contexts: list[Context]) -> list[Context]:
+    if len(contexts) < 2:
+        return contexts
+    seen: dict[int, Context] = {}
+    for c in contexts:
+        seen.setdefault(id(c), c)
+    return list(seen.values())
+
+
+def _split(values: list[tp.Any], mask: tuple[bool, ...]) -> tuple[list[tp.Any], list[tp.Any]]:
+    return [v for v, m in zip(values, mask) if m], [v for v, m in zip(values, mask) if not m]
+
+
+def _join(yes: list[tp.Any], no: list[tp.Any], mask: tuple[bool, ...]) -> list[tp.Any]:
+    a, b = iter(yes), iter(no)
+    return [next(a) if m else next(b) for m in mask]
+
+
+def _arg_of_leaf(args: tuple[tp.Any, ...], n_leaves: int, needed: tp.Any) -> list[int]:
+    """For each leaf of ``(args, kwargs)``: its positional argument's index, or -1 (a keyword)."""
+    if not needed:
+        return [-1] * n_leaves
+    owner: list[int] = []
+    for i, arg in enumerate(args):
+        owner += [i] * len(jax.tree.leaves(arg, is_leaf=_is_node))
+    return owner + [-1] * (n_leaves - len(owner))
+
+
+def _variables_of(objects: list[tp.Any]) -> set[int]:
+    ids: set[int] = set()
+    for obj in objects:
+        if isinstance(obj, Variable):
+            ids.add(id(obj))
+        else:
+            ids.update(id(v) for v in walk(obj).variables.values())
+    return ids
+
+
+def _insert_static(args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any], static: tuple[tp.Any, ...]
+                   ) -> tuple[tuple[tp.Any, ...], dict[str, tp.Any]]:
+    positional = [(k, v) for k, v in static if isinstance(k, int)]
+    full = list(args)
+    for i, v in positional:
+        full.insert(i, v)
+    kwargs = {**kwargs, **{k: v for k, v in static if isinstance(k, str)}}
+    return tuple(full), kwargs
+
+
+def _inner_context(key: tp.Any, numbers: jax.Array, streams: tp.Optional[tuple[str, ...]]) -> Context:
+    """The Context the traced function sees: keys folded with the call's fork-path hash and count."""
+
+    def derive(k: jax.Array) -> jax.Array:
+        return jax.random.fold_in(jax.random.fold_in(k, numbers[0]), numbers[1])
+
+    if streams is None:
+        return Context(derive(key))
+    return Context({name: derive(key[name]) for name in streams})
+
+
+def _relative(path: str) -> str:
+    """A path inside the call's graph without its ``refs/<i>`` prefix."""
+    parts = path.split("/")
+    return "/".join(parts[2:]) if len(parts) >= 2 and parts[0] == "refs" else path
+
+
+def _check_structure(graph: Graph, before: list[dict[str, tp.Any]], variables: list[Variable[tp.Any]],
+                     fn: tp.Any) -> list[tuple[int, str, Variable[tp.Any]]]:
+    """New Variables on existing Modules (to create on the caller's), or an error for other changes."""
+    known = {id(v) for v in variables}
+    created: list[tuple[int, str, Variable[tp.Any]]] = []
+    paths = _module_paths(graph)
+    for index, (module, old) in enumerate(zip(graph.modules, before)):
+        new = module.__dict__
+        if new.keys() == old.keys() and all(new[k] is old[k] for k in old):
+            continue
+        where = paths.get(index, "")
+        for name in sorted(old.keys() | new.keys()):
+            at = f"{where}/{name}" if where else name
+            if name not in new:
+                raise _structure_error(fn, f"attribute {at!r} was deleted")
+            if name not in old:
+                value = new[name]
+                if isinstance(value, Variable) and id(value) not in known:
+                    created.append((index, name, value))
+                    known.add(id(value))
+                    continue
+                raise _structure_error(fn, f"a new attribute {at!r} holding a {type(value).__name__} "
+                                           f"was set")
+            a, b = old[name], new[name]
+            if a is b:
+                continue
+            if isinstance(a, (Module, Variable)) or isinstance(b, (Module, Variable)) or not _same(a, b):
+                raise _structure_error(fn, f"attribute {at!r} was replaced (a {type(a).__name__} by a "
+                                           f"{type(b).__name__})")
+    if not unchanged(graph.containers):
+        raise _structure_error(fn, "a list or dict of the module graph was changed in place")
+    return created
+
+
+def _same(a: tp.Any, b: tp.Any) -> bool:
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:  # noqa: BLE001 - values that cannot be compared count as changed
+        return False
+
+
+def _module_paths(graph: Graph) -> dict[int, str]:
+    paths: dict[int, str] = {}
+    index = {id(m): k for k, m in enumerate(graph.modules)}
+    def visit(value: tp.Any, path: str) -> None:
+        if isinstance(value, Module):
+            k = index.get(id(value))
+            if k is None or k in paths:
+                return
+            paths[k] = _relative(path)
+            for name in sorted(value.__dict__):
+                visit(value.__dict__[name], f"{path}/{name}" if path else name)
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                visit(item, f"{path}/{i}")
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                visit(value[key], f"{path}/{key}")
+
+    visit(graph.modules[0], "")
+    return paths
+
+
+def _structure_error(fn: tp.Any, what: str) -> ValueError:
+    return ValueError(
+        f"jit({_name(fn)}): the function changed the structure of an argument: {what}. Inside "
+        f"nnx_bridge.jit only Variable values may change (variable.value = ...) and new Variables "
+        f"may be created with Module.variable/sow; make structural changes (submodules, static "
+        f"attributes, replacing Variables) outside the jitted function."
+    )
