@@ -242,8 +242,16 @@ class Jitted(tp.Generic[F]):
                      donated_vars, donated_leaves, var_shardings, leaf_shardings)
         compiled = self._compiled.get(spec)
         if compiled is None:
-            donate = (0, 3) if donated_vars else ()
-            compiled = jax.jit(functools.partial(self._pure, spec), donate_argnums=donate, **self.jit_kwargs)
+            options = dict(self.jit_kwargs)
+            if donated_vars:
+                options["donate_argnums"] = (0, 3)
+            if var_shardings:
+                vs, ls = list(var_shardings), list(leaf_shardings)
+                options["in_shardings"] = ((*_split(vs, donated_vars), None, *_split(ls, donated_leaves))
+                                           if donated_vars else (vs, None, ls))
+            if self.out_shardings is not None and not isinstance(self.out_shardings, tp.Mapping):
+                options["out_shardings"] = (None, None, self.out_shardings, None, None)
+            compiled = jax.jit(functools.partial(self._pure, spec), **options)
             self._compiled[spec] = compiled
         entry = _Entry(objects, graph, spec, compiled)
         if len(self._entries) >= 64:  # drop the oldest
@@ -299,12 +307,6 @@ class Jitted(tp.Generic[F]):
             others = _join(donated_leaves, kept_leaves, spec.donated_leaves)
         else:
             values, ctx_in, others = flat
-        if spec.var_shardings:
-            values = [v if s is None else jax.lax.with_sharding_constraint(v, s)
-                      for v, s in zip(values, spec.var_shardings)]
-        if spec.leaf_shardings:
-            others = [v if s is None else jax.lax.with_sharding_constraint(v, s)
-                      for v, s in zip(others, spec.leaf_shardings)]
         state = State(dict(zip(spec.paths, (_rebuild_variable(m, v) for m, v in zip(spec.metas, values)))))
         container = spec.moduledef.merge(state)
         graph = walk(container)
@@ -327,10 +329,6 @@ class Jitted(tp.Generic[F]):
         changed = tuple(i for i, (v, old) in enumerate(zip(inner_vars, inner_values))
                         if v.value is not old or (spec.donated_vars and spec.donated_vars[i]))
         changed_values = [inner_vars[i].value for i in changed]
-        if spec.var_shardings:
-            changed_values = [v if spec.var_shardings[i] is None else
-                              jax.lax.with_sharding_constraint(v, spec.var_shardings[i])
-                              for i, v in zip(changed, changed_values)]
         created_values = [v.value for _, _, v in created]
         created_facts = tuple((m, name, _hashable(_meta(v), f"new Variable {name!r}", self.fn))
                               for m, name, v in created)
@@ -365,19 +363,21 @@ class Jitted(tp.Generic[F]):
         return changed_values, created_values, result if plain else plain_leaves, new_values, _Static(facts)
 
     def _constrain_output(self, result: tp.Any) -> tp.Any:
+        """A State of shardings for a returned Module: constrains its Variables by path."""
         shardings = self.out_shardings
-        if shardings is None:
-            return result
-        if isinstance(result, Module) and isinstance(shardings, tp.Mapping):
-            for path, v in walk(result).variables.items():
-                if path in shardings:
-                    s = shardings[path]
-                    v.value = jax.lax.with_sharding_constraint(v.value, s.value if isinstance(s, Variable) else s)
-            return result
-        if isinstance(shardings, jax.sharding.Sharding):
-            return jax.tree.map(lambda x: x if _is_node(x) else jax.lax.with_sharding_constraint(x, shardings),
-                                result, is_leaf=_is_node)
-        return jax.lax.with_sharding_constraint(result, shardings)
+        if not isinstance(shardings, tp.Mapping):
+            return result  # given to jax.jit as out_shardings of the result
+        if not isinstance(result, Module):
+            raise TypeError(
+                f"jit({_name(self.fn)}): out_shardings is a State (or mapping) of shardings by path, "
+                f"which fits a returned Module, but the function returned a {type(result).__name__}. "
+                f"Give a Sharding or a pytree of Shardings matching the result instead."
+            )
+        for path, v in walk(result).variables.items():
+            if path in shardings:
+                s = shardings[path]
+                v.value = _constrain(v.value, s.value if isinstance(s, Variable) else s)
+        return result
 
     def _new_objects(self, objects: list[tp.Any], inputs: Graph) -> tuple[tp.Any, ...]:
         container = _refs_module(objects)
@@ -485,6 +485,14 @@ def jit(fn: F | None = None, *, static_argnums: int | tp.Sequence[int] = (),
 # ----------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------
+def _constrain(x: jax.Array, sharding: tp.Any) -> jax.Array:
+    mesh = getattr(sharding, "mesh", None)
+    types = getattr(mesh, "axis_types", ())
+    if types and all(t == jax.sharding.AxisType.Explicit for t in types):
+        return jax.sharding.reshard(x, sharding)
+    return jax.lax.with_sharding_constraint(x, sharding)
+
+
 def _name(fn: tp.Any) -> str:
     return getattr(fn, "__name__", type(fn).__name__)
 
