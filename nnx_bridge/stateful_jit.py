@@ -40,6 +40,9 @@ from nnx_bridge.variables import Variable
 F = tp.TypeVar("F", bound=tp.Callable[..., tp.Any])
 _GRAPH_TYPES = (Module, Variable)
 _NODE_TYPES = (Module, Variable, Context)
+# Leaf types whose arguments need no pytree flatten (see Jitted._prepare).
+_FLAT_TYPES = frozenset({jax.Array, np.ndarray, int, float, bool, complex}) | frozenset(
+    type(x) for x in (jax.numpy.zeros(()),))
 
 
 def _is_node(x: tp.Any) -> bool:
@@ -118,7 +121,8 @@ class _Out(tp.NamedTuple):
 
 
 class _Entry:
-    __slots__ = ("objects", "version", "graph", "variables", "modules", "spec", "compiled")
+    __slots__ = ("objects", "version", "graph", "variables", "modules", "spec", "compiled",
+                 "containers", "copies")
 
     def __init__(self, objects: list[tp.Any], graph: Graph, spec: _Spec, compiled: tp.Any):
         self.objects = [weakref.ref(o) for o in objects]
@@ -128,11 +132,19 @@ class _Entry:
         self.modules = graph.modules
         self.spec = spec
         self.compiled = compiled
+        # The graph's lists and dicts beside shallow copies: one C-level == tells whether any
+        # changed in place (items compare by identity first, Modules and Variables only so).
+        self.containers = [c for c, _ in graph.containers]
+        self.copies = [list(c) if type(c) is list else dict(c) for c in self.containers]
 
     def valid(self, objects: list[tp.Any]) -> bool:
-        if self.version != structure_version() or not unchanged(self.graph.containers):
+        """Same objects, no Module attribute set since, no list or dict changed in place."""
+        if self.version != structure_version() or self.containers != self.copies:
             return False
-        return all(ref() is obj for ref, obj in zip(self.objects, objects))
+        for ref, obj in zip(self.objects, objects):
+            if ref() is not obj:
+                return False
+        return True
 
 
 class Jitted(tp.Generic[F]):
@@ -154,37 +166,13 @@ class Jitted(tp.Generic[F]):
 
     # -- the call ------------------------------------------------------------------
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-        static: tuple[tp.Any, ...] = ()
-        if self.static_argnums or self.static_argnames:
-            args, kwargs, static = self._split_static(args, kwargs)
-        leaves, treedef = jax.tree.flatten((args, kwargs), is_leaf=_is_node)
-        objects, graph_ids, contexts, ctx_ids = [], [], [], []
-        for i, leaf in enumerate(leaves):
-            if isinstance(leaf, _GRAPH_TYPES):
-                objects.append(leaf)
-                graph_ids.append((i, id(leaf)))
-            elif isinstance(leaf, Context):
-                contexts.append(leaf)
-                ctx_ids.append((i, id(leaf)))
-        key = (treedef, static, tuple(graph_ids), tuple(ctx_ids))
-        entry = self._entries.get(key)
-        if entry is None or not entry.valid(objects):
-            entry = self._build(key, args, leaves, treedef, objects, contexts, static)
-        spec = entry.spec
-        values = [v.value for v in entry.variables]
-        distinct = _distinct(contexts)
-        ctx_in = [(c.key, np.array([_path_hash(c.count_path), c.count], np.uint32)) for c in distinct]
-        others = [leaf for leaf in leaves if not isinstance(leaf, _NODE_TYPES)]
-        if spec.donated_vars:
-            out = entry.compiled(*_split(values, spec.donated_vars), ctx_in, *_split(others, spec.donated_leaves))
-        else:
-            out = entry.compiled(values, ctx_in, others)
-        changed, created, result, new_values, facts = out
+        entry, flat, contexts = self._prepare(args, kwargs)
+        changed, created, result, new_values, facts = entry.compiled(*flat)
         facts = facts.value
         variables = entry.variables
         for i, value in zip(facts.changed, changed):
             variables[i].value = value
-        for c in distinct:
+        for c in contexts:
             c.count += 1
         created_vars: list[Variable[tp.Any]] = []
         for (module_index, name, meta), value in zip(facts.created, created):
@@ -193,7 +181,60 @@ class Jitted(tp.Generic[F]):
             created_vars.append(variable)
         if facts.plain:
             return result
-        return self._outputs(entry, facts, result, new_values, created_vars, distinct)
+        return self._outputs(entry, facts, result, new_values, created_vars, contexts)
+
+    def trace(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        """JAX's ahead-of-time ``Traced`` of the compiled function for these arguments.
+
+        ``.lower()`` and ``.compile()`` give the program for inspection (HLO, cost,
+        memory). Its inputs are the Variables' values, so run the step through
+        this `Jitted` itself: that is what writes the results back.
+        """
+        entry, flat, _ = self._prepare(args, kwargs)
+        return entry.compiled.trace(*flat)
+
+    def lower(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        """``self.trace(*args, **kwargs).lower()``."""
+        return self.trace(*args, **kwargs).lower()
+
+    def _prepare(self, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any]
+                 ) -> tuple[_Entry, tuple[tp.Any, ...], list[Context]]:
+        """The cache entry and the flat inputs of the compiled function for one call."""
+        static: tuple[tp.Any, ...] = ()
+        if self.static_argnums or self.static_argnames:
+            args, kwargs, static = self._split_static(args, kwargs)
+        # Fast path: positional arguments that are each a Module, Variable, Context or array
+        # are their own leaves, so the pytree flatten (and its treedef) can be skipped.
+        leaves: tp.Sequence[tp.Any] = args
+        treedef = None
+        if kwargs or not _flat(args):
+            leaves, treedef = jax.tree.flatten((args, kwargs), is_leaf=_is_node)
+        objects, ids, contexts, others = [], [], [], []
+        for leaf in leaves:
+            if isinstance(leaf, _GRAPH_TYPES):
+                objects.append(leaf)
+                ids.append(id(leaf))
+            elif isinstance(leaf, Context):
+                contexts.append(leaf)
+                ids.append(-id(leaf))
+            else:
+                ids.append(type(leaf))
+                others.append(leaf)
+        key = (treedef, static, tuple(ids))
+        entry = self._entries.get(key)
+        if entry is None or not entry.valid(objects):
+            leaves, treedef = jax.tree.flatten((args, kwargs), is_leaf=_is_node)
+            entry = self._build(key, args, leaves, treedef, objects, contexts, static)
+        spec = entry.spec
+        values = [v.value for v in entry.variables]
+        if contexts:
+            contexts = _distinct(contexts)
+            ctx_in = [(c.key, np.array([_path_hash(c.count_path), c.count], np.uint32)) for c in contexts]
+        else:
+            ctx_in = []
+        if spec.donated_vars:
+            return entry, (*_split(values, spec.donated_vars), ctx_in, *_split(others, spec.donated_leaves)), contexts
+        return entry, (values, ctx_in, others), contexts
 
     def _split_static(self, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any]
                       ) -> tuple[tuple[tp.Any, ...], dict[str, tp.Any], tuple[tp.Any, ...]]:
@@ -514,6 +555,13 @@ def _hashable(value: tp.Any, what: str, fn: tp.Any) -> tp.Any:
             f"{type(value).__name__}. Use a hashable value (e.g. a tuple instead of a list)."
         ) from None
     return value
+
+
+def _flat(args: tuple[tp.Any, ...]) -> bool:
+    for a in args:
+        if type(a) not in _FLAT_TYPES and not isinstance(a, _NODE_TYPES):
+            return False
+    return True
 
 
 def _distinct(contexts: list[Context]) -> list[Context]:
