@@ -74,34 +74,39 @@ def loaded_twin(twin: models.Twin, state: models.TrainState, tx: optax.GradientT
 # ----------------------------------------------------------------------------------
 # train step
 # ----------------------------------------------------------------------------------
+def _steppers(spec: tp.Any) -> dict[str, tp.Callable[[], None]]:
+    """One blocking step of each style for the suite model `spec`, from the same initial values."""
+    twin = spec.twin()
+    x, y = twin.batch(jax.random.PRNGKey(0), spec.batch)
+    tx = optax.adam(1e-3)
+    key = jax.random.PRNGKey(2)
+    box = [models.make_train_state(twin.linen_model(), jax.random.PRNGKey(1), x, tx)]
+    model, optimizer = loaded_twin(twin, box[0], tx)
+    ctx = nnx.Context({"dropout": key})
+    step = nnx.jit(train_step)
+    linen_step = jax.jit(models.train_step)
+    flax_model = twin.flax_module(1)
+    flax_optimizer = flax_nnx.Optimizer(flax_model, tx, wrt=flax_nnx.Param)
+    flax_step = flax_nnx.jit(models.flax_train_step)
+
+    def linen() -> None:
+        box[0], loss = linen_step(box[0], x, y, key)
+        jax.block_until_ready(loss)
+
+    return {
+        "linen": linen,
+        "nnx_bridge": lambda: jax.block_until_ready(step(model, optimizer, ctx, x, y)),
+        "flax_nnx": lambda: jax.block_until_ready(flax_step(flax_model, flax_optimizer, x, y)),
+    }
+
+
 def bench_train_step(spec_models: tp.Sequence[tuple[str, tp.Any]], rounds: int, min_batch_s: float
                      ) -> dict[str, tp.Any]:
     """ms per step of Linen, nnx_bridge (jit + value_and_grad + Optimizer) and flax.nnx."""
     out: dict[str, tp.Any] = {"models": {}, "targets": []}
     for name, spec in spec_models:
         print(f"  train_step {name} ...", flush=True)
-        twin = spec.twin()
-        x, y = twin.batch(jax.random.PRNGKey(0), spec.batch)
-        tx = optax.adam(1e-3)
-        key = jax.random.PRNGKey(2)
-        box = [models.make_train_state(twin.linen_model(), jax.random.PRNGKey(1), x, tx)]
-        model, optimizer = loaded_twin(twin, box[0], tx)
-        ctx = nnx.Context({"dropout": key})
-        step = nnx.jit(train_step)
-        linen_step = jax.jit(models.train_step)
-        flax_model = twin.flax_module(1)
-        flax_optimizer = flax_nnx.Optimizer(flax_model, tx, wrt=flax_nnx.Param)
-        flax_step = flax_nnx.jit(models.flax_train_step)
-
-        def linen() -> None:
-            box[0], loss = linen_step(box[0], x, y, key)
-            jax.block_until_ready(loss)
-
-        timings = interleave({
-            "linen": linen,
-            "nnx_bridge": lambda: jax.block_until_ready(step(model, optimizer, ctx, x, y)),
-            "flax_nnx": lambda: jax.block_until_ready(flax_step(flax_model, flax_optimizer, x, y)),
-        }, rounds=rounds, min_batch_s=min_batch_s)
+        timings = interleave(_steppers(spec), rounds=rounds, min_batch_s=min_batch_s)
         ours, theirs = ratio(timings["nnx_bridge"], timings["linen"]), ratio(timings["flax_nnx"], timings["linen"])
         bound = STEP_BOUND.get(name, COMPUTE_BOUND)
         out["models"][name] = {

@@ -99,7 +99,7 @@ class _Spec(tp.NamedTuple):
     graph_positions: tuple[int, ...]
     ctx_positions: tuple[tuple[int, int], ...]  # (leaf position, index among distinct Contexts)
     other_positions: tuple[int, ...]
-    ctx_streams: tuple[tp.Optional[tuple[str, ...]], ...]
+    ctx_streams: tuple[tuple[str, ...] | None, ...]
     static: tuple[tp.Any, ...]
     donated_vars: tuple[bool, ...]
     donated_leaves: tuple[bool, ...]
@@ -115,14 +115,14 @@ class _Out(tp.NamedTuple):
     plain: bool  # the result holds no Module, Variable or input Context
     out_treedef: tp.Any
     out_kinds: tuple[tuple[str, int], ...]  # per output leaf: ("leaf"|"module"|"var"|"new"|"ctx", index)
-    new_moduledef: tp.Optional[ModuleDef[tp.Any]]
+    new_moduledef: ModuleDef[tp.Any] | None
     new_paths: tuple[str, ...]
     new_metas: tuple[tp.Any, ...]
 
 
 class _Entry:
-    __slots__ = ("objects", "version", "graph", "variables", "modules", "spec", "compiled",
-                 "containers", "copies")
+    __slots__ = ("compiled", "containers", "copies", "graph", "modules", "objects", "spec",
+                 "variables", "version")
 
     def __init__(self, objects: list[tp.Any], graph: Graph, spec: _Spec, compiled: tp.Any):
         self.objects = [weakref.ref(o) for o in objects]
@@ -214,13 +214,13 @@ class Jitted(tp.Generic[F]):
             if isinstance(leaf, _GRAPH_TYPES):
                 objects.append(leaf)
                 ids.append(id(leaf))
-            elif isinstance(leaf, Context):
+            elif isinstance(leaf, Context):  # by kind, not identity: a new Context each step is fine
                 contexts.append(leaf)
-                ids.append(-id(leaf))
+                ids.append(("ctx", leaf.streams))
             else:
                 ids.append(type(leaf))
                 others.append(leaf)
-        key = (treedef, static, tuple(ids))
+        key = (treedef, static, tuple(ids), _aliasing(contexts) if len(contexts) > 1 else ())
         entry = self._entries.get(key)
         if entry is None or not entry.valid(objects):
             leaves, treedef = jax.tree.flatten((args, kwargs), is_leaf=_is_node)
@@ -564,6 +564,12 @@ def _flat(args: tuple[tp.Any, ...]) -> bool:
     return True
 
 
+def _aliasing(contexts: list[Context]) -> tuple[int, ...]:
+    """Which Context arguments are the same object: the index of each one's first occurrence."""
+    first: dict[int, int] = {}
+    return tuple(first.setdefault(id(c), i) for i, c in enumerate(contexts))
+
+
 def _distinct(contexts: list[Context]) -> list[Context]:
     if len(contexts) < 2:
         return contexts
@@ -612,7 +618,7 @@ def _insert_static(args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any], static: 
     return tuple(full), kwargs
 
 
-def _inner_context(key: tp.Any, numbers: jax.Array, streams: tp.Optional[tuple[str, ...]]) -> Context:
+def _inner_context(key: tp.Any, numbers: jax.Array, streams: tuple[str, ...] | None) -> Context:
     """The Context the traced function sees: keys folded with the call's fork-path hash and count."""
 
     def derive(k: jax.Array) -> jax.Array:

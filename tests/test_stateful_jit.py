@@ -349,3 +349,18 @@ def test_batchnorm_and_dropout_train_and_eval():
     assert net.bn.mean.value is mean and np.array_equal(e1, e2)
     np.testing.assert_allclose(e1, net(x, train=False), rtol=1e-5, atol=1e-6)
     assert len(fn.traces) == 2
+
+
+def test_a_new_context_per_step_reuses_the_cached_walk(monkeypatch):
+    m = Counter()
+    step = nnx.jit(lambda m, ctx: m.lin.kernel.value.sum() + ctx.make_rng("dropout")[0])
+    step(m, nnx.Context(0))
+    import nnx_bridge.stateful_jit as jitlib
+
+    def fail(*args):
+        raise AssertionError("walked")
+
+    monkeypatch.setattr(jitlib, "walk", fail)
+    assert step(m, nnx.Context(1)) != step(m, nnx.Context(2))
+    with pytest.raises(AssertionError, match="walked"):  # a Context of other streams: a new entry
+        step(m, nnx.Context({"dropout": 0}))
