@@ -50,7 +50,7 @@ from benchmarks.timing import Timing, compile_split, interleave, ratio
 STYLES = {  # key -> label shown in the table and the plot
     "linen": "Linen (TrainState loop)",
     "bridge": "nnx_bridge.to_linen (same loop)",
-    "nnx_style": "nnx_bridge NNX-style (nnx.jit + Optimizer)",
+    "nnx_style": "nnx_bridge NNX-style (nnx.jit)",
 }
 COLORS = {"linen": "tab:blue", "bridge": "tab:orange", "nnx_style": "tab:green"}
 
