@@ -211,7 +211,16 @@ _STRUCTURE_VERSION = [0]
 
 
 def structure_version() -> int:
-    """A number that changes whenever an attribute of any Module is set or deleted."""
+    """A number that changes whenever an attribute of any Module is set or deleted.
+
+    Example:
+        >>> import nnx_bridge as nnx
+        >>> from nnx_bridge.module import structure_version
+        >>> m, before = nnx.Module(), structure_version()
+        >>> m.flag = True
+        >>> structure_version() != before
+        True
+    """
     return _STRUCTURE_VERSION[0]
 
 

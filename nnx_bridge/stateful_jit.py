@@ -25,6 +25,7 @@ from a stream of its own, and the caller's Context advances by one call.
 from __future__ import annotations
 
 import functools
+import inspect
 import typing as tp
 import weakref
 
@@ -148,7 +149,16 @@ class _Entry:
 
 
 class Jitted(tp.Generic[F]):
-    """What `jit` returns: call it like the function."""
+    """What `jit` returns: call it like the function; ``trace``/``lower`` give JAX's AOT stages.
+
+    Example:
+        >>> import jax.numpy as jnp, nnx_bridge as nnx
+        >>> double = nnx.jit(lambda v: v.value * 2)
+        >>> float(double(nnx.Param(jnp.array(3.0))))
+        6.0
+        >>> "stablehlo" in double.lower(nnx.Param(jnp.ones((2, 2)))).as_text()
+        True
+    """
 
     def __init__(self, fn: F, *, static_argnums: tp.Sequence[int], static_argnames: tp.Sequence[str],
                  donate_argnums: tp.Sequence[int], in_shardings: tp.Any, out_shardings: tp.Any,
@@ -517,10 +527,26 @@ def jit(fn: F | None = None, *, static_argnums: int | tp.Sequence[int] = (),
                                  out_shardings=out_shardings, **jit_kwargs)
     if not callable(fn):
         raise TypeError(f"jit expects a function to compile; found {type(fn).__name__}.")
-    return Jitted(fn, static_argnums=_ints(static_argnums, "static_argnums"),
-                  static_argnames=(static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames),
-                  donate_argnums=_ints(donate_argnums, "donate_argnums"), in_shardings=in_shardings,
-                  out_shardings=out_shardings, jit_kwargs=jit_kwargs)
+    if "donate_argnames" in jit_kwargs:
+        raise TypeError(
+            "nnx_bridge.jit takes donate_argnums only: pass the donated arguments positionally and "
+            "list their positions, e.g. jit(step, donate_argnums=(0, 1))."
+        )
+    static = _ints(static_argnums, "static_argnums")
+    donate = _ints(donate_argnums, "donate_argnums")
+    names = (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames)
+    module = getattr(fn, "__self__", None)
+    if isinstance(module, Module) and inspect.ismethod(fn):
+        # A Module's bound method: its Module becomes argument 0, so that its changes are
+        # written back instead of leaking traced values into the object.
+        if isinstance(in_shardings, (tuple, list)):
+            in_shardings = (None, *in_shardings)
+        inner = Jitted(fn.__func__, static_argnums=tuple(i + 1 for i in static), static_argnames=names,
+                       donate_argnums=tuple(i + 1 for i in donate), in_shardings=in_shardings,
+                       out_shardings=out_shardings, jit_kwargs=jit_kwargs)
+        return functools.wraps(fn)(functools.partial(inner, module))
+    return Jitted(fn, static_argnums=static, static_argnames=names, donate_argnums=donate,
+                  in_shardings=in_shardings, out_shardings=out_shardings, jit_kwargs=jit_kwargs)
 
 
 # ----------------------------------------------------------------------------------

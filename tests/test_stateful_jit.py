@@ -364,3 +364,13 @@ def test_a_new_context_per_step_reuses_the_cached_walk(monkeypatch):
     assert step(m, nnx.Context(1)) != step(m, nnx.Context(2))
     with pytest.raises(AssertionError, match="walked"):  # a Context of other streams: a new entry
         step(m, nnx.Context({"dropout": 0}))
+
+
+def test_a_modules_bound_method_writes_back():
+    m = Counter()
+    call = nnx.jit(m.__call__)
+    call(X)
+    call(X)
+    assert int(m.n.value) == 2 and isinstance(m.n.value, jax.Array)
+    with pytest.raises(TypeError, match="nnx_bridge.jit takes donate_argnums only"):
+        nnx.jit(lambda m: m, donate_argnames="m")
