@@ -50,7 +50,7 @@ def value_and_grad(fn: tp.Callable[..., tp.Any], argnums: int | tp.Sequence[int]
         (['bias', 'kernel'], [[3.0], [3.0]])
     """
     many = not isinstance(argnums, int)
-    nums = tuple(argnums) if many else (argnums,)  # type: ignore[arg-type]
+    nums: tuple[int, ...] = (argnums,) if isinstance(argnums, int) else tuple(argnums)
     if not nums or any(not isinstance(n, int) or n < 0 for n in nums):
         raise TypeError(f"value_and_grad: argnums takes an int or a tuple of ints (argument positions); "
                         f"found {argnums!r}.")

@@ -64,7 +64,7 @@ class Optimizer(Module):
                 f"update), e.g. optax.adam(1e-3); found {type(tx).__name__}."
             )
         params = _selected(model, wrt, "Optimizer")
-        self.step = OptState(jnp.array(0, dtype=jnp.uint32))
+        self.step = OptState(jnp.array(0, dtype=jnp.uint32))  # type: ignore[call-arg, arg-type]
         self.tx = tx
         self.wrt = wrt
         self.opt_state = _wrap(tx.init(_nested({p: v.value for p, v in params.items()})), params)
@@ -108,7 +108,7 @@ class Optimizer(Module):
                 node = node[part]
             variable.value = node
         new_leaves, new_tree = jax.tree.flatten(new_state)
-        if new_tree != jax.tree.structure(opt_values):
+        if new_tree != jax.tree.structure(opt_values):  # type: ignore[operator]
             raise ValueError(
                 f"Optimizer.update: tx.update returned an optimiser state of another structure "
                 f"({new_tree}) than tx.init ({jax.tree.structure(opt_values)}). The Optimizer keeps "
@@ -159,8 +159,8 @@ def _wrap(tree: tp.Any, params: dict[str, Variable[tp.Any]]) -> tp.Any:
             param = params.get("/".join(names[start:]))
             if param is not None:
                 if jnp.shape(param.value) == jnp.shape(leaf):
-                    return OptState(leaf, sharding=param.sharding)
+                    return OptState(leaf, sharding=param.sharding)  # type: ignore[call-arg, arg-type]
                 break
-        return OptState(leaf)
+        return OptState(leaf)  # type: ignore[call-arg, arg-type]
 
     return jax.tree_util.tree_map_with_path(wrap, tree)

@@ -67,7 +67,7 @@ def _meta(variable: Variable[tp.Any]) -> tuple[type, tuple[tuple[str, tp.Any], .
 
 
 def _rebuild_variable(meta: tuple[type, tuple[tuple[str, tp.Any], ...]], value: tp.Any) -> Variable[tp.Any]:
-    new = object.__new__(meta[0])
+    new: Variable[tp.Any] = object.__new__(meta[0])
     new.__dict__.update(meta[1])
     new.value = value
     return new
@@ -219,7 +219,10 @@ class Jitted(tp.Generic[F]):
         treedef = None
         if kwargs or not _flat(args):
             leaves, treedef = jax.tree.flatten((args, kwargs), is_leaf=_is_node)
-        objects, ids, contexts, others = [], [], [], []
+        objects: list[tp.Any] = []
+        ids: list[tp.Any] = []
+        contexts: list[Context] = []
+        others: list[tp.Any] = []
         for leaf in leaves:
             if isinstance(leaf, _GRAPH_TYPES):
                 objects.append(leaf)
@@ -248,7 +251,7 @@ class Jitted(tp.Generic[F]):
 
     def _split_static(self, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any]
                       ) -> tuple[tuple[tp.Any, ...], dict[str, tp.Any], tuple[tp.Any, ...]]:
-        static = []
+        static: list[tuple[tp.Any, tp.Any]] = []
         for i in self.static_argnums:
             if i >= len(args):
                 raise TypeError(
@@ -389,7 +392,9 @@ class Jitted(tp.Generic[F]):
         var_index = {id(v): k for k, v in enumerate(inner_vars)}
         created_index = {id(v): k for k, (_, _, v) in enumerate(created)}
         ctx_index = {id(c): k for k, c in enumerate(inner_contexts)}
-        kinds, plain_leaves, new_objects = [], [], []
+        kinds: list[tuple[str, int]] = []
+        plain_leaves: list[tp.Any] = []
+        new_objects: list[tp.Any] = []
         for leaf in out_leaves:
             if isinstance(leaf, Module) and id(leaf) in module_index:
                 kinds.append(("module", module_index[id(leaf)]))
