@@ -122,20 +122,27 @@ class _Out(tp.NamedTuple):
 
 
 class _Entry:
-    __slots__ = ("compiled", "containers", "copies", "graph", "modules", "objects", "spec",
-                 "variables", "version")
+    """One argument graph's cached walk.
+
+    It holds the Variables strongly (reading their values is the hot path) but the
+    argument objects and Modules only weakly, and it is stored under its first argument
+    object weakly (`Jitted._entries`), so a model dropped by the caller is freed.
+    """
+
+    __slots__ = ("compiled", "containers", "copies", "modules", "objects", "spec", "variables",
+                 "version")
 
     def __init__(self, objects: list[tp.Any], graph: Graph, spec: _Spec, compiled: tp.Any):
         self.objects = [weakref.ref(o) for o in objects]
         self.version = structure_version()
-        self.graph = graph
         self.variables = list(graph.variables.values())
-        self.modules = graph.modules
+        self.modules = [weakref.ref(m) for m in graph.modules]
         self.spec = spec
         self.compiled = compiled
         # The graph's lists and dicts beside shallow copies: one C-level == tells whether any
         # changed in place (items compare by identity first, Modules and Variables only so).
-        self.containers = [c for c, _ in graph.containers]
+        # The first container is the call's own list of arguments, which nothing changes.
+        self.containers = [c for c, _ in graph.containers[1:]]
         self.copies = [list(c) if type(c) is list else dict(c) for c in self.containers]
 
     def valid(self, objects: list[tp.Any]) -> bool:
@@ -146,6 +153,12 @@ class _Entry:
             if ref() is not obj:
                 return False
         return True
+
+    def module(self, index: int) -> Module:
+        module = self.modules[index]()
+        if module is None:  # the caller holds the arguments during the call
+            raise AssertionError("jit: internal error, an argument's Module was freed during the call")
+        return module
 
 
 class Jitted(tp.Generic[F]):
@@ -167,11 +180,15 @@ class Jitted(tp.Generic[F]):
         self.fn = fn
         self.static_argnums = tuple(sorted(static_argnums))
         self.static_argnames = frozenset(static_argnames)
-        self.donate_argnums = frozenset(donate_argnums)
+        # positions among the non-static positional arguments, which is how calls are split
+        self.donate_argnums = frozenset(i - sum(s < i for s in static_argnums) for i in donate_argnums
+                                        if i not in static_argnums)
         self.in_shardings = in_shardings
         self.out_shardings = out_shardings
         self.jit_kwargs = jit_kwargs
-        self._entries: dict[tp.Any, _Entry] = {}
+        # first argument object (weakly) -> key -> entry; calls without one use `_plain`
+        self._entries: weakref.WeakKeyDictionary[tp.Any, dict[tp.Any, _Entry]] = weakref.WeakKeyDictionary()
+        self._plain: dict[tp.Any, _Entry] = {}
         self._compiled: dict[_Spec, tp.Any] = {}
 
     # -- the call ------------------------------------------------------------------
@@ -187,7 +204,7 @@ class Jitted(tp.Generic[F]):
         created_vars: list[Variable[tp.Any]] = []
         for (module_index, name, meta), value in zip(facts.created, created):
             variable = _rebuild_variable(meta, value)
-            setattr(entry.modules[module_index], name, variable)
+            setattr(entry.module(module_index), name, variable)
             created_vars.append(variable)
         if facts.plain:
             return result
@@ -234,7 +251,8 @@ class Jitted(tp.Generic[F]):
                 ids.append(type(leaf))
                 others.append(leaf)
         key = (treedef, static, tuple(ids), _aliasing(contexts) if len(contexts) > 1 else ())
-        entry = self._entries.get(key)
+        entries = self._entries.get(objects[0]) if objects else self._plain
+        entry = entries.get(key) if entries is not None else None
         if entry is None or not entry.valid(objects):
             leaves, treedef = jax.tree.flatten((args, kwargs), is_leaf=_is_node)
             entry = self._build(key, args, leaves, treedef, objects, contexts, static)
@@ -308,9 +326,10 @@ class Jitted(tp.Generic[F]):
             compiled = jax.jit(functools.partial(self._pure, spec), **options)
             self._compiled[spec] = compiled
         entry = _Entry(objects, graph, spec, compiled)
-        if len(self._entries) >= 64:  # drop the oldest
-            self._entries.pop(next(iter(self._entries)))
-        self._entries[key] = entry
+        entries = self._entries.setdefault(objects[0], {}) if objects else self._plain
+        if len(entries) >= 16:  # drop the oldest
+            entries.pop(next(iter(entries)))
+        entries[key] = entry
         return entry
 
     def _input_shardings(self, args: tuple[tp.Any, ...], leaves: list[tp.Any], arg_of_leaf: list[int],
@@ -470,7 +489,7 @@ class Jitted(tp.Generic[F]):
             if kind == "leaf":
                 out.append(leaves[k])
             elif kind == "module":
-                out.append(entry.modules[k])
+                out.append(entry.module(k))
             elif kind == "var":
                 out.append(entry.variables[k])
             elif kind == "created":

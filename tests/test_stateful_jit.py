@@ -374,3 +374,23 @@ def test_a_modules_bound_method_writes_back():
     assert int(m.n.value) == 2 and isinstance(m.n.value, jax.Array)
     with pytest.raises(TypeError, match="nnx_bridge.jit takes donate_argnums only"):
         nnx.jit(lambda m: m, donate_argnames="m")
+
+
+def test_the_cache_does_not_keep_a_dropped_model_alive():
+    import gc
+    import weakref
+
+    step = nnx.jit(lambda m, x: m(x))
+    m = Counter()
+    step(m, X)
+    ref, kernel = weakref.ref(m), weakref.ref(m.lin.kernel)
+    del m
+    gc.collect()
+    assert ref() is None and kernel() is None
+
+
+def test_donate_argnums_count_static_arguments():
+    step = nnx.jit(lambda k, m: m(X)[:, :k], static_argnums=0, donate_argnums=1)
+    m = Counter()
+    assert step(2, m).shape == (1, 2) and step(2, m).shape == (1, 2)
+    assert int(m.n.value) == 2
