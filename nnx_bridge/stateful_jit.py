@@ -17,8 +17,8 @@ the caller's Module. Any other structure change — a new submodule, a changed
 static attribute, a replaced Variable, an item added to a list — raises an
 error that names the path: make such changes outside the jitted function.
 
-A Context argument is passed as its key(s) and two numbers (a hash of its fork
-path and its call count), so it never causes a retrace; each call draws keys
+A Context argument is passed as its key(s) and one number (its fork path's hash
+mixed with its call count), so it never causes a retrace; each call draws keys
 from a stream of its own, and the caller's Context advances by one call.
 """
 
@@ -76,6 +76,15 @@ def _rebuild_variable(meta: tuple[type, tuple[tuple[str, tp.Any], ...]], value: 
 @functools.lru_cache(maxsize=1024)
 def _path_hash(count_path: tuple[int, ...]) -> int:
     return stable_hash(count_path)
+
+
+def _call_datum(ctx: Context) -> np.uint32:
+    """One uint32 for a Context's position (fork path and count): what a call folds into its keys.
+
+    The count is spread by an odd constant (a bijection modulo 2**32), so the calls of one
+    Context never repeat a datum; the fork path's stable hash separates forks.
+    """
+    return np.uint32((_path_hash(ctx.count_path) ^ (ctx.count * 0x9E3779B1)) & 0xFFFFFFFF)
 
 
 class _Static:
@@ -260,7 +269,7 @@ class Jitted(tp.Generic[F]):
         values = [v.value for v in entry.variables]
         if contexts:
             contexts = _distinct(contexts)
-            ctx_in = [(c.key, np.array([_path_hash(c.count_path), c.count], np.uint32)) for c in contexts]
+            ctx_in = [(c.key, _call_datum(c)) for c in contexts]
         else:
             ctx_in = []
         if spec.donated_vars:
@@ -386,7 +395,7 @@ class Jitted(tp.Generic[F]):
         inner_vars = list(graph.variables.values())
         inner_values = [v.value for v in inner_vars]
         before = [dict(m.__dict__) for m in graph.modules]
-        inner_contexts = [_inner_context(key, numbers, streams) for (key, numbers), streams in zip(ctx_in, spec.ctx_streams)]
+        inner_contexts = [_inner_context(key, datum, streams) for (key, datum), streams in zip(ctx_in, spec.ctx_streams)]
         leaves: list[tp.Any] = [None] * spec.treedef.num_leaves
         for i, obj in zip(spec.graph_positions, container.refs):
             leaves[i] = obj
@@ -668,11 +677,11 @@ def _insert_static(args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any], static: 
     return tuple(full), kwargs
 
 
-def _inner_context(key: tp.Any, numbers: jax.Array, streams: tuple[str, ...] | None) -> Context:
-    """The Context the traced function sees: keys folded with the call's fork-path hash and count."""
+def _inner_context(key: tp.Any, datum: jax.Array, streams: tuple[str, ...] | None) -> Context:
+    """The Context the traced function sees: keys folded with the call's datum (`_call_datum`)."""
 
     def derive(k: jax.Array) -> jax.Array:
-        return jax.random.fold_in(jax.random.fold_in(k, numbers[0]), numbers[1])
+        return jax.random.fold_in(k, datum)
 
     if streams is None:
         return Context(derive(key))

@@ -335,3 +335,34 @@ def test_train_step_on_a_simulated_8_device_mesh(tmp_path):
     assert report["kernel_spec"] == [None, "model"] and report["kernel_shards"] == [[8, 4]]
     assert report["down_spec"] == ["model"]  # PartitionSpec drops trailing Nones
     assert report["mu_names"] == [None, "model"] and report["mu_spec"] == [None, "model"]
+
+
+def test_scan_model_trains_under_jit():
+    class Block(nnx.Module):
+        def __init__(self, *, ctx):
+            self.lin = nnx.Linear(3, 3, ctx=ctx)
+
+        def __call__(self, x):
+            return jnp.tanh(self.lin(x))
+
+    class Deep(nnx.Module):
+        def __init__(self, *, ctx):
+            self.blocks = nnx.Scan(Block, 4, ctx=ctx)
+            self.head = nnx.Linear(3, 2, ctx=ctx)
+
+        def __call__(self, x):
+            return self.head(self.blocks(x))
+
+    model = Deep(ctx=nnx.Context(0))
+    optimizer = nnx.Optimizer(model, optax.adam(5e-2))
+    assert optimizer.opt_state[0].mu["blocks"]["block"]["lin"]["kernel"].sharding is None
+
+    @nnx.jit
+    def step(model, optimizer):
+        value, grads = nnx.value_and_grad(loss_fn)(model)
+        assert grads["blocks/block/lin/kernel"].value.shape == (4, 3, 3)
+        optimizer.update(model, grads)
+        return value
+
+    losses = [float(step(model, optimizer)) for _ in range(5)]
+    assert losses[-1] < losses[0]
