@@ -195,8 +195,9 @@ class Jitted(tp.Generic[F]):
         self.in_shardings = in_shardings
         self.out_shardings = out_shardings
         self.jit_kwargs = jit_kwargs
-        # first argument object (weakly) -> key -> entry; calls without one use `_plain`
-        self._entries: weakref.WeakKeyDictionary[tp.Any, dict[tp.Any, _Entry]] = weakref.WeakKeyDictionary()
+        # id of the first argument object -> key -> entry, dropped when that object is freed
+        # (a weakref.finalize); calls without a Module or Variable argument use `_plain`
+        self._entries: dict[int, dict[tp.Any, _Entry]] = {}
         self._plain: dict[tp.Any, _Entry] = {}
         self._compiled: dict[_Spec, tp.Any] = {}
 
@@ -260,7 +261,7 @@ class Jitted(tp.Generic[F]):
                 ids.append(type(leaf))
                 others.append(leaf)
         key = (treedef, static, tuple(ids), _aliasing(contexts) if len(contexts) > 1 else ())
-        entries = self._entries.get(objects[0]) if objects else self._plain
+        entries = self._entries.get(id(objects[0])) if objects else self._plain
         entry = entries.get(key) if entries is not None else None
         if entry is None or not entry.valid(objects):
             leaves, treedef = jax.tree.flatten((args, kwargs), is_leaf=_is_node)
@@ -335,7 +336,13 @@ class Jitted(tp.Generic[F]):
             compiled = jax.jit(functools.partial(self._pure, spec), **options)
             self._compiled[spec] = compiled
         entry = _Entry(objects, graph, spec, compiled)
-        entries = self._entries.setdefault(objects[0], {}) if objects else self._plain
+        if objects:
+            entries = self._entries.get(id(objects[0]))
+            if entries is None or _entry_owner_changed(entries, objects[0]):
+                entries = self._entries[id(objects[0])] = {}
+                weakref.finalize(objects[0], _forget, self._entries, id(objects[0]), entries)
+        else:
+            entries = self._plain
         if len(entries) >= 16:  # drop the oldest
             entries.pop(next(iter(entries)))
         entries[key] = entry
@@ -621,6 +628,16 @@ def _flat(args: tuple[tp.Any, ...]) -> bool:
         if type(a) not in _FLAT_TYPES and not isinstance(a, _NODE_TYPES):
             return False
     return True
+
+
+def _entry_owner_changed(entries: dict[tp.Any, _Entry], first: tp.Any) -> bool:
+    """Whether `entries` belong to another (freed) object that had the same id as `first`."""
+    return any(e.objects[0]() is not first for e in entries.values())
+
+
+def _forget(table: dict[int, dict[tp.Any, _Entry]], key: int, entries: dict[tp.Any, _Entry]) -> None:
+    if table.get(key) is entries:
+        del table[key]
 
 
 def _aliasing(contexts: list[Context]) -> tuple[int, ...]:
