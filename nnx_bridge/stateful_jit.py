@@ -234,6 +234,10 @@ class Jitted(tp.Generic[F]):
         """``self.trace(*args, **kwargs).lower()``."""
         return self.trace(*args, **kwargs).lower()
 
+    def _cache_size(self) -> int:
+        """How many programs JAX has traced for this function so far (as ``jax.jit``'s)."""
+        return sum(compiled._cache_size() for compiled in self._compiled.values())
+
     def _prepare(self, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any]
                  ) -> tuple[_Entry, tuple[tp.Any, ...], list[Context]]:
         """The cache entry and the flat inputs of the compiled function for one call."""

@@ -394,3 +394,13 @@ def test_donate_argnums_count_static_arguments():
     m = Counter()
     assert step(2, m).shape == (1, 2) and step(2, m).shape == (1, 2)
     assert int(m.n.value) == 2
+
+
+def test_cache_size_counts_traces():
+    step = nnx.jit(lambda m, x: m(x))
+    m = Counter()
+    for _ in range(3):
+        step(m, X)
+    assert step._cache_size() == 1
+    step(m, jnp.ones((2, 2)))
+    assert step._cache_size() == 2
