@@ -33,7 +33,8 @@ import jax
 import numpy as np
 
 from nnx_bridge.context import Context, stable_hash
-from nnx_bridge.graph import Graph, unchanged, walk
+from nnx_bridge.graph import Graph, walk
+from nnx_bridge.jit_structure import check_structure, relative
 from nnx_bridge.module import Module, ModuleDef, structure_version
 from nnx_bridge.state import State
 from nnx_bridge.variables import Variable
@@ -418,7 +419,7 @@ class Jitted(tp.Generic[F]):
         if spec.static:
             args, kwargs = _insert_static(args, kwargs, spec.static)
         result = self.fn(*args, **kwargs)
-        created = _check_structure(graph, before, inner_vars, self.fn)
+        created = check_structure(graph, before, inner_vars, f"jit({_name(self.fn)})")
         changed = tuple(i for i, (v, old) in enumerate(zip(inner_vars, inner_values))
                         if v.value is not old or (spec.donated_vars and spec.donated_vars[i]))
         changed_values = [inner_vars[i].value for i in changed]
@@ -483,7 +484,7 @@ class Jitted(tp.Generic[F]):
             if id(v) in known:
                 raise ValueError(
                     f"jit({_name(self.fn)}): a new Module returned from the jitted function holds, at "
-                    f"{_relative(path)!r}, a Variable of an argument. A new Module cannot share state "
+                    f"{relative(path)!r}, a Variable of an argument. A new Module cannot share state "
                     f"with the arguments across jit: build it outside, or return the argument's "
                     f"Variables themselves."
                 )
@@ -707,81 +708,3 @@ def _inner_context(key: tp.Any, datum: jax.Array, streams: tuple[str, ...] | Non
     if streams is None:
         return Context(derive(key))
     return Context({name: derive(key[name]) for name in streams})
-
-
-def _relative(path: str) -> str:
-    """A path inside the call's graph without its ``refs/<i>`` prefix."""
-    parts = path.split("/")
-    return "/".join(parts[2:]) if len(parts) >= 2 and parts[0] == "refs" else path
-
-
-def _check_structure(graph: Graph, before: list[dict[str, tp.Any]], variables: list[Variable[tp.Any]],
-                     fn: tp.Any) -> list[tuple[int, str, Variable[tp.Any]]]:
-    """New Variables on existing Modules (to create on the caller's), or an error for other changes."""
-    known = {id(v) for v in variables}
-    created: list[tuple[int, str, Variable[tp.Any]]] = []
-    paths = _module_paths(graph)
-    for index, (module, old) in enumerate(zip(graph.modules, before)):
-        new = module.__dict__
-        if new.keys() == old.keys() and all(new[k] is old[k] for k in old):
-            continue
-        where = paths.get(index, "")
-        for name in sorted(old.keys() | new.keys()):
-            at = f"{where}/{name}" if where else name
-            if name not in new:
-                raise _structure_error(fn, f"attribute {at!r} was deleted")
-            if name not in old:
-                value = new[name]
-                if isinstance(value, Variable) and id(value) not in known:
-                    created.append((index, name, value))
-                    known.add(id(value))
-                    continue
-                raise _structure_error(fn, f"a new attribute {at!r} holding a {type(value).__name__} "
-                                           f"was set")
-            a, b = old[name], new[name]
-            if a is b:
-                continue
-            if isinstance(a, (Module, Variable)) or isinstance(b, (Module, Variable)) or not _same(a, b):
-                raise _structure_error(fn, f"attribute {at!r} was replaced (a {type(a).__name__} by a "
-                                           f"{type(b).__name__})")
-    if not unchanged(graph.containers):
-        raise _structure_error(fn, "a list or dict of the module graph was changed in place")
-    return created
-
-
-def _same(a: tp.Any, b: tp.Any) -> bool:
-    try:
-        return type(a) is type(b) and bool(a == b)
-    except Exception:  # noqa: BLE001 - values that cannot be compared count as changed
-        return False
-
-
-def _module_paths(graph: Graph) -> dict[int, str]:
-    paths: dict[int, str] = {}
-    index = {id(m): k for k, m in enumerate(graph.modules)}
-    def visit(value: tp.Any, path: str) -> None:
-        if isinstance(value, Module):
-            k = index.get(id(value))
-            if k is None or k in paths:
-                return
-            paths[k] = _relative(path)
-            for name in sorted(value.__dict__):
-                visit(value.__dict__[name], f"{path}/{name}" if path else name)
-        elif isinstance(value, (list, tuple)):
-            for i, item in enumerate(value):
-                visit(item, f"{path}/{i}")
-        elif isinstance(value, dict):
-            for key in sorted(value, key=str):
-                visit(value[key], f"{path}/{key}")
-
-    visit(graph.modules[0], "")
-    return paths
-
-
-def _structure_error(fn: tp.Any, what: str) -> ValueError:
-    return ValueError(
-        f"jit({_name(fn)}): the function changed the structure of an argument: {what}. Inside "
-        f"nnx_bridge.jit only Variable values may change (variable.value = ...) and new Variables "
-        f"may be created with Module.variable/sow; make structural changes (submodules, static "
-        f"attributes, replacing Variables) outside the jitted function."
-    )
