@@ -404,3 +404,30 @@ def test_cache_size_counts_traces():
     assert step._cache_size() == 1
     step(m, jnp.ones((2, 2)))
     assert step._cache_size() == 2
+
+
+def test_lazy_variables_on_nested_modules_through_grad_under_jit():
+    class Inner(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.ones(3))
+
+        def __call__(self, x):
+            seen = self.variable("stats", "seen", jnp.zeros, (3,))
+            seen.value = seen.value + x
+            return (self.w.value * x).sum()
+
+    class Outer(nnx.Module):
+        def __init__(self):
+            self.blocks = [Inner(), Inner()]
+
+    m = Outer()
+
+    @nnx.jit
+    def step(m, x):
+        return nnx.grad(lambda m: m.blocks[0](x) + m.blocks[1](2 * x))(m)
+
+    grads = step(m, jnp.ones(3))
+    assert list(grads) == ["blocks/0/w", "blocks/1/w"] and grads["blocks/1/w"].value.tolist() == [2.0] * 3
+    assert m.blocks[0].seen.value.tolist() == [1.0] * 3 and m.blocks[1].seen.value.tolist() == [2.0] * 3
+    step(m, jnp.ones(3))
+    assert m.blocks[1].seen.value.tolist() == [4.0] * 3
