@@ -17,15 +17,18 @@ the caller's Module. Any other structure change — a new submodule, a changed
 static attribute, a replaced Variable, an item added to a list — raises an
 error that names the path: make such changes outside the jitted function.
 
-A Context argument is passed as its key(s) and one number (its fork path's hash
-mixed with its call count), so it never causes a retrace; each call draws keys
-from a stream of its own, and the caller's Context advances by one call.
+A Context argument is passed as its key(s) and its position (fork-path hash and
+call count, kept on the device from one call to the next), so it never causes a
+retrace; each call draws keys from a stream of its own, and the caller's Context
+advances by one call.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import itertools
+import operator
 import typing as tp
 import weakref
 
@@ -79,13 +82,10 @@ def _path_hash(count_path: tuple[int, ...]) -> int:
     return stable_hash(count_path)
 
 
-def _call_datum(ctx: Context) -> np.uint32:
-    """One uint32 for a Context's position (fork path and count): what a call folds into its keys.
+_VALUE = operator.attrgetter("value")
+_VALUE_NAMES = itertools.repeat("value")
 
-    The count is spread by an odd constant (a bijection modulo 2**32), so the calls of one
-    Context never repeat a datum; the fork path's stable hash separates forks.
-    """
-    return np.uint32((_path_hash(ctx.count_path) ^ (ctx.count * 0x9E3779B1)) & 0xFFFFFFFF)
+
 
 
 class _Static:
@@ -140,7 +140,7 @@ class _Entry:
     """
 
     __slots__ = ("compiled", "containers", "copies", "modules", "objects", "spec", "variables",
-                 "version")
+                 "version", "written")
 
     def __init__(self, objects: list[tp.Any], graph: Graph, spec: _Spec, compiled: tp.Any):
         self.objects = [weakref.ref(o) for o in objects]
@@ -154,6 +154,7 @@ class _Entry:
         # The first container is the call's own list of arguments, which nothing changes.
         self.containers = [c for c, _ in graph.containers[1:]]
         self.copies = [list(c) if type(c) is list else dict(c) for c in self.containers]
+        self.written: tuple[tp.Any, list[Variable[tp.Any]]] = (None, [])
 
     def valid(self, objects: list[tp.Any]) -> bool:
         """Same objects, no Module attribute set since, no list or dict changed in place."""
@@ -200,18 +201,27 @@ class Jitted(tp.Generic[F]):
         # (a weakref.finalize); calls without a Module or Variable argument use `_plain`
         self._entries: dict[int, dict[tp.Any, _Entry]] = {}
         self._plain: dict[tp.Any, _Entry] = {}
+        # id of a Context -> (weakref, count, count_path, its next position as a device array)
+        self._positions: dict[int, tuple[tp.Any, int, tuple[int, ...], jax.Array]] = {}
         self._compiled: dict[_Spec, tp.Any] = {}
 
     # -- the call ------------------------------------------------------------------
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         entry, flat, contexts = self._prepare(args, kwargs)
-        changed, created, result, new_values, facts = entry.compiled(*flat)
+        changed, created, result, new_values, positions, facts = entry.compiled(*flat)
         facts = facts.value
-        variables = entry.variables
-        for i, value in zip(facts.changed, changed):
-            variables[i].value = value
-        for c in contexts:
-            c.count += 1
+        if entry.written[0] is not facts:  # the Variables this program writes, looked up once
+            entry.written = (facts, [entry.variables[i] for i in facts.changed])
+        list(map(setattr, entry.written[1], _VALUE_NAMES, changed))  # variable.value = new, at C speed
+        if contexts:
+            cache = self._positions
+            for c, position in zip(contexts, positions):
+                c.count += 1
+                cached = cache.get(id(c))
+                ref = cached[0] if cached is not None and cached[0]() is c else weakref.ref(c)
+                cache[id(c)] = (ref, c.count, c.count_path, position)
+        if not facts.created and facts.plain:
+            return result
         created_vars: list[Variable[tp.Any]] = []
         for (module_index, name, meta), value in zip(facts.created, created):
             variable = _rebuild_variable(meta, value)
@@ -272,15 +282,26 @@ class Jitted(tp.Generic[F]):
             leaves, treedef = jax.tree.flatten((args, kwargs), is_leaf=_is_node)
             entry = self._build(key, args, leaves, treedef, objects, contexts, static)
         spec = entry.spec
-        values = [v.value for v in entry.variables]
+        values = list(map(_VALUE, entry.variables))
         if contexts:
             contexts = _distinct(contexts)
-            ctx_in = [(c.key, _call_datum(c)) for c in contexts]
+            ctx_in = [(c.key, self._position(c)) for c in contexts]
         else:
             ctx_in = []
         if spec.donated_vars:
             return entry, (*_split(values, spec.donated_vars), ctx_in, *_split(others, spec.donated_leaves)), contexts
         return entry, (values, ctx_in, others), contexts
+
+    def _position(self, ctx: Context) -> tp.Any:
+        """``[hash of the fork path, count]`` of `ctx`, as uint32: on the device already when
+        the last call returned it (a host-to-device copy per call costs more than the step's
+        arithmetic on a small model), else from the host."""
+        cached = self._positions.get(id(ctx))
+        if cached is not None and cached[0]() is ctx and cached[1] == ctx.count and cached[2] == ctx.count_path:
+            return cached[3]
+        if len(self._positions) > 64:
+            self._positions.clear()
+        return np.array([_path_hash(ctx.count_path), ctx.count], np.uint32)
 
     def _split_static(self, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any]
                       ) -> tuple[tuple[tp.Any, ...], dict[str, tp.Any], tuple[tp.Any, ...]]:
@@ -407,7 +428,8 @@ class Jitted(tp.Generic[F]):
         inner_vars = list(graph.variables.values())
         inner_values = [v.value for v in inner_vars]
         before = [dict(m.__dict__) for m in graph.modules]
-        inner_contexts = [_inner_context(key, datum, streams) for (key, datum), streams in zip(ctx_in, spec.ctx_streams)]
+        inner_contexts = [_inner_context(key, position, streams)
+                          for (key, position), streams in zip(ctx_in, spec.ctx_streams)]
         leaves: list[tp.Any] = [None] * spec.treedef.num_leaves
         for i, obj in zip(spec.graph_positions, container.refs):
             leaves[i] = obj
@@ -456,7 +478,9 @@ class Jitted(tp.Generic[F]):
             new_moduledef, new_paths, new_metas, new_values = self._new_objects(new_objects, graph)
         facts = _Out(changed, created_facts, plain, out_treedef, tuple(kinds), new_moduledef,
                      new_paths, new_metas)
-        return changed_values, created_values, result if plain else plain_leaves, new_values, _Static(facts)
+        next_positions = [position + np.array([0, 1], np.uint32) for _, position in ctx_in]
+        return (changed_values, created_values, result if plain else plain_leaves, new_values, next_positions,
+                _Static(facts))
 
     def _constrain_output(self, result: tp.Any) -> tp.Any:
         """A State of shardings for a returned Module: constrains its Variables by path."""
@@ -699,8 +723,13 @@ def _insert_static(args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any], static: 
     return tuple(full), kwargs
 
 
-def _inner_context(key: tp.Any, datum: jax.Array, streams: tuple[str, ...] | None) -> Context:
-    """The Context the traced function sees: keys folded with the call's datum (`_call_datum`)."""
+def _inner_context(key: tp.Any, position: jax.Array, streams: tuple[str, ...] | None) -> Context:
+    """The Context the traced function sees: keys folded with one datum of the call's position.
+
+    The datum mixes the fork path's stable hash with the count spread by an odd constant
+    (a bijection modulo 2**32), so the calls of one Context never repeat a datum.
+    """
+    datum = position[0] ^ (position[1] * np.uint32(0x9E3779B1))
 
     def derive(k: jax.Array) -> jax.Array:
         return jax.random.fold_in(k, datum)
