@@ -358,7 +358,7 @@ class Jitted(tp.Generic[F]):
                 options["in_shardings"] = ((*_split(vs, donated_vars), None, *_split(ls, donated_leaves))
                                            if donated_vars else (vs, None, ls))
             if self.out_shardings is not None and not isinstance(self.out_shardings, tp.Mapping):
-                options["out_shardings"] = (None, None, self.out_shardings, None, None)
+                options["out_shardings"] = (None, None, self.out_shardings, None, None, None)  # see _pure
             compiled = jax.jit(functools.partial(self._pure, spec), **options)
             self._compiled[spec] = compiled
         entry = _Entry(objects, graph, spec, compiled)
