@@ -431,3 +431,17 @@ def test_lazy_variables_on_nested_modules_through_grad_under_jit():
     assert m.blocks[0].seen.value.tolist() == [1.0] * 3 and m.blocks[1].seen.value.tolist() == [2.0] * 3
     step(m, jnp.ones(3))
     assert m.blocks[1].seen.value.tolist() == [4.0] * 3
+
+
+def test_fast_path_notices_context_aliasing_and_new_objects():
+    step = nnx.jit(lambda m, a, b: (m.n.value, a.make_rng("dropout"), b.make_rng("dropout")))
+    m, ctx = Counter(), nnx.Context(0)
+    step(m, ctx, ctx)
+    step(m, ctx, ctx)
+    assert ctx.count == 2
+    c1, c2 = nnx.Context(1), nnx.Context(2)
+    step(m, c1, c2)
+    assert (c1.count, c2.count, ctx.count) == (1, 1, 2)
+    other = Counter()
+    other.n.value = jnp.array(7)
+    assert int(step(other, c1, c2)[0]) == 7
