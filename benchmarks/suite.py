@@ -8,7 +8,9 @@ the right shapes) with Adam:
 * ``nnx_style``: the twin partitioned once, a pure step over States
   (`models.nnx_train_step`),
 * ``flax_nnx``: the Flax NNX twin with ``flax.nnx.jit`` and ``nnx.Optimizer``
-  (`models.flax_train_step`).
+  (`models.flax_train_step`),
+* ``nnx_jit``: the nnx_bridge twin mutated in place by ``nnx_bridge.jit`` +
+  ``value_and_grad`` + ``Optimizer`` (`benchmarks.nnx_style.train_step`).
 
 Benchmarks (names for ``--only``), each writing ``<out>/<name>.json`` and ``<out>/<name>.png``:
 
@@ -57,13 +59,18 @@ import typing as tp
 import jax
 from flax import nnx as flax_nnx
 
-from benchmarks import bridge_overhead, core_overhead, models
+import nnx_bridge
+from benchmarks import bridge_overhead, core_overhead, models, nnx_style
 from benchmarks.timing import Summary, Timing, compile_split, interleave, ratio
 
 LINEN, BRIDGE, NNX_STYLE, FLAX_NNX = "linen", "bridge", "nnx_style", "flax_nnx"
-STYLES = (LINEN, BRIDGE, NNX_STYLE, FLAX_NNX)
-LABELS = {LINEN: "Linen", BRIDGE: "nnx_bridge", NNX_STYLE: "NNX-style", FLAX_NNX: "flax.nnx"}
-COLORS = {LINEN: "#4c72b0", BRIDGE: "#dd8452", NNX_STYLE: "#55a868", FLAX_NNX: "#8172b3"}
+NNX_JIT = "nnx_jit"
+STYLES = (LINEN, BRIDGE, NNX_STYLE, FLAX_NNX, NNX_JIT)
+LABELS = {LINEN: "Linen", BRIDGE: "nnx_bridge", NNX_STYLE: "NNX-style", FLAX_NNX: "flax.nnx",
+          NNX_JIT: "nnx_bridge.jit"}
+COLORS = {LINEN: "#4c72b0", BRIDGE: "#dd8452", NNX_STYLE: "#55a868", FLAX_NNX: "#8172b3",
+          NNX_JIT: "#c44e52"}
+NNX_JIT_BOUND = {"tiny_mlp": nnx_style.STEP_BOUND["tiny_mlp"]}  # nnx_jit / Linen; else COMPUTE
 BENCHMARKS = ("train_step", "hlo", "compile", "overhead", "memory")
 # compile runs first: its first (untimed) compile of each style is reused by the others
 RUN_ORDER = ("compile", "train_step", "hlo", "memory", "overhead")
@@ -151,19 +158,23 @@ class ModelBench:
         nnx_state, moduledef = models.nnx_init(self.twin.bridge_module(jax.random.PRNGKey(1)), tx)
         flax_model = self.twin.flax_module(1)
         optimizer = flax_nnx.Optimizer(flax_model, tx, wrt=flax_nnx.Param)
+        jit_model, jit_optimizer = nnx_style.loaded_twin(self.twin, setup.step_args(LINEN)[0], tx)
         self.args: dict[str, tuple[tp.Any, ...]] = {
             LINEN: setup.step_args(LINEN),
             BRIDGE: setup.step_args(BRIDGE),
             NNX_STYLE: (nnx_state, x, y, key),
             FLAX_NNX: (flax_model, optimizer, x, y),
+            NNX_JIT: (jit_model, jit_optimizer, nnx_bridge.Context({"dropout": key}), x, y),
         }
         self._steps: dict[str, tp.Callable[..., tp.Any]] = {
             LINEN: models.train_step,
             BRIDGE: models.train_step,
             NNX_STYLE: functools.partial(models.nnx_train_step, moduledef, tx),
             FLAX_NNX: models.flax_train_step,
+            NNX_JIT: nnx_style.train_step,
         }
         self.compiled: dict[str, tp.Any] = {}
+        self.runner = nnx_bridge.jit(nnx_style.train_step)  # NNX_JIT runs through its wrapper
 
     def fresh(self, style: str) -> tp.Any:
         """A new jit object (``flax.nnx.jit`` for flax_nnx) around a new function object."""
@@ -172,6 +183,8 @@ class ModelBench:
         def step(*args: tp.Any) -> tp.Any:
             return inner(*args)
 
+        if style == NNX_JIT:
+            return nnx_bridge.jit(step)
         return flax_nnx.jit(step) if style == FLAX_NNX else jax.jit(step)
 
     def warm_up(self) -> None:
@@ -192,6 +205,9 @@ class ModelBench:
 
     def stepper(self, style: str) -> tp.Callable[[], None]:
         """One blocking call of the compiled step, carrying the state to the next call."""
+        if style == NNX_JIT:  # the wrapper writes the results back into the model and optimizer
+            runner, jit_args = self.runner, self.args[style]
+            return lambda: jax.block_until_ready(runner(*jit_args))
         compiled = self.compile(style)
         if style == FLAX_NNX:  # the model and optimizer are updated in place
             args = self.args[style]
@@ -260,6 +276,9 @@ def bench_train_step(benches: dict[str, ModelBench], settings: Settings) -> dict
         r = ratios[LINEN][BRIDGE]
         out["targets"].append(verdict("train_step", f"train step {name}: nnx_bridge / Linen",
                                       f"<= {bound:.2f}x", _ratio(r), r["median"] <= bound))
+        jit_bound, r = NNX_JIT_BOUND.get(name, nnx_style.COMPUTE_BOUND), ratios[LINEN][NNX_JIT]
+        out["targets"].append(verdict("train_step", f"train step {name}: nnx_bridge.jit / Linen",
+                                      f"<= {jit_bound:.2f}x", _ratio(r), r["median"] <= jit_bound))
         rows.append([name, *(_cell(timings[s].summary) for s in STYLES),
                      *(_ratio(ratios[LINEN][s]) for s in STYLES[1:]), _ratio(ratios[FLAX_NNX][BRIDGE])])
     out["table"] = _table(["model", *(f"{LABELS[s]} ms" for s in STYLES),
@@ -655,17 +674,17 @@ def markdown(results: dict[str, dict[str, tp.Any]], env: dict[str, tp.Any]) -> s
     step, hlo, comp, mem = (results.get(k) for k in ("train_step", "hlo", "compile", "memory"))
     names = next((list(r["models"]) for r in (step, comp, hlo, mem) if r), [])
     if names:
-        lines += ["| model | Linen ms/step | nnx_bridge | NNX-style | flax.nnx | HLO vs Linen | "
+        lines += ["| model | Linen ms/step | nnx_bridge | NNX-style | flax.nnx | nnx_bridge.jit | HLO vs Linen | "
                   "compile, bridge / Linen | peak memory, bridge / Linen |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|"]
         for n in names:
             cells = [n]
             if step:
                 per = step["models"][n]
                 cells += [f"{per['styles'][LINEN]['median']:.3f}",
-                          *(_ratio(per["ratio_to_linen"][s]) for s in (BRIDGE, NNX_STYLE, FLAX_NNX))]
+                          *(_ratio(per["ratio_to_linen"][s]) for s in (BRIDGE, NNX_STYLE, FLAX_NNX, NNX_JIT))]
             else:
-                cells += ["-"] * 4
+                cells += ["-"] * 5
             cells.append(_identity(hlo["models"][n]["vs_linen"][BRIDGE]) if hlo else "-")
             cells.append(_ratio(comp["models"][n]["ratio_to_linen"]["total"][BRIDGE]) if comp else "-")
             cells.append(f"{mem['models'][n]['peak_ratio_to_linen'][BRIDGE]:.3f}x" if mem else "-")

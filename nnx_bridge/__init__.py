@@ -91,4 +91,11 @@ from nnx_bridge.nn import Bidirectional as Bidirectional
 from nnx_bridge.nn import SpectralNorm as SpectralNorm
 from nnx_bridge.nn import WeightNorm as WeightNorm
 
+from nnx_bridge import graph as graph
+from nnx_bridge.autodiff import grad as grad
+from nnx_bridge.autodiff import value_and_grad as value_and_grad
+from nnx_bridge.stateful_jit import jit as jit
+from nnx_bridge.optimizer import OptState as OptState
+from nnx_bridge.optimizer import Optimizer as Optimizer
+
 __version__ = "0.1.0"

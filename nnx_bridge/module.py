@@ -205,6 +205,25 @@ class Apply(tp.Generic[M]):
         return method
 
 
+# Bumped on every attribute assignment or deletion on any Module: `nnx_bridge.jit` reuses
+# its walk of a module graph while this number is unchanged (see `structure_version`).
+_STRUCTURE_VERSION = [0]
+
+
+def structure_version() -> int:
+    """A number that changes whenever an attribute of any Module is set or deleted.
+
+    Example:
+        >>> import nnx_bridge as nnx
+        >>> from nnx_bridge.module import structure_version
+        >>> m, before = nnx.Module(), structure_version()
+        >>> m.flag = True
+        >>> structure_version() != before
+        True
+    """
+    return _STRUCTURE_VERSION[0]
+
+
 class Module:
     """Base class of stateful modules: plain Python objects holding Variables.
 
@@ -223,6 +242,14 @@ class Module:
         >>> list(state)
         ['b', 'w']
     """
+
+    def __setattr__(self, name: str, value: tp.Any) -> None:
+        _STRUCTURE_VERSION[0] += 1
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        _STRUCTURE_VERSION[0] += 1
+        object.__delattr__(self, name)
 
     def partition(self: M, *filters: filterlib.Filter) -> tp.Any:
         """Splits into ``(state, moduledef)``, or ``(state_1, ..., state_n, moduledef)``.
