@@ -48,7 +48,7 @@ import typing as tp
 import jax
 import optax
 
-from benchmarks import models
+from benchmarks import figures, models
 from benchmarks.timing import Summary, Timing, interleave, ratio
 
 LINEN, BRIDGE, FLAX, NNX_STYLE = "linen", "bridge", "flax_bridge", "nnx_style"
@@ -499,6 +499,8 @@ def main(argv: tp.Sequence[str] | None = None) -> dict[str, tp.Any]:
     path = args.out / "bridge_overhead.json"
     path.write_text(json.dumps(payload, indent=1))
     print(f"\nwrote {path} ({payload['seconds']:.0f} s)")
+    if {**vars(args), "out": None, "profile": None} == {**vars(parse_args([])), "out": None, "profile": None}:
+        figures.publish("bridge_overhead", payload, wall_s=payload["seconds"])  # the default run only
     return payload
 
 

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from flax import nnx as flax_nnx
 
 import nnx_bridge as nnx
+from benchmarks import figures
 from benchmarks.models import environment
 from benchmarks.timing import Timing, interleave, ratio
 
@@ -365,6 +366,9 @@ def main(argv: tp.Sequence[str] | None = None) -> dict[str, tp.Any]:
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     print(f"\nwrote {path} ({result['wall_s']:.0f} s)")
+    if args.layer == "nn" and vars(args) == {**vars(parse_args([])), "layer": "nn", "out": args.out,
+                                               "profile": args.profile}:  # the published run
+        figures.publish("core_overhead", result, wall_s=result["wall_s"])
     if args.profile:
         depth = TARGET_DEPTH if TARGET_DEPTH in fixtures else max(fixtures)
         profile(fixtures[depth], args.profile_calls, top=18)

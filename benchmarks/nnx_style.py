@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import time
 import typing as tp
 
 import jax
@@ -35,7 +36,7 @@ import optax
 from flax import nnx as flax_nnx
 
 import nnx_bridge as nnx
-from benchmarks import models
+from benchmarks import figures, models
 from benchmarks.timing import interleave, ratio
 
 STEP_BOUND = {"tiny_mlp": 1.05}
@@ -241,7 +242,11 @@ def main(argv: tp.Sequence[str] | None = None) -> dict[str, tp.Any]:
     parser.add_argument("--quick", action="store_true", help="small models and few rounds")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results/nnx_style"))
     args = parser.parse_args(argv)
-    return run(args.quick, args.out)
+    started = time.perf_counter()
+    results = run(args.quick, args.out)
+    if not args.quick:  # the full run only
+        figures.publish("nnx_style", results, wall_s=time.perf_counter() - started)
+    return results
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ import jax
 from flax import nnx as flax_nnx
 
 import nnx_bridge
-from benchmarks import bridge_overhead, core_overhead, models, nnx_style
+from benchmarks import bridge_overhead, core_overhead, figures, models, nnx_style
 from benchmarks.timing import Summary, Timing, compile_split, interleave, ratio
 
 LINEN, BRIDGE, NNX_STYLE, FLAX_NNX = "linen", "bridge", "nnx_style", "flax_nnx"
@@ -735,7 +735,11 @@ def select_models(settings: Settings, names: tp.Sequence[str] | None) -> Setting
 def main(argv: tp.Sequence[str] | None = None) -> dict[str, dict[str, tp.Any]]:
     """Parses the flags and runs the suite."""
     args = parse_args(argv)
-    return run(select_models(QUICK if args.quick else FULL, args.models), args.only, args.out)
+    started = time.perf_counter()
+    results = run(select_models(QUICK if args.quick else FULL, args.models), args.only, args.out)
+    if not args.quick and args.models is None and set(args.only) == set(BENCHMARKS):  # the full run only
+        figures.publish("suite", results, wall_s=time.perf_counter() - started)
+    return results
 
 
 if __name__ == "__main__":

@@ -116,6 +116,7 @@ def interleave(
     warmup: int = 1,
     disable_gc: bool = True,
     number: int | None = None,
+    on_round: tp.Callable[[int], tp.Any] | None = None,
 ) -> dict[str, Timing]:
     """Times `callables` together, round by round, rotating which goes first.
 
@@ -132,6 +133,8 @@ def interleave(
         disable_gc: switch Python's garbage collector off while a batch runs
             (as `timeit` does) and free the batch's young garbage after it, so
             that no callable pays for a full collection triggered by another.
+        on_round: called with the number of rounds done after each round,
+            outside the timed batches (e.g. to advance a progress bar).
 
     Returns:
         name -> Timing, in the order of `callables`.
@@ -165,6 +168,8 @@ def interleave(
                     if gc_was_enabled:
                         gc.enable()
                 samples[name].append(elapsed / number)
+            if on_round is not None:
+                on_round(r + 1)
     finally:
         if gc_was_enabled:
             gc.enable()
