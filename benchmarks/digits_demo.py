@@ -251,7 +251,8 @@ def table(rows: dict[str, dict[str, float]], rounds: int, compile_rounds: int) -
             f"{'compile s':>9} {'x Linen':>7}")
     lines = [head, "-" * len(head)]
     for key, r in rows.items():
-        ms = f"{r['step_ms']:.3f} [{r['step_ms_q1']:.3f}-{r['step_ms_q3']:.3f}]"
+        digits = 3 if r["step_ms_q3"] < 10 else 2 if r["step_ms_q3"] < 100 else 1  # at most 22 characters
+        ms = f"{r['step_ms']:.{digits}f} [{r['step_ms_q1']:.{digits}f}-{r['step_ms_q3']:.{digits}f}]"
         lines.append(f"{STYLES[key]:<22} {100 * r['accuracy']:7.1f}% {ms:>22} {r['step_x_linen']:6.3f}x "
                      f"{r['compile_s']:9.2f} {r['compile_x_linen']:6.3f}x")
     lines += ["",

@@ -31,7 +31,8 @@ def test_readme_has_quickstart_blocks():
 
 
 def test_readme_blocks_run_each_on_its_own(monkeypatch):
-    namespaces = [run_block(i, block, monkeypatch) for i, block in enumerate(python_blocks(README.read_text()))]
+    blocks = python_blocks(README.read_text())
+    namespaces = [run_block(i, block, monkeypatch) for i, block in enumerate(blocks)]
     assert namespaces[0]["module"].count.value == 2
     bridge = next(ns for ns in namespaces if "train_step" in ns and "TrainState" in ns)
     assert float(bridge["loss"]) > 0.0
@@ -46,5 +47,6 @@ def test_blocks_share_no_names(monkeypatch):
 def test_readme_setup_commands_match_ci():
     text = README.read_text()
     ci = (README.parent / ".ci" / "run").read_text()
-    test_command = next(line for line in text.splitlines() if line.startswith("python3 -m venv") and "[test]" in line)
+    test_command = next(line for line in text.splitlines()
+                        if line.startswith("python3 -m venv") and "[test]" in line)
     assert test_command in ci.splitlines()
