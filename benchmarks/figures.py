@@ -15,9 +15,11 @@ Schema of a results file::
      "wall_s": 431.0,
      "figures": {...}}  # per benchmark: see the FIGURES functions below
 
-Print every README table from the committed files::
+Print every README table from the committed files, or rewrite the READMEs'
+``<!-- figures: NAME -->`` blocks with them::
 
     python -m benchmarks.figures
+    python -m benchmarks.figures --write
 
 Publish the raw output of an earlier run (e.g. ``results/suite``)::
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import re
 import typing as tp
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -306,6 +309,25 @@ def markdown(name: str, where: pathlib.Path = RESULTS) -> str:
     return f"Source: `benchmarks/results/{name}.json` ({measured_on(doc)}).\n\n{TABLES[name](doc)}\n"
 
 
+BLOCK = re.compile(r"(<!-- figures: (\w+) -->\n)(.*?)(<!-- /figures -->)", flags=re.DOTALL)
+
+
+def sync(text: str, where: pathlib.Path = RESULTS) -> str:
+    """`text` with each ``<!-- figures: NAME -->`` ... ``<!-- /figures -->`` block printed anew.
+
+    >>> sync("text without figures blocks")
+    'text without figures blocks'
+    """
+
+    def block(match: re.Match[str]) -> str:
+        name = match.group(2)
+        if name not in TABLES:
+            raise ValueError(f"figures block {name!r}: unknown benchmark; name one of {list(NAMES)}.")
+        return f"{match.group(1)}{markdown(name, where)}{match.group(4)}"
+
+    return BLOCK.sub(block, text)
+
+
 def _read_raw(name: str, path: pathlib.Path) -> tp.Any:
     if name == "suite":
         from benchmarks import suite
@@ -320,7 +342,15 @@ def main(argv: tp.Sequence[str] | None = None) -> None:
     p.add_argument("--publish", nargs=2, metavar=("NAME", "RAW"),
                    help="publish a raw result: NAME and its JSON file (the suite: its output folder)")
     p.add_argument("--wall-s", type=float, default=None, help="the run's wall time, for --publish")
+    p.add_argument("--write", nargs="*", type=pathlib.Path, metavar="MARKDOWN",
+                   help="rewrite the figures blocks of these files (default: both READMEs) from the results")
     args = p.parse_args(argv)
+    if args.write is not None:
+        root = RESULTS.parents[1]
+        for path in args.write or [root / "README.md", root / "benchmarks" / "README.md"]:
+            path.write_text(sync(path.read_text()))
+            print(f"updated {path}")
+        return
     if args.publish:
         name, raw_path = args.publish
         raw = _read_raw(name, pathlib.Path(raw_path))

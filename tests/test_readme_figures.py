@@ -1,0 +1,68 @@
+"""The READMEs quote the published benchmark figures (``benchmarks/results/*.json``), and only them."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+
+import pytest
+
+from benchmarks import figures
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+READMES = {"README.md": ROOT / "README.md", "benchmarks/README.md": ROOT / "benchmarks" / "README.md"}
+FIGURE = re.compile(r"\d\.\d+x|\d\.\d+ ?(ms|µs|s\b)|\d\.\d%")  # a measured number, as tables print them
+
+
+@pytest.fixture(scope="module", params=list(READMES))
+def readme(request: pytest.FixtureRequest) -> tuple[str, str]:
+    return request.param, READMES[request.param].read_text()
+
+
+def test_every_results_file_records_its_conditions():
+    for name in figures.NAMES:
+        doc = json.loads((figures.RESULTS / f"{name}.json").read_text())
+        assert doc["benchmark"] == name and doc["command"] == figures.COMMANDS[name]
+        assert {"machine", "cpu_cores", "device", "jax", "flax", "python", "date"} <= set(doc["conditions"])
+        assert doc["wall_s"] > 0 and doc["figures"]
+
+
+def test_readme_quotes_every_benchmark():
+    quoted = {m.group(2) for m in figures.BLOCK.finditer(READMES["README.md"].read_text())}
+    assert quoted == set(figures.NAMES)
+
+
+def test_figures_blocks_equal_the_results_files(readme: tuple[str, str]):
+    name, text = readme
+    assert figures.BLOCK.search(text), f"{name} quotes no figures block"
+    assert figures.sync(text) == text, f"{name} is stale: run `python -m benchmarks.figures --write`"
+
+
+def test_a_changed_figure_is_caught():
+    text = READMES["README.md"].read_text()
+    block = figures.BLOCK.search(text)
+    tampered = text.replace(block.group(3), re.sub(r"\d\.\d{3}x", "9.999x", block.group(3), count=1))
+    assert tampered != text and figures.sync(tampered) == text
+
+
+def test_no_table_figure_outside_a_figures_block(readme: tuple[str, str]):
+    name, text = readme
+    outside = figures.BLOCK.sub("", text)
+    rows = [line for line in outside.splitlines() if line.startswith("|") and FIGURE.search(line)]
+    assert not rows, f"{name} has table figures that no results file backs: {rows[:3]}"
+
+
+def test_durations_agree_with_the_results_files():
+    bench = READMES["benchmarks/README.md"].read_text()
+    for name, command in figures.COMMANDS.items():
+        wall = figures.load(name)["wall_s"]
+        row = next(line for line in bench.splitlines() if line.startswith(f"| `{command.split(' --')[0]}"))
+        assert f"{figures.minutes(wall).capitalize()} on 2 CPU cores" in row, (name, row)
+    demo = figures.minutes(figures.load("digits_demo")["wall_s"])
+    assert f"The digits demo (first command): {demo} on 2 CPU cores" in READMES["README.md"].read_text()
+
+
+def test_readmes_state_conditions_in_their_own_terms(readme: tuple[str, str]):
+    name, text = readme
+    assert not re.search(r"\bthe issue\b|\blent\b", text, flags=re.IGNORECASE), name
