@@ -13,7 +13,7 @@ import pathlib
 
 import pytest
 
-from benchmarks import models, suite, timing
+from benchmarks import figures, models, suite, timing
 
 TINY = suite.Settings(
     name="smoke",
@@ -74,6 +74,24 @@ def test_memory_of_identical_programs_is_identical(results: tuple[dict, pathlib.
     res, _ = results
     peak = res["memory"]["models"]["tiny_mlp"]["peak_bytes"]
     assert peak[suite.BRIDGE] == peak[suite.LINEN]
+
+
+def test_published_figures_print_the_readme_table(results: tuple[dict, pathlib.Path],
+                                                   tmp_path: pathlib.Path) -> None:
+    res, _ = results
+    path = figures.publish("suite", res, wall_s=90.0, out=tmp_path)
+    doc = json.loads(path.read_text())
+    assert doc["conditions"]["jax"] and doc["conditions"]["cpu_cores"] and doc["wall_s"] == 90.0
+    step = res["train_step"]["models"]["tiny_mlp"]
+    bridge = step["ratio_to_linen"][suite.BRIDGE]
+    row = next(line for line in figures.suite_table(doc).splitlines() if line.startswith("| tiny MLP"))
+    assert f"| {step['styles'][suite.LINEN]['median']:.3f} | {figures.ratio_cell(bridge)} |" in row
+    assert "about 2 minutes" in figures.markdown("suite", tmp_path)
+
+
+def test_publish_refuses_an_unknown_benchmark(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ValueError, match="unknown benchmark 'speed'"):
+        figures.publish("speed", {}, wall_s=1.0, out=tmp_path)
 
 
 def test_unknown_benchmark_is_refused(tmp_path: pathlib.Path) -> None:
