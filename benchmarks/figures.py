@@ -48,7 +48,7 @@ COMMANDS = {
 def conditions(env: dict[str, tp.Any]) -> dict[str, tp.Any]:
     """What a figure was measured on, from `benchmarks.models.environment()`."""
     return {"machine": env["platform"], "cpu_cores": env["cpu_count"],
-            "device": f"{env['device']} ({env['device_kind']})", "jax": env["jax"], "flax": env["flax"],
+            "device": env["device_kind"], "jax": env["jax"], "flax": env["flax"],
             "python": env["python"], "nnx_bridge": env["nnx_bridge"], "date": env["time"],
             "load_avg_1min": round(env["load_avg_1min"], 2), "commit": env["commit"]}
 
@@ -211,8 +211,9 @@ def minutes(seconds: float) -> str:
 def measured_on(doc: dict[str, tp.Any]) -> str:
     """The one-line measurement conditions quoted above a table."""
     c = doc["conditions"]
-    return (f"`{doc['command']}`, {minutes(doc['wall_s'])}; measured {c['date'][:10]} on {c['cpu_cores']} "
-            f"CPU cores ({c['device']}, load {c['load_avg_1min']:.1f}), jax {c['jax']}, flax {c['flax']}")
+    return (f"`{doc['command']}`, {minutes(doc['wall_s'])}; measured {c['date'][:10]} "
+            f"with {c['cpu_cores']} CPU cores, device {c['device']}, load {c['load_avg_1min']:.1f}, "
+            f"jax {c['jax']}, flax {c['flax']}")
 
 
 def _targets(targets: list[dict[str, tp.Any]]) -> list[str]:
