@@ -494,7 +494,7 @@ class _Walk:
         self.firsts: list[tuple[int, tp.Any]] = []  # (parent index, attribute) where each module was found
         self.keys: list[str] = []  # the sort key of the path each module was found at
         self.slotted: list[int] = []
-        self.vars: list[list[tp.Any]] = []  # [sort key, path, Variable], by Variable number
+        self.vars: list[tuple[str, str, Variable[tp.Any]]] = []  # [sort key, path, Variable], by Variable number
         self.var_number: dict[int, int] = {}
         self.module_index: dict[int, int] = {}
         self.pending: list[tuple[tp.Any, ...]] = []
@@ -515,16 +515,19 @@ class _Walk:
         self.firsts.append((-1, None))
         self.keys.append("")
         stack = [(root, "", "", 0)]
+        last, unsorted = "", False
         while stack:
             module, prefix, key_prefix, index = stack.pop()
             self.pending = children = []
             cls = self.owner = type(module)
             attributes = module.__dict__
-            slots = _slot_names(cls)
-            if slots:
-                attributes = _with_slots(module, attributes, slots, prefix)
-                self.slotted.append(index)
-            names = _SORTED_NAMES.get(tuple(attributes))
+            slots = _SLOTS_GET(cls)
+            if slots is None or slots:
+                slots = _slot_names(cls)
+                if slots:
+                    attributes = _with_slots(module, attributes, slots, prefix)
+                    self.slotted.append(index)
+            names = _SORTED_NAMES_GET(tuple(attributes))
             if names is None:
                 names = _sorted_names(attributes, cls, prefix)
             statics_, variables, modules, others = [], [], [], []
@@ -533,9 +536,9 @@ class _Walk:
                 kind = kinds(type(value))
                 if kind is None:
                     kind = kind_of(type(value), Module)
-                if kind == _PLAIN:
+                if kind == 0:  # PLAIN
                     statics_.append((name, value))
-                elif kind == _VARIABLE:
+                elif kind == 1:  # VARIABLE
                     number = var_number.get(id(value))
                     if number is None and type(value.value) in _NOT_MODULE:
                         key = key_prefix + name
@@ -544,27 +547,32 @@ class _Walk:
                             copy = new(type(value))
                             copy.__dict__.update(value.__dict__)
                             value = copy
-                        if key < self.last:
-                            self.unsorted = True
-                        self.last = key
-                        found.append([key, prefix + name, value])
+                        if key < last:
+                            unsorted = True
+                        last = key
+                        found.append((key, prefix + name, value))
                     else:
+                        self.last, self.unsorted = last, unsorted
                         number = self.variable(value, prefix + name, key_prefix + name)
+                        last, unsorted = self.last, self.unsorted
                     variables.append((name, number))
-                elif kind == _MODULE:
+                elif kind == 2:  # MODULE
                     modules.append((name, self.module(value, prefix + name, key_prefix + name, index, name)))
-                elif kind == _ATOMIC:
+                elif kind == 7:  # ATOMIC
                     statics_.append((name, value))
-                elif kind == _SCAN:
+                elif kind == 8:  # SCAN
                     statics.check_static(value, prefix + name, cls, Module)
                     statics_.append((name, value))
                 else:
+                    self.last, self.unsorted = last, unsorted
                     others.append((name, self.container(value, kind, prefix + name, key_prefix + name, index, {})))
+                    last, unsorted = self.last, self.unsorted
             nodes[index] = (cls, tuple(statics_), tuple(variables), tuple(modules), tuple(others))
             if children:
                 if len(children) > 1:
                     children.sort(key=_first)
                 stack.extend([(m, p, k, i) for _, m, p, k, i in reversed(children)])
+        self.last, self.unsorted = last, unsorted
         if self.reorder:
             self.exact_paths()
 
@@ -589,7 +597,7 @@ class _Walk:
         if key < self.last:
             self.unsorted = True
         self.last = key
-        self.vars.append([key, path, variable])
+        self.vars.append((key, path, variable))
         return number
 
     def module(self, module: "Module", path: str, key: str, parent: int, field: tp.Any) -> int:
@@ -616,7 +624,7 @@ class _Walk:
                 if kind == _VAR:
                     if not found[ref]:
                         found[ref] = True
-                        self.vars[ref][:2] = [path.replace("/", "\0"), path]
+                        self.vars[ref] = (path.replace("/", "\0"), path, self.vars[ref][2])
                 elif ref not in seen:
                     seen.add(ref)
                     firsts[ref] = (parent, field)
@@ -654,8 +662,9 @@ class _Walk:
                           for f, v in zip(value._fields, value))
             spec = (_NAMEDTUPLE, type(value), items)
         else:
-            items = tuple(self.item(v, f"{path}/{i}", f"{key}\0{i}", parent, active)
-                          for i, v in enumerate(value))
+            path, key = path + "/", key + "\0"
+            items = tuple([self.item(v, path + i, key + i, parent, active)
+                           for i, v in zip(_index_names(len(value)), value)])
             spec = (_CONTAINER_TAG[kind], items)
         del active[id(value)]
         return spec
@@ -664,6 +673,13 @@ class _Walk:
         kind = _KINDS_GET(type(value))
         if kind is None:
             kind = statics.kind_of(type(value), Module)
+        if kind == 2:  # MODULE, the common item
+            index = self.module_index.get(id(value))
+            if index is None:
+                return (_MOD, self.module(value, path, key, parent, None))
+            if key < self.keys[index]:
+                self.reorder = True
+            return (_MOD, index)
         if kind == _PLAIN:
             return (_STATIC, value, type(value))
         if kind == _VARIABLE:
@@ -714,6 +730,17 @@ _KINDS_GET = statics._KINDS.get
 # Types of Variable values seen so far that are not Modules (their Variables need no check).
 _NOT_MODULE: set[type] = set()
 _SORTED_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
+_SORTED_NAMES_GET = _SORTED_NAMES.get
+
+
+_INDEX_NAMES: list[str] = [str(i) for i in range(256)]
+
+
+def _index_names(n: int) -> list[str]:
+    """``["0", "1", ..., str(n - 1)]``, the path segments of a list's items (cached)."""
+    while len(_INDEX_NAMES) < n:
+        _INDEX_NAMES.append(str(len(_INDEX_NAMES)))
+    return _INDEX_NAMES[:n] if n < len(_INDEX_NAMES) else _INDEX_NAMES
 
 
 def _sorted_names(attributes: dict[str, tp.Any], owner: type, prefix: str) -> tuple[str, ...]:
@@ -730,6 +757,7 @@ _first = operator.itemgetter(0)
 
 
 _SLOTS: dict[type, tuple[str, ...]] = {}
+_SLOTS_GET = _SLOTS.get
 
 
 def _slot_names(cls: type) -> tuple[str, ...]:
