@@ -84,7 +84,8 @@ class ModuleDef(tp.Generic[M]):
             order = _reachable(nodes, self._root)
             numbers = {number for number, _, _ in self._meta_map().values()}
             key = (self._root, tuple(_record_key(nodes[i]) for i in order),
-                   tuple(v for n, v in enumerate(self._vars) if n in numbers))
+                   self._vars if self._root == 0 else
+                   tuple(v for n, v in enumerate(zip(*self._vars)) if n in numbers))
             _set_key(self, key)
         return key
 
@@ -92,7 +93,7 @@ class ModuleDef(tp.Generic[M]):
         """``path -> (number, Variable type, collection)`` of every Variable this ModuleDef places."""
         meta = self._meta
         if meta is None:
-            variables = self._vars
+            variables = list(zip(*self._vars))
             if self._root == 0:
                 meta = {path: (n, t, c) for n, (path, t, c) in enumerate(variables)}
             else:
@@ -160,13 +161,13 @@ class ModuleDef(tp.Generic[M]):
                 )
             _raise_path_mismatch("merge", self.type, frozenset(meta), state)
         new = object.__new__
-        variables: list[tp.Any] = [None] * len(self._vars)
+        variables: list[tp.Any] = [None] * len(self._vars[0])
         for path, variable in state.items():
             number, expected, collection = meta[path]
             if type(variable) is not expected or variable.collection != collection:
                 _check_merged(path, variable, expected, collection)
             copy = new(type(variable))
-            copy.__dict__.update(variable.__dict__)
+            copy.__dict__ = variable.__dict__.copy()
             variables[number] = copy
         return _build(self._nodes, self._root, self._slotted, variables)  # type: ignore[no-any-return]
 
@@ -198,7 +199,7 @@ _set_nodes, _set_vars, _set_root, _set_firsts, _set_slotted, _set_hash, _set_key
 )
 
 
-def _make_moduledef(nodes: tuple[tp.Any, ...], variables: tuple[tuple[str, type, str], ...], root: int,
+def _make_moduledef(nodes: tuple[tp.Any, ...], variables: tuple[tuple[tp.Any, ...], ...], root: int,
                     firsts: tuple[tuple[int, tp.Any], ...], slotted: tuple[int, ...]) -> ModuleDef[tp.Any]:
     moduledef = object.__new__(ModuleDef)
     _set_nodes(moduledef, nodes)
@@ -326,7 +327,7 @@ class Module:
         """
         walk = _Walk(copy=False)
         walk.run(self)
-        targets = {path: variable for _, path, variable in walk.vars}
+        targets = dict(zip(walk.var_paths, walk.var_values))
         updates = []
         for path, new in state.items():
             if not isinstance(new, Variable):
@@ -486,18 +487,25 @@ def check_segment(name: str, owner: type | None, where: str) -> None:
 class _Walk:
     """One partition walk: records, Variables by path, and what merge needs to rebuild."""
 
-    __slots__ = ("nodes", "firsts", "keys", "slotted", "vars", "var_number", "module_index",
-                 "pending", "unsorted", "reorder", "last", "copy", "owner")
+    __slots__ = ("nodes", "firsts", "keys", "slotted", "found", "var_keys", "var_paths", "var_values",
+                 "var_number", "module_index", "pending", "shuffled", "unsorted", "reorder", "last", "copy",
+                 "owner")
 
     def __init__(self, copy: bool) -> None:
         self.nodes: list[tp.Any] = []  # one record per module, by index
         self.firsts: list[tuple[int, tp.Any]] = []  # (parent index, attribute) where each module was found
         self.keys: list[str] = []  # the sort key of the path each module was found at
         self.slotted: list[int] = []
-        self.vars: list[tuple[str, str, Variable[tp.Any]]] = []  # [sort key, path, Variable], by Variable number
+        # Each Variable found, by number: (the sort key of its path, its path, the Variable or its
+        # copy) while walking; then the three as separate lists.
+        self.found: list[tuple[str, str, Variable[tp.Any]]] = []
+        self.var_keys: list[str] = []
+        self.var_paths: list[str] = []
+        self.var_values: list[Variable[tp.Any]] = []
         self.var_number: dict[int, int] = {}
         self.module_index: dict[int, int] = {}
-        self.pending: list[tuple[tp.Any, ...]] = []
+        self.pending: list[tuple[tp.Any, ...]] = []  # the current module's new submodules
+        self.shuffled = False  # they were not found in State order (a long list, a namedtuple)
         self.unsorted = False  # Variables were not found in State order: sort them
         self.reorder = False  # something was found again at a smaller path: recompute the paths
         self.last = ""
@@ -508,18 +516,20 @@ class _Walk:
         """Walks the graph from `root`: a stack of modules, each processed once, in State order."""
         # The hot loop: one pass over each module's attributes, new Variables and
         # plain static values handled inline; containers and errors go to helpers.
-        nodes, module_index, var_number, found = self.nodes, self.module_index, self.var_number, self.vars
+        nodes, module_index, var_number = self.nodes, self.module_index, self.var_number
+        found = self.found
         kinds, kind_of, copy_variables, new = _KINDS_GET, statics.kind_of, self.copy, object.__new__
+        plain = _PLAIN_TYPES
         module_index[id(root)] = 0
         nodes.append(None)
         self.firsts.append((-1, None))
         self.keys.append("")
         stack = [(root, "", "", 0)]
         last, unsorted = "", False
+        children = self.pending
         while stack:
             module, prefix, key_prefix, index = stack.pop()
-            self.pending = children = []
-            cls = self.owner = type(module)
+            cls = type(module)
             attributes = module.__dict__
             slots = _SLOTS_GET(cls)
             if slots is None or slots:
@@ -533,19 +543,23 @@ class _Walk:
             statics_, variables, modules, others = [], [], [], []
             for name in names:
                 value = attributes[name]
-                kind = kinds(type(value))
+                value_type = type(value)
+                if value_type in plain:
+                    statics_.append((name, value))
+                    continue
+                kind = kinds(value_type)
                 if kind is None:
-                    kind = kind_of(type(value), Module)
+                    kind = kind_of(value_type, Module)
                 if kind == 0:  # PLAIN
                     statics_.append((name, value))
                 elif kind == 1:  # VARIABLE
-                    number = var_number.get(id(value))
-                    if number is None and type(value.value) in _NOT_MODULE:
+                    vid = id(value)
+                    if vid not in var_number and type(value.value) in _NOT_MODULE:
                         key = key_prefix + name
-                        number = var_number[id(value)] = len(found)
+                        number = var_number[vid] = len(var_number)
                         if copy_variables:
-                            copy = new(type(value))
-                            copy.__dict__.update(value.__dict__)
+                            copy = new(value_type)
+                            copy.__dict__ = value.__dict__.copy()
                             value = copy
                         if key < last:
                             unsorted = True
@@ -564,22 +578,29 @@ class _Walk:
                     statics.check_static(value, prefix + name, cls, Module)
                     statics_.append((name, value))
                 else:
-                    self.last, self.unsorted = last, unsorted
+                    self.last, self.unsorted, self.owner = last, unsorted, cls
                     others.append((name, self.container(value, kind, prefix + name, key_prefix + name, index, {})))
                     last, unsorted = self.last, self.unsorted
-            nodes[index] = (cls, tuple(statics_), tuple(variables), tuple(modules), tuple(others))
+            nodes[index] = (cls, tuple(statics_), tuple(variables), tuple(modules) if modules else (),
+                            tuple(others) if others else ())
             if children:
-                if len(children) > 1:
-                    children.sort(key=_first)
-                stack.extend([(m, p, k, i) for _, m, p, k, i in reversed(children)])
+                if self.shuffled:
+                    children.sort(key=_third)
+                    self.shuffled = False
+                children.reverse()
+                stack.extend(children)
+                children.clear()
         self.last, self.unsorted = last, unsorted
+        if found:
+            keys, paths, values = zip(*found)
+            self.var_keys, self.var_paths, self.var_values = list(keys), list(paths), list(values)
         if self.reorder:
             self.exact_paths()
 
     def variable(self, variable: Variable[tp.Any], path: str, key: str) -> int:
         number = self.var_number.get(id(variable))
         if number is not None:
-            if key < self.vars[number][0]:
+            if key < self.found[number][0]:
                 self.reorder = True
             return number
         if isinstance(variable.value, Module):
@@ -589,15 +610,15 @@ class _Walk:
                 f"Assign the Module directly as an attribute instead."
             )
         _NOT_MODULE.add(type(variable.value))
-        number = self.var_number[id(variable)] = len(self.vars)
+        number = self.var_number[id(variable)] = len(self.var_number)
         if self.copy:
             copy = object.__new__(type(variable))
-            copy.__dict__.update(variable.__dict__)
+            copy.__dict__ = variable.__dict__.copy()
             variable = copy
         if key < self.last:
             self.unsorted = True
         self.last = key
-        self.vars.append((key, path, variable))
+        self.found.append((key, path, variable))
         return number
 
     def module(self, module: "Module", path: str, key: str, parent: int, field: tp.Any) -> int:
@@ -608,14 +629,14 @@ class _Walk:
             self.nodes.append(None)
             self.firsts.append((parent, field))
             self.keys.append(key)
-            self.pending.append((key, module, path + "/", key + "\0", index))
+            self.pending.append((module, path + "/", key + "\0", index))
         elif key < self.keys[index]:
             self.reorder = True
         return index
 
     def exact_paths(self) -> None:
         """Recomputes every path as the smallest one (a walk of the records in State order)."""
-        nodes, found = self.nodes, [False] * len(self.vars)
+        nodes, found = self.nodes, [False] * len(self.var_keys)
         firsts: list[tuple[int, tp.Any]] = [(-1, None)] + [(-1, None)] * (len(nodes) - 1)
         seen = {0}
         stack = [_entries(nodes[0], "", 0)]
@@ -624,7 +645,7 @@ class _Walk:
                 if kind == _VAR:
                     if not found[ref]:
                         found[ref] = True
-                        self.vars[ref] = (path.replace("/", "\0"), path, self.vars[ref][2])
+                        self.var_keys[ref], self.var_paths[ref] = path.replace("/", "\0"), path
                 elif ref not in seen:
                     seen.add(ref)
                     firsts[ref] = (parent, field)
@@ -658,13 +679,27 @@ class _Walk:
                           for k, n in zip(keys, names))
             spec: tuple[tp.Any, ...] = (_DICT, tuple(keys), items)
         elif kind == statics.NAMEDTUPLE:
+            self.shuffled = True
             items = tuple(self.item(v, f"{path}/{f}", f"{key}\0{f}", parent, active)
                           for f, v in zip(value._fields, value))
             spec = (_NAMEDTUPLE, type(value), items)
         else:
             path, key = path + "/", key + "\0"
-            items = tuple([self.item(v, path + i, key + i, parent, active)
-                           for i, v in zip(_index_names(len(value)), value)])
+            found, module_index, kinds, nodes = [], self.module_index, _KINDS_GET, self.nodes
+            firsts, keys, pending = self.firsts, self.keys, self.pending
+            if len(value) > 10:
+                self.shuffled = True
+            for i, v in zip(_index_names(len(value)), value):
+                if kinds(type(v)) == 2 and id(v) not in module_index:  # a new Module, inline
+                    index = module_index[id(v)] = len(nodes)
+                    nodes.append(None)
+                    firsts.append((parent, None))
+                    keys.append(key + i)
+                    pending.append((v, f"{path}{i}/", f"{key}{i}\0", index))
+                    found.append((_MOD, index))
+                else:
+                    found.append(self.item(v, path + i, key + i, parent, active))
+            items = tuple(found)
             spec = (_CONTAINER_TAG[kind], items)
         del active[id(value)]
         return spec
@@ -693,11 +728,15 @@ class _Walk:
         return self.container(value, kind, path, key, parent, active)
 
     def state(self) -> State:
-        items = sorted(self.vars, key=_first) if self.unsorted else self.vars
-        return State._from_sorted([(path, variable) for _, path, variable in items])
+        paths, values = self.var_paths, self.var_values
+        if not self.unsorted:
+            return State._from_sorted(zip(paths, values))
+        order = sorted(range(len(paths)), key=self.var_keys.__getitem__)
+        return State._from_sorted([(paths[i], values[i]) for i in order])
 
     def moduledef(self) -> ModuleDef[tp.Any]:
-        variables = tuple([(path, type(v), v.collection) for _, path, v in self.vars])
+        values = self.var_values
+        variables = (tuple(self.var_paths), tuple(map(type, values)), tuple(map(_collection, values)))
         return _make_moduledef(tuple(self.nodes), variables, 0, tuple(self.firsts), tuple(self.slotted))
 
 
@@ -727,6 +766,7 @@ def _entries(record: tuple[tp.Any, ...], prefix: str, index: int) -> tp.Iterator
 
 
 _KINDS_GET = statics._KINDS.get
+_PLAIN_TYPES = frozenset({int, float, bool, str, bytes, complex, type(None)})
 # Types of Variable values seen so far that are not Modules (their Variables need no check).
 _NOT_MODULE: set[type] = set()
 _SORTED_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -753,7 +793,8 @@ def _sorted_names(attributes: dict[str, tp.Any], owner: type, prefix: str) -> tu
     return names
 _PLAIN, _VARIABLE, _MODULE, _ATOMIC, _SCAN = (statics.PLAIN, statics.VARIABLE, statics.MODULE, statics.ATOMIC,
                                               statics.SCAN)
-_first = operator.itemgetter(0)
+_first, _third = operator.itemgetter(0), operator.itemgetter(2)
+_collection = operator.attrgetter("collection")
 
 
 _SLOTS: dict[type, tuple[str, ...]] = {}
