@@ -65,8 +65,9 @@ def stable_hash(data: tuple[int, ...]) -> int:
 def stream_hash(name: str) -> int:
     """A uint32 hash of a stream name that is the same in every process.
 
-    A Context built from one key folds it into each key it makes, so that
-    ``make_rng("params")`` and ``make_rng("dropout")`` never give the same key.
+    A Context folds it into each key it makes, so that ``make_rng("params")``
+    and ``make_rng("dropout")`` of a Context built from one key never give the
+    same key.
 
     Example:
         >>> import nnx_bridge as nnx
@@ -84,10 +85,9 @@ class Context:
     ``Context(key)`` derives every stream from one key; ``Context({"params": k1,
     "dropout": k2})`` has exactly the given streams, and asking it for another
     one is an error. Each `make_rng` call folds a stable hash of the call's
-    position (the fork path and a counter) into the stream's key, and, for a
-    Context built from one key, of the stream's name too (as Linen folds the
-    name in), so every call, stream and fork gets its own key, identically on
-    every run.
+    position (the fork path and a counter) and of the stream's name (as Linen
+    folds the name in) into the stream's key, so every call, stream and fork
+    gets its own key, identically on every run.
 
     Example:
         >>> import jax, nnx_bridge as nnx
@@ -146,10 +146,10 @@ class Context:
                     f"or build the Context from one key to derive every stream."
                 )
             key = self.key[name]
-            fold_data = stable_hash(self.count_path + (self.count,))
-        else:  # one key for every stream: the stream's name is folded in too
+        else:
             key = self.key
-            fold_data = stable_hash((stream_hash(name),) + self.count_path + (self.count,))
+        # The stream's name is folded in too, so that streams sharing one key differ.
+        fold_data = stable_hash((stream_hash(name),) + self.count_path + (self.count,))
         self.count += 1
         return random.fold_in(key, fold_data)
 

@@ -97,11 +97,11 @@ def test_dict_built_context_uses_each_streams_key():
     ctx = nnx.Context({"params": k1, "dropout": k2})
     assert ctx.streams == ("dropout", "params")
     assert ctx.has_rng("params") and ctx.has_rng("dropout") and not ctx.has_rng("noise")
-    assert same(ctx.make_rng("params"), random.fold_in(k1, blake2s_uint32((0,))))
-    assert same(ctx.make_rng("dropout"), random.fold_in(k2, blake2s_uint32((1,))))
+    assert same(ctx.make_rng("params"), random.fold_in(k1, blake2s_uint32((PARAMS, 0))))
+    assert same(ctx.make_rng("dropout"), random.fold_in(k2, blake2s_uint32((name_hash("dropout"), 1))))
     child = ctx.fork()
     assert child.streams == ("dropout", "params")
-    assert same(child.make_rng("dropout"), random.fold_in(k2, blake2s_uint32((2, 0))))
+    assert same(child.make_rng("dropout"), random.fold_in(k2, blake2s_uint32((name_hash("dropout"), 2, 0))))
 
 
 def test_distinct_streams_give_distinct_keys():
@@ -119,7 +119,7 @@ def test_single_key_context_derives_every_stream():
 
 def test_dict_built_context_accepts_int_seeds():
     ctx = nnx.Context({"params": 3})
-    assert same(ctx.make_rng("params"), random.fold_in(random.PRNGKey(3), blake2s_uint32((0,))))
+    assert same(ctx.make_rng("params"), random.fold_in(random.PRNGKey(3), blake2s_uint32((PARAMS, 0))))
 
 
 def test_missing_stream_is_a_key_error_naming_the_streams():

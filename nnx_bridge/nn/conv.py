@@ -13,6 +13,7 @@ from nnx_bridge.context import Context
 from nnx_bridge.module import Module
 from nnx_bridge.nn import dtypes
 from nnx_bridge.nn.params import Initializer, check_sharding, default_bias_init, default_kernel_init, make_param
+from nnx_bridge.nn.params import check_shapes
 
 Padding = tp.Union[str, int, tp.Sequence[tp.Union[int, tp.Tuple[int, int]]]]
 _PADDED_BY_HAND = ("CIRCULAR", "REFLECT", "CAUSAL")
@@ -151,6 +152,7 @@ class Conv(Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Convolves ``x`` of shape ``(batch..., spatial..., in_features)``."""
+        check_shapes(self, "in_features out_features kernel_size feature_group_count", kernel=self.kernel_size + (self.in_features // self.feature_group_count, self.out_features), bias=(self.out_features,))
         rank = len(self.kernel_size)
         shape = jnp.shape(x)
         if len(shape) < rank + 1 or shape[-1] != self.in_features:
