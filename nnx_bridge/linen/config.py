@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from nnx_bridge.context import Context
+from nnx_bridge.linen import checks
 from nnx_bridge.module import Module, ModuleDef
 from nnx_bridge.state import State
 
@@ -97,7 +98,7 @@ def structure_of(key: tp.Hashable, factory: tp.Callable[..., tp.Any],
         moduledefs.append(moduledef)
         return state
 
-    abstract = jax.eval_shape(construct, jax.random.PRNGKey(0))
+    abstract = checks.abstract_build(construct, factory)
     structure = Structure(moduledefs[0], abstract)
     remember(key, structure)
     return structure

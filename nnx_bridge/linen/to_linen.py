@@ -12,6 +12,7 @@ from flax.core import FrozenDict
 import jax.numpy as jnp
 
 from nnx_bridge.linen import boxes, config
+from nnx_bridge.linen import checks
 from nnx_bridge.linen.rngs import LinenRngs
 from nnx_bridge.module import Module, ModuleDef
 from nnx_bridge.state import State
@@ -57,6 +58,7 @@ class ToLinen(nn.Module):
     logical_axes: bool = False
 
     def __post_init__(self) -> None:
+        checks.check_factory(self.factory, self.kwargs)
         # The configuration's hashable form, computed once per instance (an unhashable
         # configuration fails here, at construction); every apply looks it up.
         key = (self.factory, config.freeze(tuple(self.args), "args"), config.freeze(self.kwargs, "kwargs"))
@@ -80,6 +82,7 @@ class ToLinen(nn.Module):
 
                 forward.__name__ = name
                 return types.MethodType(forward, self)
+        checks.check_method(self, name)
         return super().__getattr__(name)
 
     @nn.nowrap
