@@ -9,6 +9,7 @@ included, from the ModuleDef and a State.
 
 from __future__ import annotations
 
+import gc
 import operator
 import typing as tp
 
@@ -148,6 +149,9 @@ class ModuleDef(tp.Generic[M]):
             >>> moduledef.merge(state).b.value.shape
             (2,)
         """
+        return _without_gc(self._merge, states)  # type: ignore[no-any-return]
+
+    def _merge(self, states: tuple[State, ...]) -> M:
         if not states:
             raise TypeError(
                 "ModuleDef.merge needs the State(s) from Module.partition(), e.g. moduledef.merge(state)."
@@ -297,9 +301,7 @@ class Module:
             >>> list(params), list(counts)
             (['w'], ['n'])
         """
-        walk = _Walk(copy=True)
-        walk.run(self)
-        state, moduledef = walk.state(), walk.moduledef()
+        state, moduledef = _without_gc(_partition, self)
         if not filters:
             return state, moduledef
         states = state.split(*filters)
@@ -325,6 +327,9 @@ class Module:
             >>> m.w.value.tolist()
             [1.0, 1.0]
         """
+        _without_gc(self._update_state, state)
+
+    def _update_state(self, state: State) -> None:
         walk = _Walk(copy=False)
         walk.run(self)
         targets = dict(zip(walk.var_paths, walk.var_values))
@@ -487,19 +492,18 @@ def check_segment(name: str, owner: type | None, where: str) -> None:
 class _Walk:
     """One partition walk: records, Variables by path, and what merge needs to rebuild."""
 
-    __slots__ = ("nodes", "firsts", "keys", "slotted", "found", "var_keys", "var_paths", "var_values",
-                 "var_number", "module_index", "pending", "shuffled", "unsorted", "reorder", "last", "copy",
-                 "owner")
+    __slots__ = ("nodes", "firsts", "paths", "slotted", "found", "var_paths", "var_values",
+                 "var_number", "module_index", "pending", "shuffled", "unsorted", "reorder", "last",
+                 "copy", "owner")
 
     def __init__(self, copy: bool) -> None:
         self.nodes: list[tp.Any] = []  # one record per module, by index
         self.firsts: list[tuple[int, tp.Any]] = []  # (parent index, attribute) where each module was found
-        self.keys: list[str] = []  # the sort key of the path each module was found at
+        self.paths: list[str] = []  # the path each module was found at ("" for the root)
         self.slotted: list[int] = []
-        # Each Variable found, by number: (the sort key of its path, its path, the Variable or its
-        # copy) while walking; then the three as separate lists.
-        self.found: list[tuple[str, str, Variable[tp.Any]]] = []
-        self.var_keys: list[str] = []
+        # Each Variable found, by number: (its path, the Variable or its copy) while walking;
+        # then the two as separate lists.
+        self.found: list[tuple[str, Variable[tp.Any]]] = []
         self.var_paths: list[str] = []
         self.var_values: list[Variable[tp.Any]] = []
         self.var_number: dict[int, int] = {}
@@ -512,23 +516,27 @@ class _Walk:
         self.copy = copy
         self.owner: type = object
 
+    # Paths are compared as plain strings while walking. That is State order (which
+    # compares part by part) as long as no part holds a character sorting before
+    # "/"; names that do (possible as dict keys or setattr names) mark the walk
+    # `unsorted`, and every sort and comparison that decides a result uses `_sort_key`.
+
     def run(self, root: "Module") -> None:
         """Walks the graph from `root`: a stack of modules, each processed once, in State order."""
         # The hot loop: one pass over each module's attributes, new Variables and
         # plain static values handled inline; containers and errors go to helpers.
-        nodes, module_index, var_number = self.nodes, self.module_index, self.var_number
-        found = self.found
+        nodes, module_index, var_number, found = self.nodes, self.module_index, self.var_number, self.found
         kinds, kind_of, copy_variables, new = _KINDS_GET, statics.kind_of, self.copy, object.__new__
         plain = _PLAIN_TYPES
         module_index[id(root)] = 0
         nodes.append(None)
         self.firsts.append((-1, None))
-        self.keys.append("")
-        stack = [(root, "", "", 0)]
+        self.paths.append("")
+        stack = [(root, "", 0)]
         last, unsorted = "", False
         children = self.pending
         while stack:
-            module, prefix, key_prefix, index = stack.pop()
+            module, prefix, index = stack.pop()
             cls = type(module)
             attributes = module.__dict__
             slots = _SLOTS_GET(cls)
@@ -540,7 +548,10 @@ class _Walk:
             names = _SORTED_NAMES_GET(tuple(attributes))
             if names is None:
                 names = _sorted_names(attributes, cls, prefix)
-            statics_, variables, modules, others = [], [], [], []
+                if _odd(names):
+                    unsorted = True
+            statics_, variables = [], []
+            modules = others = None
             for name in names:
                 value = attributes[name]
                 value_type = type(value)
@@ -550,57 +561,59 @@ class _Walk:
                 kind = kinds(value_type)
                 if kind is None:
                     kind = kind_of(value_type, Module)
-                if kind == 0:  # PLAIN
-                    statics_.append((name, value))
-                elif kind == 1:  # VARIABLE
+                if kind == 1:  # VARIABLE
                     vid = id(value)
+                    path = prefix + name
                     if vid not in var_number and type(value.value) in _NOT_MODULE:
-                        key = key_prefix + name
                         number = var_number[vid] = len(var_number)
                         if copy_variables:
                             copy = new(value_type)
                             copy.__dict__ = value.__dict__.copy()
                             value = copy
-                        if key < last:
+                        if path < last:
                             unsorted = True
-                        last = key
-                        found.append((key, prefix + name, value))
+                        last = path
+                        found.append((path, value))
                     else:
                         self.last, self.unsorted = last, unsorted
-                        number = self.variable(value, prefix + name, key_prefix + name)
+                        number = self.variable(value, path)
                         last, unsorted = self.last, self.unsorted
                     variables.append((name, number))
-                elif kind == 2:  # MODULE
-                    modules.append((name, self.module(value, prefix + name, key_prefix + name, index, name)))
-                elif kind == 7:  # ATOMIC
+                elif kind == 0 or kind == 7:  # PLAIN, ATOMIC
                     statics_.append((name, value))
+                elif kind == 2:  # MODULE
+                    if modules is None:
+                        modules = []
+                    modules.append((name, self.module(value, prefix + name, index, name)))
                 elif kind == 8:  # SCAN
                     statics.check_static(value, prefix + name, cls, Module)
                     statics_.append((name, value))
                 else:
+                    if others is None:
+                        others = []
                     self.last, self.unsorted, self.owner = last, unsorted, cls
-                    others.append((name, self.container(value, kind, prefix + name, key_prefix + name, index, {})))
+                    others.append((name, self.container(value, kind, prefix + name, index, {})))
                     last, unsorted = self.last, self.unsorted
             nodes[index] = (cls, tuple(statics_), tuple(variables), tuple(modules) if modules else (),
                             tuple(others) if others else ())
             if children:
                 if self.shuffled:
-                    children.sort(key=_third)
+                    children.sort(key=_prefix_key)
                     self.shuffled = False
                 children.reverse()
                 stack.extend(children)
                 children.clear()
         self.last, self.unsorted = last, unsorted
         if found:
-            keys, paths, values = zip(*found)
-            self.var_keys, self.var_paths, self.var_values = list(keys), list(paths), list(values)
+            paths, values = zip(*found)
+            self.var_paths, self.var_values = list(paths), list(values)
         if self.reorder:
             self.exact_paths()
 
-    def variable(self, variable: Variable[tp.Any], path: str, key: str) -> int:
+    def variable(self, variable: Variable[tp.Any], path: str) -> int:
         number = self.var_number.get(id(variable))
         if number is not None:
-            if key < self.found[number][0]:
+            if _sort_key(path) < _sort_key(self.found[number][0]):
                 self.reorder = True
             return number
         if isinstance(variable.value, Module):
@@ -615,29 +628,29 @@ class _Walk:
             copy = object.__new__(type(variable))
             copy.__dict__ = variable.__dict__.copy()
             variable = copy
-        if key < self.last:
+        if path < self.last:
             self.unsorted = True
-        self.last = key
-        self.found.append((key, path, variable))
+        self.last = path
+        self.found.append((path, variable))
         return number
 
-    def module(self, module: "Module", path: str, key: str, parent: int, field: tp.Any) -> int:
+    def module(self, module: "Module", path: str, parent: int, field: tp.Any) -> int:
         index = self.module_index.get(id(module))
         if index is None:
             index = len(self.nodes)
             self.module_index[id(module)] = index
             self.nodes.append(None)
             self.firsts.append((parent, field))
-            self.keys.append(key)
-            self.pending.append((module, path + "/", key + "\0", index))
-        elif key < self.keys[index]:
+            self.paths.append(path)
+            self.pending.append((module, path + "/", index))
+        elif _sort_key(path) < _sort_key(self.paths[index]):
             self.reorder = True
         return index
 
     def exact_paths(self) -> None:
         """Recomputes every path as the smallest one (a walk of the records in State order)."""
-        nodes, found = self.nodes, [False] * len(self.var_keys)
-        firsts: list[tuple[int, tp.Any]] = [(-1, None)] + [(-1, None)] * (len(nodes) - 1)
+        nodes, found = self.nodes, [False] * len(self.var_paths)
+        firsts: list[tuple[int, tp.Any]] = [(-1, None)] * len(nodes)
         seen = {0}
         stack = [_entries(nodes[0], "", 0)]
         while stack:
@@ -645,7 +658,7 @@ class _Walk:
                 if kind == _VAR:
                     if not found[ref]:
                         found[ref] = True
-                        self.var_keys[ref], self.var_paths[ref] = path.replace("/", "\0"), path
+                        self.var_paths[ref] = path
                 elif ref not in seen:
                     seen.add(ref)
                     firsts[ref] = (parent, field)
@@ -656,7 +669,7 @@ class _Walk:
         self.firsts = firsts
         self.unsorted = True
 
-    def container(self, value: tp.Any, kind: int, path: str, key: str, parent: int,
+    def container(self, value: tp.Any, kind: int, path: str, parent: int,
                   active: dict[int, tp.Any]) -> tuple[tp.Any, ...]:
         if id(value) in active:
             raise ValueError(
@@ -675,18 +688,18 @@ class _Walk:
                     f"Dict at path {path!r} has keys with the same string form ({keys!r}); State paths "
                     f"could not tell them apart. Use distinct string keys."
                 )
-            items = tuple(self.item(value[k], f"{path}/{n}", f"{key}\0{n}", parent, active)
-                          for k, n in zip(keys, names))
+            if _odd(names):
+                self.unsorted = self.shuffled = True
+            items = tuple([self.item(value[k], f"{path}/{n}", parent, active) for k, n in zip(keys, names)])
             spec: tuple[tp.Any, ...] = (_DICT, tuple(keys), items)
         elif kind == statics.NAMEDTUPLE:
             self.shuffled = True
-            items = tuple(self.item(v, f"{path}/{f}", f"{key}\0{f}", parent, active)
-                          for f, v in zip(value._fields, value))
+            items = tuple([self.item(v, f"{path}/{f}", parent, active) for f, v in zip(value._fields, value)])
             spec = (_NAMEDTUPLE, type(value), items)
         else:
-            path, key = path + "/", key + "\0"
+            path += "/"
             found, module_index, kinds, nodes = [], self.module_index, _KINDS_GET, self.nodes
-            firsts, keys, pending = self.firsts, self.keys, self.pending
+            firsts, paths, pending = self.firsts, self.paths, self.pending
             if len(value) > 10:
                 self.shuffled = True
             for i, v in zip(_index_names(len(value)), value):
@@ -694,50 +707,58 @@ class _Walk:
                     index = module_index[id(v)] = len(nodes)
                     nodes.append(None)
                     firsts.append((parent, None))
-                    keys.append(key + i)
-                    pending.append((v, f"{path}{i}/", f"{key}{i}\0", index))
+                    paths.append(path + i)
+                    pending.append((v, f"{path}{i}/", index))
                     found.append((_MOD, index))
                 else:
-                    found.append(self.item(v, path + i, key + i, parent, active))
+                    found.append(self.item(v, path + i, parent, active))
             items = tuple(found)
             spec = (_CONTAINER_TAG[kind], items)
         del active[id(value)]
         return spec
 
-    def item(self, value: tp.Any, path: str, key: str, parent: int, active: dict[int, tp.Any]) -> tp.Any:
+    def item(self, value: tp.Any, path: str, parent: int, active: dict[int, tp.Any]) -> tp.Any:
         kind = _KINDS_GET(type(value))
         if kind is None:
             kind = statics.kind_of(type(value), Module)
-        if kind == 2:  # MODULE, the common item
-            index = self.module_index.get(id(value))
-            if index is None:
-                return (_MOD, self.module(value, path, key, parent, None))
-            if key < self.keys[index]:
-                self.reorder = True
-            return (_MOD, index)
         if kind == _PLAIN:
             return (_STATIC, value, type(value))
         if kind == _VARIABLE:
-            return (_VAR, self.variable(value, path, key))
+            return (_VAR, self.variable(value, path))
         if kind == _MODULE:
-            return (_MOD, self.module(value, path, key, parent, None))
+            return (_MOD, self.module(value, path, parent, None))
         if kind == _SCAN:
             statics.check_static(value, path, self.owner, Module)
         if kind >= _ATOMIC:
             return (_STATIC, value, type(value))
-        return self.container(value, kind, path, key, parent, active)
+        return self.container(value, kind, path, parent, active)
 
     def state(self) -> State:
         paths, values = self.var_paths, self.var_values
         if not self.unsorted:
             return State._from_sorted(zip(paths, values))
-        order = sorted(range(len(paths)), key=self.var_keys.__getitem__)
+        order = sorted(range(len(paths)), key=lambda i: _sort_key(paths[i]))
         return State._from_sorted([(paths[i], values[i]) for i in order])
 
     def moduledef(self) -> ModuleDef[tp.Any]:
         values = self.var_values
         variables = (tuple(self.var_paths), tuple(map(type, values)), tuple(map(_collection, values)))
         return _make_moduledef(tuple(self.nodes), variables, 0, tuple(self.firsts), tuple(self.slotted))
+
+
+def _sort_key(path: str) -> str:
+    """State order of paths as plain string order: the separator sorts before every character."""
+    return path.replace("/", "\0")
+
+
+def _prefix_key(pending: tuple[tp.Any, ...]) -> str:
+    return pending[1].replace("/", "\0")
+
+
+def _odd(names: tp.Iterable[str]) -> bool:
+    """Whether a name holds a character sorting before "/" (then "/"-joined paths do not sort
+    in State order)."""
+    return any(min(name, default="0") < "/" for name in names)
 
 
 def _entries(record: tuple[tp.Any, ...], prefix: str, index: int) -> tp.Iterator[tuple[tp.Any, ...]]:
@@ -765,6 +786,28 @@ def _entries(record: tuple[tp.Any, ...], prefix: str, index: int) -> tp.Iterator
                 stack.extend((f"{path}/{n}", child) for n, child in children)
 
 
+def _partition(module: "Module") -> tuple[State, ModuleDef[tp.Any]]:
+    walk = _Walk(copy=True)
+    walk.run(module)
+    return walk.state(), walk.moduledef()
+
+
+def _without_gc(function: tp.Callable[..., tp.Any], *args: tp.Any) -> tp.Any:
+    """Runs `function` with Python's cyclic garbage collector paused (and restored after).
+
+    Partition and merge create many objects and no garbage cycles; without the
+    pause, collections triggered by those allocations scan the whole heap over and
+    over, which costs more than the walk itself in graphs of 100,000 Variables.
+    """
+    if not gc.isenabled():
+        return function(*args)
+    gc.disable()
+    try:
+        return function(*args)
+    finally:
+        gc.enable()
+
+
 _KINDS_GET = statics._KINDS.get
 _PLAIN_TYPES = frozenset({int, float, bool, str, bytes, complex, type(None)})
 # Types of Variable values seen so far that are not Modules (their Variables need no check).
@@ -788,12 +831,12 @@ def _sorted_names(attributes: dict[str, tp.Any], owner: type, prefix: str) -> tu
     names = tuple(sorted(attributes))
     for name in names:
         check_segment(name, owner, prefix)
-    if len(_SORTED_NAMES) < 10_000:
+    if len(_SORTED_NAMES) < 10_000 and not _odd(names):  # odd names take this path every time
         _SORTED_NAMES[tuple(attributes)] = names
     return names
 _PLAIN, _VARIABLE, _MODULE, _ATOMIC, _SCAN = (statics.PLAIN, statics.VARIABLE, statics.MODULE, statics.ATOMIC,
                                               statics.SCAN)
-_first, _third = operator.itemgetter(0), operator.itemgetter(2)
+_first = operator.itemgetter(0)
 _collection = operator.attrgetter("collection")
 
 
