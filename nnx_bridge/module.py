@@ -592,7 +592,15 @@ class _Walk:
                     if others is None:
                         others = []
                     self.last, self.unsorted, self.owner = last, unsorted, cls
-                    others.append((name, self.container(value, kind, prefix + name, index, {})))
+                    try:
+                        others.append((name, self.container(value, kind, prefix + name, index, {})))
+                    except RecursionError:
+                        raise ValueError(
+                            f"partition: the containers at path {prefix + name!r} are nested hundreds of "
+                            f"levels deep (lists/tuples/dicts inside each other). Containers are walked "
+                            f"recursively; Modules are not: hold the deeper levels in Modules (a chain "
+                            f"of Modules may be as deep as you like)."
+                        ) from None
                     last, unsorted = self.last, self.unsorted
             nodes[index] = (cls, tuple(statics_), tuple(variables), tuple(modules) if modules else (),
                             tuple(others) if others else ())

@@ -262,3 +262,17 @@ def test_a_shared_variable_takes_its_smallest_path_whatever_the_walk_order():
     assert list(state) == ["a/deep/w"]
     merged = moduledef.merge(state)
     assert merged.z is merged.a.deep.w is merged.b.w
+
+
+def test_containers_nested_too_deeply_name_the_path_and_the_fix():
+    nested = []
+    for _ in range(5000):
+        nested = [nested]
+    with pytest.raises(ValueError, match=r"partition: the containers at path 'deep' are nested hundreds of levels "
+                                         r"deep .* hold the deeper levels in Modules"):
+        Bag(deep=nested).partition()
+    chain_of_lists = root = Bag()
+    for _ in range(3000):  # a chain through containers, one level per Module: fine
+        root.children = [Bag()]
+        root = root.children[0]
+    assert chain_of_lists.partition()[1].merge(nnx.State()) is not None
