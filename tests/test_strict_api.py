@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import flax.linen as linen
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from bridge_models import MLP
+from flax import linen
 from jax.sharding import PartitionSpec as P
 
 import nnx_bridge as nnx
-from bridge_models import MLP
 from nnx_bridge.linen.from_linen import from_linen
-from nnx_bridge.sharding import get_named_sharding, get_partition_spec, logical_to_mesh, sharded_init
+from nnx_bridge.sharding import (
+    get_named_sharding,
+    get_partition_spec,
+    logical_to_mesh,
+    sharded_init,
+)
 
 X = jnp.ones((2, 3))
 

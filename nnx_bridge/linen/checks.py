@@ -93,7 +93,7 @@ def check_method(wrapper: tp.Any, name: str) -> None:
     if target is None:
         return
     public = sorted(n for n in dir(target) if not n.startswith("_") and callable(getattr(target, n, None)))
-    methods = ", ".join((["__call__"] if callable(getattr(target, "__call__", None)) else []) + public)
+    methods = ", ".join((["__call__"] if "__call__" in dir(target) else []) + public)
     owner = wrapper._owner()
     if name.startswith("_"):
         if callable(getattr(target, name, None)):
@@ -141,7 +141,7 @@ def check_sample_inputs(owner: str, module: tp.Any, sample_inputs: tuple[tp.Any,
     """
     method = kwargs.get("method")
     if method is None:
-        function = getattr(type(module), "__call__", None)
+        function = inspect.getattr_static(type(module), "__call__", None)
     elif isinstance(method, str):
         function = getattr(type(module), method, None)
     else:
