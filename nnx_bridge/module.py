@@ -526,6 +526,7 @@ class _Walk:
         # The hot loop: one pass over each module's attributes, new Variables and
         # plain static values handled inline; containers and errors go to helpers.
         nodes, module_index, var_number, found = self.nodes, self.module_index, self.var_number, self.found
+        add_found = found.append
         kinds, kind_of, copy_variables, new = _KINDS_GET, statics.kind_of, self.copy, object.__new__
         plain = _PLAIN_TYPES
         module_index[id(root)] = 0
@@ -539,15 +540,13 @@ class _Walk:
             module, prefix, index = stack.pop()
             cls = type(module)
             attributes = module.__dict__
-            slots = _SLOTS_GET(cls)
-            if slots is None or slots:
+            names = _SORTED_NAMES_GET((cls, *attributes))  # None: new names, or slots to read
+            if names is None:
                 slots = _slot_names(cls)
                 if slots:
                     attributes = _with_slots(module, attributes, slots, prefix)
                     self.slotted.append(index)
-            names = _SORTED_NAMES_GET(tuple(attributes))
-            if names is None:
-                names = _sorted_names(attributes, cls, prefix)
+                names = _sorted_names(attributes, cls, prefix, cache=not slots)
                 if _odd(names):
                     unsorted = True
             statics_, variables = [], []
@@ -573,7 +572,7 @@ class _Walk:
                         if path < last:
                             unsorted = True
                         last = path
-                        found.append((path, value))
+                        add_found((path, value))
                     else:
                         self.last, self.unsorted = last, unsorted
                         number = self.variable(value, path)
@@ -820,7 +819,7 @@ _KINDS_GET = statics._KINDS.get
 _PLAIN_TYPES = frozenset({int, float, bool, str, bytes, complex, type(None)})
 # Types of Variable values seen so far that are not Modules (their Variables need no check).
 _NOT_MODULE: set[type] = set()
-_SORTED_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
+_SORTED_NAMES: dict[tuple[tp.Any, ...], tuple[str, ...]] = {}  # (class, *names in dict order)
 _SORTED_NAMES_GET = _SORTED_NAMES.get
 
 
@@ -834,13 +833,17 @@ def _index_names(n: int) -> list[str]:
     return _INDEX_NAMES[:n] if n < len(_INDEX_NAMES) else _INDEX_NAMES
 
 
-def _sorted_names(attributes: dict[str, tp.Any], owner: type, prefix: str) -> tuple[str, ...]:
-    """The attribute names in walk order, checked as path segments once per set of names."""
+def _sorted_names(attributes: dict[str, tp.Any], owner: type, prefix: str, cache: bool) -> tuple[str, ...]:
+    """The attribute names in walk order, checked as path segments once per class and names.
+
+    Not cached for classes with slots (their slots are read each time) nor for
+    names sorting before "/" (which need the walk's attention each time).
+    """
     names = tuple(sorted(attributes))
     for name in names:
         check_segment(name, owner, prefix)
-    if len(_SORTED_NAMES) < 10_000 and not _odd(names):  # odd names take this path every time
-        _SORTED_NAMES[tuple(attributes)] = names
+    if cache and len(_SORTED_NAMES) < 10_000 and not _odd(names):
+        _SORTED_NAMES[(owner, *attributes)] = names
     return names
 _PLAIN, _VARIABLE, _MODULE, _ATOMIC, _SCAN = (statics.PLAIN, statics.VARIABLE, statics.MODULE, statics.ATOMIC,
                                               statics.SCAN)
@@ -849,7 +852,6 @@ _collection = operator.attrgetter("collection")
 
 
 _SLOTS: dict[type, tuple[str, ...]] = {}
-_SLOTS_GET = _SLOTS.get
 
 
 def _slot_names(cls: type) -> tuple[str, ...]:
