@@ -18,7 +18,7 @@ class MissingRngStreamError(KeyError):
 
 
 _ACCEPTED = (
-    "an int seed (a Python int in [-2**63, 2**64)), a PRNG key from jax.random.PRNGKey(seed) "
+    "an int seed (a Python int in [-2**63, 2**63)), a PRNG key from jax.random.PRNGKey(seed) "
     "(uint32, shape (2,)) or jax.random.key(seed) (a typed key), a batch of such keys, or, to "
     "give each stream its own key, a dict {stream name: key or seed}"
 )
@@ -27,10 +27,10 @@ _ACCEPTED = (
 def _as_key(key: tp.Any, what: str) -> jax.Array:
     """Checks `key` is one accepted form of a single key and returns it as a key."""
     if isinstance(key, int) and not isinstance(key, bool):
-        if not -(2**63) <= key < 2**64:
+        if not -(2**63) <= key < 2**63:
             raise ValueError(
-                f"{what}: the seed {key} does not fit in 64 bits. Accepted: {_ACCEPTED}. Reduce "
-                f"the seed, e.g. seed % 2**63."
+                f"{what}: the seed {key} does not fit in a signed 64-bit int. Accepted: {_ACCEPTED}. "
+                f"Reduce the seed, e.g. seed % 2**63."
             )
         return random.PRNGKey(key)
     dtype = getattr(key, "dtype", None)

@@ -697,6 +697,8 @@ class _Walk:
                 )
             if _odd(names):
                 self.unsorted = self.shuffled = True
+            for k in keys:
+                _check_dict_key(k, path, self.owner)
             items = tuple([self.item(value[k], f"{path}/{n}", parent, active) for k, n in zip(keys, names)])
             spec: tuple[tp.Any, ...] = (_DICT, tuple(keys), items)
         elif kind == statics.NAMEDTUPLE:
@@ -751,6 +753,19 @@ class _Walk:
         values = self.var_values
         variables = (tuple(self.var_paths), tuple(map(type, values)), tuple(map(_collection, values)))
         return _make_moduledef(tuple(self.nodes), variables, 0, tuple(self.firsts), tuple(self.slotted))
+
+
+def _check_dict_key(key: tp.Any, path: str, owner: type) -> None:
+    """Dict keys are kept as they are (part of the ModuleDef): they may not be or hide state."""
+    if type(key) in (str, int):
+        return
+    if isinstance(key, (Variable, Module)):
+        raise TypeError(
+            f"The dict at path {path!r} has a {type(key).__name__} as a key. Keys are kept as static "
+            f"parts of the ModuleDef, so it would be neither in the State nor trained nor saved. Key "
+            f"the dict by names (str) and hold the {type(key).__name__} as a value."
+        )
+    statics.check_static(key, f"{path}[{key!r}]", owner, Module)
 
 
 def _sort_key(path: str) -> str:

@@ -41,7 +41,8 @@ def test_streams_of_a_single_key_context_never_share_keys(key):
     (jnp.array(0), TypeError, r"an array of dtype int32 and shape \(\)\. For an int seed, pass int\(x\)\."),
     (np.uint32(5), TypeError, r"an array of dtype uint32 and shape \(\)\. For an int seed"),
     (jnp.ones((3,), jnp.uint32), TypeError, r"an array of dtype uint32 and shape \(3,\)"),
-    (2**64, ValueError, r"the seed 18446744073709551616 does not fit in 64 bits"),
+    (2**64, ValueError, r"the seed 18446744073709551616 does not fit in a signed 64-bit int"),
+    (2**63, ValueError, r"the seed 9223372036854775808 does not fit in a signed 64-bit int\. Accepted: "),
     (1.5, TypeError, r"found a float\."),
     (None, TypeError, r"found a NoneType\."),
     (True, TypeError, r"found a bool\."),
@@ -265,3 +266,9 @@ def test_from_linen_without_sample_inputs():
         from_linen(linen.Dense(3), ctx=nnx.Context(0))
     with pytest.raises(TypeError, match=r"init got sample inputs that do not fit"):
         from_linen(linen.Dense(3), X, X, ctx=nnx.Context(0))
+
+
+def test_to_linen_given_a_linen_module():
+    with pytest.raises(TypeError, match=r"to_linen wraps nnx_bridge Modules, but it was given the Linen module "
+                                        r"Dense: use a Linen module directly"):
+        nnx.to_linen(linen.Dense(3))

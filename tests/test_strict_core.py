@@ -290,3 +290,11 @@ def test_containers_nested_too_deeply_name_the_path_and_the_fix():
         root.children = [Bag()]
         root = root.children[0]
     assert chain_of_lists.partition()[1].merge(nnx.State()) is not None
+
+
+def test_state_as_a_dict_key_is_an_error():
+    with pytest.raises(TypeError, match=r"The dict at path 'table' has a Param as a key\. Keys are kept as static "
+                                        r"parts of the ModuleDef"):
+        Bag(table={nnx.Param(1.0): 1}).partition()
+    with pytest.raises(TypeError, match=r"has a Param inside the static attribute at path 'table\[Config"):
+        Bag(table={Config(1.0, nnx.Param(1.0)): 1}).partition()

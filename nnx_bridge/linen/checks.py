@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import typing as tp
 
+import flax.linen as nn
 import jax
 
 from nnx_bridge.module import Module
@@ -46,6 +47,12 @@ def check_factory(factory: tp.Any, kwargs: tp.Mapping[str, tp.Any]) -> None:
             f"a built {kind} module: the bridge builds the module itself, with a ctx drawn from "
             f"Linen's RNGs. Write nnx.to_linen({kind}, *args, **kwargs) instead of "
             f"nnx.to_linen({kind}(*args, ctx=..., **kwargs))."
+        )
+    if isinstance(factory, nn.Module):
+        raise TypeError(
+            f"to_linen wraps nnx_bridge Modules, but it was given the Linen module "
+            f"{type(factory).__name__}: use a Linen module directly in Linen code (or wrap it for "
+            f"nnx_bridge code with nnx_bridge.from_linen)."
         )
     if not callable(factory):
         raise TypeError(
