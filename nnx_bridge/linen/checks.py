@@ -97,18 +97,16 @@ def check_method(wrapper: tp.Any, name: str) -> None:
         target = factory if isinstance(factory, type) else None  # private names: no abstract build
     else:
         target = wrapper._wrapped_type()
-    if target is None:
-        return
+    if target is None or (name.startswith("_") and not callable(getattr(target, name, None))):
+        return  # Linen's own message for private names the module does not have
     public = sorted(n for n in dir(target) if not n.startswith("_") and callable(getattr(target, n, None)))
     methods = ", ".join((["__call__"] if "__call__" in dir(target) else []) + public)
     owner = wrapper._owner()
     if name.startswith("_"):
-        if callable(getattr(target, name, None)):
-            raise AttributeError(
-                f"{owner}: method={name!r} is a private method of {target.__name__}; the bridge "
-                f"runs public methods only ({methods}). Call it from a public method, or rename it."
-            )
-        return
+        raise AttributeError(
+            f"{owner}: method={name!r} is a private method of {target.__name__}; the bridge "
+            f"runs public methods only ({methods}). Call it from a public method, or rename it."
+        )
     raise AttributeError(
         f"{owner}: method={name!r} is not a method of {target.__name__}; its methods are: "
         f"{methods or 'none'}. Pass method= one of them."
