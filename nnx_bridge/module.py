@@ -120,10 +120,27 @@ class ModuleDef(tp.Generic[M]):
         return dict(self._nodes[self._root][1])
 
     def __repr__(self) -> str:
-        return (
-            f"ModuleDef(type={self.type}, index={self.index}, submodules={self.submodules}, "
-            f"static_fields={self.static_fields})"
-        )
+        # Built bottom-up over the tree of first occurrences (no recursion for deep chains).
+        nodes, firsts, root = self._nodes, self._firsts, self._root
+        owned: dict[int, list[int]] = {}
+        for i in _reachable(nodes, root):
+            if i != root:
+                owned.setdefault(firsts[i][0], []).append(i)
+        order, stack = [], [root]
+        while stack:
+            i = stack.pop()
+            order.append(i)
+            stack.extend(owned.get(i, ()))
+        shown: dict[int, str] = {}
+        for i in reversed(order):  # children before their parents
+            cls, statics_, _, modules, _ = nodes[i]
+            subs = ", ".join(
+                f"{name!r}: {shown[index] if index != root and firsts[index] == (i, name) else index}"
+                for name, index in sorted(modules)
+            )
+            shown[i] = (f"ModuleDef(type={cls}, index={i}, submodules={{{subs}}}, "
+                        f"static_fields={dict(statics_)})")
+        return shown[root]
 
     @property
     def paths(self) -> frozenset[str]:

@@ -298,3 +298,9 @@ def test_state_as_a_dict_key_is_an_error():
         Bag(table={nnx.Param(1.0): 1}).partition()
     with pytest.raises(TypeError, match=r"has a Param inside the static attribute at path 'table\[Config"):
         Bag(table={Config(1.0, nnx.Param(1.0)): 1}).partition()
+
+
+def test_repr_of_a_deep_chain():
+    text = repr(chain(3000).partition()[1])
+    assert text.startswith("ModuleDef(type=<class 'test_strict_core.Bag'>, index=0, submodules={'c': ModuleDef(")
+    assert text.count("ModuleDef(") == 3001
