@@ -516,7 +516,7 @@ class _Walk:
     def __init__(self, copy: bool) -> None:
         self.nodes: list[tp.Any] = []  # one record per module, by index
         self.firsts: list[tuple[int, tp.Any]] = []  # (parent index, attribute) where each module was found
-        self.paths: list[str] = []  # the path each module was found at ("" for the root)
+        self.paths: list[str] = []  # the path each module was found at, plus "/" ("" for the root)
         self.slotted: list[int] = []
         # Each Variable found, by number: (its path, the Variable or its copy) while walking;
         # then the two as separate lists.
@@ -665,9 +665,10 @@ class _Walk:
             self.module_index[id(module)] = index
             self.nodes.append(None)
             self.firsts.append((parent, field))
-            self.paths.append(path)
-            self.pending.append((module, path + "/", index))
-        elif _sort_key(path) < _sort_key(self.paths[index]):
+            prefix = path + "/"
+            self.paths.append(prefix)
+            self.pending.append((module, prefix, index))
+        elif _sort_key(path + "/") < _sort_key(self.paths[index]):
             self.reorder = True
         return index
 
@@ -728,14 +729,16 @@ class _Walk:
             firsts, paths, pending = self.firsts, self.paths, self.pending
             if len(value) > 10:
                 self.shuffled = True
+            mod, first = _MOD, (parent, None)
             for i, v in zip(_index_names(len(value)), value):
                 if kinds(type(v)) == 2 and id(v) not in module_index:  # a new Module, inline
                     index = module_index[id(v)] = len(nodes)
                     nodes.append(None)
-                    firsts.append((parent, None))
-                    paths.append(path + i)
-                    pending.append((v, f"{path}{i}/", index))
-                    found.append((_MOD, index))
+                    firsts.append(first)
+                    prefix = f"{path}{i}/"
+                    paths.append(prefix)
+                    pending.append((v, prefix, index))
+                    found.append((mod, index))
                 else:
                     found.append(self.item(v, path + i, parent, active))
             items = tuple(found)
