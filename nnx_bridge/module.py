@@ -1,10 +1,13 @@
 """Module and ModuleDef: stateful Python objects split into (State, ModuleDef) and back.
 
 `Module.partition` walks the object graph in sorted attribute order, puts every
-Variable into a State at its first path (``"layers/0/kernel"``) and records
-everything else in an immutable, hashable `ModuleDef`. `ModuleDef.merge` is the
-exact inverse: it rebuilds the graph, shared submodules and shared Variables
-included, from the ModuleDef and a State.
+Variable into a State at its first path in State order (``"layers/0/kernel"``)
+and records everything else in an immutable, hashable `ModuleDef`: one flat
+record per module, so deep graphs need no recursion. Every Variable or Module
+reachable from the root is either in the State or an error naming its path.
+`ModuleDef.merge` is the exact inverse: it rebuilds the graph, shared submodules
+and shared Variables included, from the ModuleDef and a State, checking that each
+path holds the Variable type partitioned there.
 """
 
 from __future__ import annotations
