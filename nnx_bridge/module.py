@@ -548,7 +548,7 @@ class _Walk:
         nodes, module_index, var_number, found = self.nodes, self.module_index, self.var_number, self.found
         add_found = found.append
         kinds, kind_of, copy_variables, new = _KINDS_GET, statics.kind_of, self.copy, object.__new__
-        plain = _PLAIN_TYPES
+        plain, variable_types = _PLAIN_TYPES, statics.VARIABLE_TYPES
         module_index[id(root)] = 0
         nodes.append(None)
         self.firsts.append((-1, None))
@@ -577,7 +577,7 @@ class _Walk:
                 if value_type in plain:
                     statics_.append((name, value))
                     continue
-                kind = kinds(value_type)
+                kind = 1 if value_type in variable_types else kinds(value_type)
                 if kind is None:
                     kind = kind_of(value_type, Module)
                 if kind == 1:  # VARIABLE
@@ -728,13 +728,13 @@ class _Walk:
             spec = (_NAMEDTUPLE, type(value), items)
         else:
             path += "/"
-            found, module_index, kinds, nodes = [], self.module_index, _KINDS_GET, self.nodes
+            found, module_index, module_types, nodes = [], self.module_index, statics.MODULE_TYPES, self.nodes
             firsts, paths, pending = self.firsts, self.paths, self.pending
             if len(value) > 10:
                 self.shuffled = True
             mod, first = _MOD, (parent, None)
             for i, v in zip(_index_names(len(value)), value):
-                if kinds(type(v)) == 2 and id(v) not in module_index:  # a new Module, inline
+                if type(v) in module_types and id(v) not in module_index:  # a new Module, inline
                     index = module_index[id(v)] = len(nodes)
                     nodes.append(None)
                     firsts.append(first)

@@ -34,6 +34,9 @@ _ATOMIC_BASES: tuple[type, ...] = (
 )
 _KINDS: dict[type, int] = {t: PLAIN for t in (int, float, bool, str, bytes, complex, type(None))}
 _KINDS.update({list: LIST, tuple: TUPLE, dict: DICT})
+#: The Variable and Module types met so far (a set lookup is the walk's fastest test).
+VARIABLE_TYPES: set[type] = set()
+MODULE_TYPES: set[type] = set()
 
 
 def kind_of(value_type: type, module_base: type) -> int:
@@ -51,6 +54,10 @@ def kind_of(value_type: type, module_base: type) -> int:
     if kind is None:
         kind = _classify(value_type, module_base)
         _KINDS[value_type] = kind
+        if kind == VARIABLE:
+            VARIABLE_TYPES.add(value_type)
+        elif kind == MODULE:
+            MODULE_TYPES.add(value_type)
     return kind
 
 
