@@ -478,14 +478,16 @@ _ABSENT = object()
 # ----------------------------------------------------------------------------------
 # partition: the walk (iterative: a stack of modules, never recursion)
 # ----------------------------------------------------------------------------------
-# A ModuleDef is a tuple of records, one per module, in index order:
+# A ModuleDef is a tuple of records, one per module, in index order (the four
+# collections are lists or tuples; never changed once made):
 #   (type, statics, variables, modules, others)
 #     statics    ((name, value), ...)          hashable static fields
-#     variables  ((name, path), ...)           the Variable stored in the State at path
+#     variables  ((name, number), ...)         the Variable of that number (its path: the
+#                                              ModuleDef's variable table)
 #     modules    ((name, index), ...)          the module of that index
 #     others     ((name, spec), ...)           containers, as specs:
 #                (_LIST | _TUPLE, items) | (_NAMEDTUPLE, type, items) | (_DICT, keys, items)
-#                with items (_STATIC, value, type) | (_VAR, path) | (_MOD, index) | a container
+#                with items (_STATIC, value, type) | (_VAR, number) | (_MOD, index) | a container
 _STATIC, _VAR, _MOD, _LIST, _TUPLE, _NAMEDTUPLE, _DICT = range(7)
 _CONTAINER_TAG = {statics.LIST: _LIST, statics.TUPLE: _TUPLE}
 
@@ -621,8 +623,8 @@ class _Walk:
                             f"of Modules may be as deep as you like)."
                         ) from None
                     last, unsorted = self.last, self.unsorted
-            nodes[index] = (cls, tuple(statics_), tuple(variables), tuple(modules) if modules else (),
-                            tuple(others) if others else ())
+            # Lists as built (cheaper than copies); `_record_key` gives the hashable form.
+            nodes[index] = (cls, statics_, variables, modules or (), others or ())
             if children:
                 if self.shuffled:
                     children.sort(key=_prefix_key)
@@ -632,8 +634,7 @@ class _Walk:
                 children.clear()
         self.last, self.unsorted = last, unsorted
         if found:
-            paths, values = zip(*found)
-            self.var_paths, self.var_values = list(paths), list(values)
+            self.var_paths, self.var_values = zip(*found)  # type: ignore[assignment]
         if self.reorder:
             self.exact_paths()
 
@@ -677,7 +678,7 @@ class _Walk:
 
     def exact_paths(self) -> None:
         """Recomputes every path as the smallest one (a walk of the records in State order)."""
-        nodes, found = self.nodes, [False] * len(self.var_paths)
+        nodes, found, paths = self.nodes, [False] * len(self.var_paths), list(self.var_paths)
         firsts: list[tuple[int, tp.Any]] = [(-1, None)] * len(nodes)
         seen = {0}
         stack = [_entries(nodes[0], "", 0)]
@@ -686,7 +687,7 @@ class _Walk:
                 if kind == _VAR:
                     if not found[ref]:
                         found[ref] = True
-                        self.var_paths[ref] = path
+                        paths[ref] = path
                 elif ref not in seen:
                     seen.add(ref)
                     firsts[ref] = (parent, field)
@@ -695,6 +696,7 @@ class _Walk:
             else:
                 stack.pop()
         self.firsts = firsts
+        self.var_paths = paths
         self.unsorted = True
 
     def container(self, value: tp.Any, kind: int, path: str, parent: int,
@@ -1014,7 +1016,9 @@ def _record_numbers(record: tuple[tp.Any, ...], numbers: set[int]) -> None:
 
 def _record_key(record: tuple[tp.Any, ...]) -> tuple[tp.Any, ...]:
     """A record with the types of its static values, so that ``1``, ``1.0`` and ``True`` differ."""
-    return (*record, tuple(type(value) for _, value in record[1]))
+    cls, statics_, variables, modules, others = record
+    return (cls, tuple(statics_), tuple(variables), tuple(modules), tuple(others),
+            tuple(type(value) for _, value in statics_))
 
 
 def _raise_path_mismatch(what: str, module_type: type, expected: frozenset[str], state: State) -> tp.NoReturn:
