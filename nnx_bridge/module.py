@@ -579,13 +579,10 @@ class _Walk:
                 if value_type in plain:
                     statics_.append((name, value))
                     continue
-                kind = 1 if value_type in variable_types else kinds(value_type)
-                if kind is None:
-                    kind = kind_of(value_type, Module)
-                if kind == 1:  # VARIABLE
+                if value_type in variable_types:
                     vid = id(value)
                     path = prefix + name
-                    if vid not in var_number and type(value.value) in _NOT_MODULE:
+                    if vid not in var_number:  # a new Variable (its value is checked after the walk)
                         number = var_number[vid] = len(var_number)
                         if copy_variables:
                             copy = new(value_type)
@@ -595,11 +592,19 @@ class _Walk:
                             unsorted = True
                         last = path
                         add_found((path, value))
-                    else:
+                    else:  # shared, or a value type not seen yet: the checked way
                         self.last, self.unsorted = last, unsorted
                         number = self.variable(value, path)
                         last, unsorted = self.last, self.unsorted
                     variables.append((name, number))
+                    continue
+                kind = kinds(value_type)
+                if kind is None:
+                    kind = kind_of(value_type, Module)
+                if kind == 1:  # VARIABLE of a type met for the first time
+                    self.last, self.unsorted = last, unsorted
+                    variables.append((name, self.variable(value, prefix + name)))
+                    last, unsorted = self.last, self.unsorted
                 elif kind == 0 or kind == 7:  # PLAIN, ATOMIC
                     statics_.append((name, value))
                 elif kind == 2:  # MODULE
@@ -635,6 +640,9 @@ class _Walk:
         self.last, self.unsorted = last, unsorted
         if found:
             self.var_paths, self.var_values = zip(*found)  # type: ignore[assignment]
+            if not _NOT_MODULE.issuperset(map(type, map(_value, self.var_values))):
+                for path, variable in found:  # some value of a new type: is it a Module?
+                    _check_variable_value(variable, path)
         if self.reorder:
             self.exact_paths()
 
@@ -644,13 +652,7 @@ class _Walk:
             if _sort_key(path) < _sort_key(self.found[number][0]):
                 self.reorder = True
             return number
-        if isinstance(variable.value, Module):
-            raise TypeError(
-                f"The {type(variable).__name__} at path {path!r} holds a Module "
-                f"({type(variable.value).__name__}); Variables hold arrays and other leaf values. "
-                f"Assign the Module directly as an attribute instead."
-            )
-        _NOT_MODULE.add(type(variable.value))
+        _check_variable_value(variable, path)
         number = self.var_number[id(variable)] = len(self.var_number)
         if self.copy:
             copy = object.__new__(type(variable))
@@ -780,6 +782,17 @@ class _Walk:
         return _make_moduledef(tuple(self.nodes), variables, 0, tuple(self.firsts), tuple(self.slotted))
 
 
+def _check_variable_value(variable: Variable[tp.Any], path: str) -> None:
+    """Raises for a Variable holding a Module; remembers value types that are not Modules."""
+    if isinstance(variable.value, Module):
+        raise TypeError(
+            f"The {type(variable).__name__} at path {path!r} holds a Module "
+            f"({type(variable.value).__name__}); Variables hold arrays and other leaf values. "
+            f"Assign the Module directly as an attribute instead."
+        )
+    _NOT_MODULE.add(type(variable.value))
+
+
 def _check_dict_key(key: tp.Any, path: str, owner: type) -> None:
     """Dict keys are kept as they are (part of the ModuleDef): they may not be or hide state."""
     if type(key) in (str, int):
@@ -889,6 +902,7 @@ _PLAIN, _VARIABLE, _MODULE, _ATOMIC, _SCAN = (statics.PLAIN, statics.VARIABLE, s
                                               statics.SCAN)
 _first = operator.itemgetter(0)
 _collection = operator.attrgetter("collection")
+_value = operator.attrgetter("value")
 
 
 _SLOTS: dict[type, tuple[str, ...]] = {}
