@@ -738,8 +738,8 @@ class _Walk:
                 self.shuffled = True
             mod, first = _MOD, (parent, None)
             for i, v in zip(_index_names(len(value)), value):
-                if type(v) in module_types and id(v) not in module_index:  # a new Module, inline
-                    index = module_index[id(v)] = len(nodes)
+                if type(v) in module_types and (vid := id(v)) not in module_index:  # a new Module, inline
+                    index = module_index[vid] = len(nodes)
                     nodes.append(None)
                     firsts.append(first)
                     prefix = f"{path}{i}/"
