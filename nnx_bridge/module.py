@@ -514,7 +514,7 @@ def check_segment(name: str, owner: type | None, where: str) -> None:
 class _Walk:
     """One partition walk: records, Variables by path, and what merge needs to rebuild."""
 
-    __slots__ = ("nodes", "firsts", "paths", "slotted", "found", "var_paths", "var_values",
+    __slots__ = ("nodes", "firsts", "paths", "slotted", "var_paths", "var_values",
                  "var_number", "module_index", "pending", "shuffled", "unsorted", "reorder", "last",
                  "copy", "owner")
 
@@ -523,10 +523,8 @@ class _Walk:
         self.firsts: list[tuple[int, tp.Any]] = []  # (parent index, attribute) where each module was found
         self.paths: list[str] = []  # the path each module was found at, plus "/" ("" for the root)
         self.slotted: list[int] = []
-        # Each Variable found, by number: (its path, the Variable or its copy) while walking;
-        # then the two as separate lists.
-        self.found: list[tuple[str, Variable[tp.Any]]] = []
-        self.var_paths: list[str] = []
+        # Each Variable found, by number: its path, and the Variable (or its copy).
+        self.var_paths: tp.Sequence[str] = []
         self.var_values: list[Variable[tp.Any]] = []
         self.var_number: dict[int, int] = {}
         self.module_index: dict[int, int] = {}
@@ -547,8 +545,8 @@ class _Walk:
         """Walks the graph from `root`: a stack of modules, each processed once, in State order."""
         # The hot loop: one pass over each module's attributes, new Variables and
         # plain static values handled inline; containers and errors go to helpers.
-        nodes, module_index, var_number, found = self.nodes, self.module_index, self.var_number, self.found
-        add_found = found.append
+        nodes, module_index, var_number = self.nodes, self.module_index, self.var_number
+        add_path, add_value = self.var_paths.append, self.var_values.append
         kinds, kind_of, copy_variables, new = _KINDS_GET, statics.kind_of, self.copy, object.__new__
         plain, variable_types = _PLAIN_TYPES, statics.VARIABLE_TYPES
         module_index[id(root)] = 0
@@ -591,7 +589,8 @@ class _Walk:
                         if path < last:
                             unsorted = True
                         last = path
-                        add_found((path, value))
+                        add_path(path)
+                        add_value(value)
                     else:  # shared, or a value type not seen yet: the checked way
                         self.last, self.unsorted = last, unsorted
                         number = self.variable(value, path)
@@ -638,18 +637,16 @@ class _Walk:
                 stack.extend(children)
                 children.clear()
         self.last, self.unsorted = last, unsorted
-        if found:
-            self.var_paths, self.var_values = zip(*found)  # type: ignore[assignment]
-            if not _NOT_MODULE.issuperset(map(type, map(_value, self.var_values))):
-                for path, variable in found:  # some value of a new type: is it a Module?
-                    _check_variable_value(variable, path)
+        if not _NOT_MODULE.issuperset(map(type, map(_value, self.var_values))):
+            for path, variable in zip(self.var_paths, self.var_values):  # a value of a new type
+                _check_variable_value(variable, path)
         if self.reorder:
             self.exact_paths()
 
     def variable(self, variable: Variable[tp.Any], path: str) -> int:
         number = self.var_number.get(id(variable))
         if number is not None:
-            if _sort_key(path) < _sort_key(self.found[number][0]):
+            if _sort_key(path) < _sort_key(self.var_paths[number]):
                 self.reorder = True
             return number
         _check_variable_value(variable, path)
@@ -661,7 +658,8 @@ class _Walk:
         if path < self.last:
             self.unsorted = True
         self.last = path
-        self.found.append((path, variable))
+        self.var_paths.append(path)
+        self.var_values.append(variable)
         return number
 
     def module(self, module: "Module", path: str, parent: int, field: tp.Any) -> int:
