@@ -109,7 +109,8 @@ def check_method(wrapper: tp.Any, name: str) -> None:
         )
     raise AttributeError(
         f"{owner}: method={name!r} is not a method of {target.__name__}; its methods are: "
-        f"{methods or 'none'}. Pass method= one of them."
+        f"{methods or 'none'}. Pass method= one of them. (\"{target.__name__}\" object has no "
+        f"attribute \"{name}\": it is neither a method nor a configuration argument.)"
     )
 
 
