@@ -6,6 +6,7 @@ import hashlib
 import typing as tp
 
 import jax
+import jax.numpy as jnp
 from jax import random
 
 
@@ -16,15 +17,37 @@ class MissingRngStreamError(KeyError):
         return str(self.args[0])
 
 
+_ACCEPTED = (
+    "an int seed (a Python int in [-2**63, 2**63)), a PRNG key from jax.random.PRNGKey(seed) "
+    "(uint32, shape (2,)) or jax.random.key(seed) (a typed key), a batch of such keys, or, to "
+    "give each stream its own key, a dict {stream name: key or seed}"
+)
+
+
 def _as_key(key: tp.Any, what: str) -> jax.Array:
+    """Checks `key` is one accepted form of a single key and returns it as a key."""
     if isinstance(key, int) and not isinstance(key, bool):
+        if not -(2**63) <= key < 2**63:
+            raise ValueError(
+                f"{what}: the seed {key} does not fit in a signed 64-bit int. Accepted: {_ACCEPTED}. "
+                f"Reduce the seed, e.g. seed % 2**63."
+            )
         return random.PRNGKey(key)
-    if not hasattr(key, "dtype"):
-        raise TypeError(
-            f"{what} must be a PRNG key (jax.random.PRNGKey(0) or jax.random.key(0)) or an int "
-            f"seed; found {type(key).__name__}."
-        )
-    return key
+    dtype = getattr(key, "dtype", None)
+    shape = getattr(key, "shape", None)
+    if dtype is not None and shape is not None:
+        # A batch of keys is accepted too (a Context given to jax.vmap holds one per example).
+        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            return key  # type: ignore[no-any-return]
+        if dtype == jnp.uint32 and len(shape) >= 1 and shape[-1] in (2, 4):
+            return key  # type: ignore[no-any-return]
+        found = f"an array of dtype {dtype} and shape {tuple(shape)}"
+        hint = (" For an int seed, pass int(x)." if tuple(shape) == () else
+                " To make a key from it, use jax.random.PRNGKey(seed) or jax.random.key(seed).")
+    else:
+        found = f"a {type(key).__name__}"
+        hint = ""
+    raise TypeError(f"{what} must be {_ACCEPTED}; found {found}.{hint}")
 
 
 def stable_hash(data: tuple[int, ...]) -> int:
@@ -39,14 +62,32 @@ def stable_hash(data: tuple[int, ...]) -> int:
     return int.from_bytes(digest[:4], byteorder="big")
 
 
+def stream_hash(name: str) -> int:
+    """A uint32 hash of a stream name that is the same in every process.
+
+    A Context folds it into each key it makes, so that ``make_rng("params")``
+    and ``make_rng("dropout")`` of a Context built from one key never give the
+    same key.
+
+    Example:
+        >>> import nnx_bridge as nnx
+        >>> nnx.context.stream_hash("params") != nnx.context.stream_hash("dropout")
+        True
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"RNG stream names are str such as 'params' or 'dropout'; found {name!r}.")
+    return int.from_bytes(hashlib.blake2s(name.encode()).digest()[:4], byteorder="big")
+
+
 class Context:
     """Named RNG streams for building and calling Modules.
 
     ``Context(key)`` derives every stream from one key; ``Context({"params": k1,
     "dropout": k2})`` has exactly the given streams, and asking it for another
     one is an error. Each `make_rng` call folds a stable hash of the call's
-    position (the fork path and a counter) into the stream's key, so every call,
-    stream and fork gets its own key, identically on every run.
+    position (the fork path and a counter) and of the stream's name (as Linen
+    folds the name in) into the stream's key, so every call, stream and fork
+    gets its own key, identically on every run.
 
     Example:
         >>> import jax, nnx_bridge as nnx
@@ -65,6 +106,12 @@ class Context:
         count_path: tuple[int, ...] = (),
     ):
         if isinstance(key, tp.Mapping):
+            for name in key:
+                if not isinstance(name, str):
+                    raise TypeError(
+                        f"Context: stream names are str such as 'params' or 'dropout'; found "
+                        f"{name!r} in the dict given."
+                    )
             self.key: tp.Any = {
                 name: _as_key(k, f"Context stream {name!r}") for name, k in sorted(key.items())
             }
@@ -101,7 +148,8 @@ class Context:
             key = self.key[name]
         else:
             key = self.key
-        fold_data = stable_hash(self.count_path + (self.count,))
+        # The stream's name is folded in too, so that streams sharing one key differ.
+        fold_data = stable_hash((stream_hash(name),) + self.count_path + (self.count,))
         self.count += 1
         return random.fold_in(key, fold_data)
 

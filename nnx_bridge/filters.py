@@ -11,6 +11,7 @@ A filter is one of:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import typing as tp
 
 from nnx_bridge.variables import Variable
@@ -41,12 +42,45 @@ def to_predicate(filter: Filter) -> Predicate:
             f"found {filter.__name__}."
         )
     if callable(filter):
+        if not isinstance(filter, _KNOWN_PREDICATES):
+            _check_arity(filter)
         return filter
     raise TypeError(
         f"Invalid filter {filter!r} ({type(filter).__name__}). A filter is a collection "
         f"name (str), a Variable subclass, ..., a predicate (path, variable) -> bool, "
         f"or one of nnx.Not/All/Any/PathContains/Everything/Nothing."
     )
+
+
+_ARITY_CHECKED: dict[tp.Any, None] = {}
+
+
+def _check_arity(predicate: tp.Callable[..., tp.Any]) -> None:
+    """Raises unless `predicate` can be called as ``predicate(path, variable)`` (checked once)."""
+    try:
+        if predicate in _ARITY_CHECKED:
+            return
+    except TypeError:  # unhashable: check every time
+        pass
+    try:
+        signature = inspect.signature(predicate)
+    except (TypeError, ValueError):  # no signature to read (some builtins): trust it
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        name = getattr(predicate, "__qualname__", None) or type(predicate).__name__
+        raise TypeError(
+            f"The predicate filter {name}{signature} cannot be called as predicate(path, variable): "
+            f"filters are called with the Variable's path ('a/b/c') and the Variable, and return "
+            f"a bool. Write e.g. lambda path, variable: ... (or use nnx.PathContains / a "
+            f"collection name / a Variable type)."
+        ) from None
+    try:
+        if len(_ARITY_CHECKED) < 4096:
+            _ARITY_CHECKED[predicate] = None
+    except TypeError:
+        pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +171,12 @@ class Any(_Combinator):
 
 @dataclasses.dataclass(frozen=True)
 class PathContains:
-    """Matches Variables whose path has `name` as one of its ``/``-separated parts.
+    """Matches Variables whose path contains `name` as whole ``/``-separated parts.
+
+    A `name` without ``/`` matches one part of the path. A `name` with ``/``
+    (``"l1/kernel"``) matches those parts appearing consecutively, anywhere in
+    the path; it never matches inside a part (``"enc"`` does not match
+    ``"encoder"``).
 
     Example:
         >>> import nnx_bridge as nnx
@@ -145,12 +184,26 @@ class PathContains:
         True
         >>> nnx.PathContains("enc")("encoder/0/kernel", nnx.Param(1.0))
         False
+        >>> nnx.PathContains("0/kernel")("encoder/0/kernel", nnx.Param(1.0))
+        True
     """
 
     name: str
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or "" in self.name.split("/"):
+            raise ValueError(
+                f"PathContains: name must be a non-empty path part such as 'kernel', or several "
+                f"consecutive parts such as 'l1/kernel' (no empty parts, no leading or trailing "
+                f"'/'); found {self.name!r}."
+            )
+
     def __call__(self, path: str, variable: Variable[tp.Any]) -> bool:
-        return self.name in path.split("/")
+        name = self.name
+        if "/" not in name:
+            return name in path.split("/")
+        # consecutive parts: compare with '/' on both sides so that no part matches partly
+        return f"/{name}/" in f"/{path}/"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +232,9 @@ class Nothing:
 
     def __call__(self, path: str, variable: Variable[tp.Any]) -> bool:
         return False
+
+
+_KNOWN_PREDICATES = (_Collection, _OfType, Not, _Combinator, PathContains, Everything, Nothing)
 
 
 def is_everything(filter: Filter) -> bool:

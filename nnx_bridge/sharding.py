@@ -45,7 +45,7 @@ def logical_to_mesh(names: tp.Sequence[str | None] | None, rules: Rules | None =
     """
     if names is None:
         return PartitionSpec()
-    rules = _rules_in_use(rules)
+    rules = _rules_in_use(_checked_rules(rules))
     if rules is None:
         return PartitionSpec(*names)
     return nn.logical_to_mesh_axes(tuple(names), rules)
@@ -73,12 +73,14 @@ def get_partition_spec(tree: tp.Any, rules: Rules | None = None) -> tp.Any:
         >>> specs["w"].value, specs["b"].value
         (P(None, 'model'), P())
     """
+    rules = _checked_rules(rules)
     if isinstance(tree, State):
         return State._from_sorted(
             (path, v.replace(_variable_spec(path, v, rules))) for path, v in tree.items()
         )
-    return jax.tree.map(lambda leaf: _leaf_spec(leaf, rules), tree,
-                        is_leaf=lambda x: isinstance(x, meta.AxisMetadata))
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: _leaf_spec(jax.tree_util.keystr(path), leaf, rules), tree,
+        is_leaf=lambda x: isinstance(x, meta.AxisMetadata))
 
 
 def get_named_sharding(tree: tp.Any, mesh: Mesh, rules: Rules | None = None) -> tp.Any:
@@ -98,6 +100,7 @@ def get_named_sharding(tree: tp.Any, mesh: Mesh, rules: Rules | None = None) -> 
         >>> jax.device_put(s, shardings)["w"].value.sharding.spec
         P('data', 'model')
     """
+    _check_mesh(mesh, "get_named_sharding")
     specs = get_partition_spec(tree, rules)
     if isinstance(specs, State):
         return State._from_sorted(
@@ -129,6 +132,8 @@ def sharded_init(factory: tp.Callable[..., Module], *args: tp.Any, mesh: Mesh, k
         >>> state["kernel"].value.sharding.spec
         P(None, 'model')
     """
+    _check_mesh(mesh, "sharded_init")
+    rules = _checked_rules(rules)
     moduledefs: list[ModuleDef[tp.Any]] = []
 
     def build(key: jax.Array) -> State:
@@ -173,13 +178,49 @@ def _variable_spec(path: str, variable: tp.Any, rules: Rules | None) -> Partitio
         raise ValueError(f"get_partition_spec: at path {path!r}: {error}") from None
 
 
-def _leaf_spec(leaf: tp.Any, rules: Rules | None) -> PartitionSpec:
+def _leaf_spec(where: str, leaf: tp.Any, rules: Rules | None) -> PartitionSpec:
     if isinstance(leaf, nn.LogicallyPartitioned):
         own = leaf.rules if rules is None else rules
-        return logical_to_mesh(leaf.names, own if own is not None else _rules_in_use(None) or ())
+        own = own if own is not None else _rules_in_use(None)
+        if not own and any(name is not None for name in leaf.names):
+            raise ValueError(
+                f"get_partition_spec: the variable at {where} names logical axes {leaf.names!r} "
+                f"(an nn.LogicallyPartitioned box) but no logical axis rules are given, so every "
+                f"axis would silently be replicated. Pass rules=(('logical', 'mesh_axis'), ...) or "
+                f"call inside nn.logical_axis_rules(...)."
+            )
+        return logical_to_mesh(leaf.names, own)
     if isinstance(leaf, meta.Partitioned):
         return PartitionSpec(*leaf.names)
     return PartitionSpec()
+
+
+def _checked_rules(rules: tp.Any) -> Rules | None:
+    """Rules as Linen's pairs ``((logical name, mesh axis or axes or None), ...)``, or an error."""
+    if rules is None:
+        return None
+    example = "e.g. rules=(('batch', 'data'), ('hidden', 'model'))"
+    if isinstance(rules, (str, bytes)) or not isinstance(rules, tp.Sequence):
+        raise TypeError(f"rules must be a sequence of (logical name, mesh axis) pairs, {example}; found {rules!r}.")
+    for rule in rules:
+        ok = (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)
+              and (rule[1] is None or isinstance(rule[1], str)
+                   or (isinstance(rule[1], (tuple, list)) and all(isinstance(a, str) for a in rule[1]))))
+        if not ok:
+            raise TypeError(
+                f"rules must be a sequence of (logical name, mesh axis) pairs, {example} (a mesh "
+                f"axis may be None or a tuple of axes); found the entry {rule!r} in {rules!r}. "
+                f"Pair the names up instead of listing them flat."
+            )
+    return tuple(tuple(rule) for rule in rules)  # type: ignore[misc]
+
+
+def _check_mesh(mesh: tp.Any, what: str) -> None:
+    if not isinstance(mesh, Mesh):
+        raise TypeError(
+            f"{what}: mesh must be a jax.sharding.Mesh, e.g. jax.make_mesh((n,), ('data',)) or "
+            f"jax.sharding.Mesh(devices, axis_names); found {type(mesh).__name__}."
+        )
 
 
 def _named(mesh: Mesh, spec: PartitionSpec, where: str) -> NamedSharding:

@@ -15,15 +15,21 @@ _NO_DEFAULT = object()
 
 
 def labels(tree: Tree, label_filters: tp.Mapping[tp.Hashable, filterlib.Filter], *,
-           default: tp.Any = _NO_DEFAULT, collection: str | None = None) -> Tree:
+           default: tp.Any = _NO_DEFAULT, collection: str = "params", variables: bool = False,
+           allow_empty: bool = False) -> Tree:
     """A tree like `tree` holding, at each variable, the label of the first filter it matches.
 
     Feed it to ``optax.multi_transform`` or ``optax.transforms.partition``.
-    `tree` is a State, a Linen variables dict ``{collection: {...}}`` (recognised
-    by its ``'params'`` key), or a nested dict of one collection (``'params'``
-    unless `collection` says otherwise). Paths are the ``/``-joined keys below
-    the collection. A variable that matches no filter takes `default`, and is
-    an error when no default is given.
+    `tree` is a State, or a nested dict of one collection's values (``'params'``
+    unless `collection` says otherwise), or, with ``variables=True``, a whole
+    Linen variables dict ``{collection: {...}}``. Nothing is guessed from the
+    keys: a model with a submodule named ``params`` is read as such. Paths are
+    the ``/``-joined keys below the collection.
+
+    A variable that matches no filter takes `default`, and is an error when no
+    default is given. A label whose filter selects no variable (e.g. a typo,
+    ``PathContains("encoder")`` on a model without one) is an error listing the
+    paths that exist; pass ``allow_empty=True`` when that is intended.
 
     Example:
         >>> import jax.numpy as jnp, optax, nnx_bridge as nnx
@@ -34,19 +40,29 @@ def labels(tree: Tree, label_filters: tp.Mapping[tp.Hashable, filterlib.Filter],
         ...     {"train": optax.sgd(0.1), "frozen": optax.set_to_zero()},
         ...     nnx.labels(params, {"frozen": nnx.PathContains("encoder")}, default="train"))
     """
+    if not isinstance(label_filters, tp.Mapping):
+        raise TypeError(
+            f"labels: label_filters must be a mapping {{label: filter}}, e.g. "
+            f"{{'frozen': nnx.PathContains('encoder')}}; found {type(label_filters).__name__} "
+            f"{label_filters!r}. Give each filter the label optax should see."
+        )
     predicates = [(label, filterlib.to_predicate(f)) for label, f in label_filters.items()]
     unmatched: list[str] = []
+    seen: list[str] = []
+    used: set[tp.Any] = set()
 
     def label_of(path: str, variable: Variable[tp.Any]) -> tp.Any:
+        seen.append(path)
         for label, predicate in predicates:
             if predicate(path, variable):
+                used.add(label)
                 return label
         if default is _NO_DEFAULT:
             unmatched.append(path)
             return None
         return default
 
-    result = map_variables(tree, label_of, collection=collection)
+    result = map_variables(tree, label_of, collection=collection, variables=variables)
     if unmatched:
         shown = ", ".join(repr(p) for p in unmatched[:10])
         raise ValueError(
@@ -54,14 +70,20 @@ def labels(tree: Tree, label_filters: tp.Mapping[tp.Hashable, filterlib.Filter],
             f"{list(label_filters)}: {shown}{' ...' if len(unmatched) > 10 else ''}. Add a filter "
             f"for them, or pass default=<label>."
         )
+    if not allow_empty:
+        for label, f in label_filters.items():
+            if label not in used:
+                _raise_selects_nothing("labels", f"the filter for label {label!r}", f, seen, variables)
     return result
 
 
-def mask(tree: Tree, filter: filterlib.Filter, *, collection: str | None = None) -> Tree:
+def mask(tree: Tree, filter: filterlib.Filter, *, collection: str = "params", variables: bool = False,
+         allow_empty: bool = False) -> Tree:
     """A tree like `tree` of booleans: True where a variable matches `filter`.
 
     Feed it to ``optax.masked`` or to ``optax.add_decayed_weights(mask=...)``.
-    `tree` is read as in `labels`.
+    `tree` is read as in `labels`. A filter that selects no variable is an error
+    listing the paths that exist; pass ``allow_empty=True`` when that is intended.
 
     Example:
         >>> import jax.numpy as jnp, nnx_bridge as nnx
@@ -70,19 +92,47 @@ def mask(tree: Tree, filter: filterlib.Filter, *, collection: str | None = None)
         {'dense': {'kernel': True, 'bias': False}}
     """
     predicate = filterlib.to_predicate(filter)
-    return map_variables(tree, lambda path, variable: bool(predicate(path, variable)), collection=collection)
+    seen: list[str] = []
+    hits: list[str] = []
+
+    def matches(path: str, variable: Variable[tp.Any]) -> bool:
+        seen.append(path)
+        hit = bool(predicate(path, variable))
+        if hit:
+            hits.append(path)
+        return hit
+
+    result = map_variables(tree, matches, collection=collection, variables=variables)
+    if not hits and not allow_empty:
+        _raise_selects_nothing("mask", "the filter", filter, seen, variables)
+    return result
+
+
+def _raise_selects_nothing(what: str, which: str, filter: tp.Any, paths: list[str],
+                           variables: bool) -> tp.NoReturn:
+    shown = ", ".join(repr(p) for p in paths[:10]) + (f" and {len(paths) - 10} more" if len(paths) > 10 else "")
+    hint = "" if variables else (
+        " If the tree is a whole Linen variables dict {collection: {...}}, pass variables=True."
+    )
+    raise ValueError(
+        f"{what}: {which} ({filter!r}) selects no variable, so it would freeze or decay nothing. "
+        f"The paths are: {shown or 'none'}. Fix the filter (a typo?), or pass allow_empty=True "
+        f"if selecting nothing is intended.{hint}"
+    )
 
 
 def map_variables(tree: Tree, fn: tp.Callable[[str, Variable[tp.Any]], tp.Any], *,
-                  collection: str | None = None) -> Tree:
+                  collection: str = "params", variables: bool = False) -> Tree:
     """Replaces every variable of `tree` by ``fn(path, variable)``, keeping the structure.
 
-    In a State the result sits inside each Variable (so the tree structure is the
+    `tree` is a State, a nested dict of `collection`'s values, or (with
+    ``variables=True``) a whole Linen variables dict ``{collection: {...}}``. In
+    a State the result sits inside each Variable (so the tree structure is the
     State's); in dicts it replaces the leaf, box included.
 
     Example:
         >>> import nnx_bridge as nnx
-        >>> nnx.training.map_variables({"params": {"w": 1.0}}, lambda p, v: p)
+        >>> nnx.training.map_variables({"params": {"w": 1.0}}, lambda p, v: p, variables=True)
         {'params': {'w': 'w'}}
     """
     if isinstance(tree, State):
@@ -91,9 +141,18 @@ def map_variables(tree: Tree, fn: tp.Callable[[str, Variable[tp.Any]], tp.Any], 
         raise TypeError(
             f"Expected a State or a (nested) dict of variables; found {type(tree).__name__}."
         )
-    if collection is None and "params" in tree:
+    if not isinstance(collection, str) or not collection:
+        raise TypeError(f"collection must be a collection name such as 'params'; found {collection!r}.")
+    if variables:
+        for name, sub in tree.items():
+            if not isinstance(sub, tp.Mapping):
+                raise TypeError(
+                    f"variables=True reads the tree as {{collection: {{name: ...}}}}, but "
+                    f"{name!r} holds a {type(sub).__name__}. Pass variables=False for one "
+                    f"collection's nested dict."
+                )
         return _rebuild(tree, {c: _map_nested(sub, c, "", fn) for c, sub in tree.items()})
-    return _map_nested(tree, collection or "params", "", fn)
+    return _map_nested(tree, collection, "", fn)
 
 
 def _map_nested(tree: tp.Any, collection: str, prefix: str,

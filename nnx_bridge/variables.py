@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import typing as tp
 
 import jax
@@ -73,23 +74,20 @@ class Variable(tp.Generic[A]):
     sharding: Sharding | None
     sharding_rules: Rules | None  # the Variable's own logical-axis rules (nn.LogicallyPartitioned)
 
-    def __init__(self, collection: str, value: A, *, sharding: tp.Any = None,
-                 sharding_rules: tp.Any = None, _pytree_type: type | None = None):
-        fixed = getattr(type(self), _FIXED_COLLECTION, None)
-        if fixed is not None and collection != fixed:
-            raise ValueError(
-                f"{type(self).__name__} always belongs to collection {fixed!r}; "
-                f"found collection={collection!r}. Use nnx.Variable({collection!r}, value) "
-                f"for another collection."
-            )
-        if not isinstance(collection, str) or not collection:
-            raise TypeError(
-                f"Variable collection must be a non-empty str such as 'params'; found {collection!r}."
-            )
-        self.collection = collection
-        self.value = value
-        self.sharding = _normalize_sharding(sharding)
-        self.sharding_rules = _normalize_rules(sharding_rules)
+    if tp.TYPE_CHECKING:  # the public signature; the pytree machinery passes one more keyword
+
+        def __init__(self, collection: str, value: A, *, sharding: tp.Any = None,
+                     sharding_rules: tp.Any = None) -> None: ...
+
+    else:
+
+        def __init__(self, collection: str, value: A, *, sharding: tp.Any = None,
+                     sharding_rules: tp.Any = None, _pytree_type: type | None = None) -> None:
+            _check_collection(self, collection)
+            self.collection = collection
+            self.value = value
+            self.sharding = _normalize_sharding(sharding)
+            self.sharding_rules = _normalize_rules(sharding_rules)
 
     def __init_subclass__(cls, collection: str | None = None, **kwargs: tp.Any):
         super().__init_subclass__(**kwargs)
@@ -127,6 +125,28 @@ class Variable(tp.Generic[A]):
         return new
 
 
+def _check_collection(variable: Variable[tp.Any], collection: tp.Any) -> None:
+    fixed = getattr(type(variable), _FIXED_COLLECTION, None)
+    if fixed is not None and collection != fixed:
+        raise ValueError(
+            f"{type(variable).__name__} always belongs to collection {fixed!r}; "
+            f"found collection={collection!r}. Use nnx.Variable({collection!r}, value) "
+            f"for another collection."
+        )
+    if not isinstance(collection, str) or not collection:
+        raise TypeError(
+            f"Variable collection must be a non-empty str such as 'params'; found {collection!r}."
+        )
+
+
+def _public_signature(init: tp.Callable[..., None]) -> None:
+    """Hides the keyword that only the pytree machinery passes from ``inspect.signature``."""
+    signature = inspect.signature(init)
+    init.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p for p in signature.parameters.values() if p.name != "_pytree_type"]
+    )
+
+
 def _fixed_collection_init(fixed: str) -> tp.Callable[..., None]:
     def __init__(self: Variable[tp.Any], value: tp.Any, *, sharding: tp.Any = None,
                  sharding_rules: tp.Any = None, collection: str = fixed,
@@ -139,6 +159,7 @@ def _fixed_collection_init(fixed: str) -> tp.Callable[..., None]:
         self.sharding_rules = None if sharding_rules is None else _normalize_rules(sharding_rules)
 
     __init__.__doc__ = f"Creates a Variable of collection {fixed!r}."
+    _public_signature(__init__)
     return __init__
 
 
@@ -179,6 +200,7 @@ def _rebuild(cls: type, meta: tuple[tp.Any, ...], value: tp.Any) -> Variable[tp.
     return new
 
 
+_public_signature(Variable.__init__)
 _KEYWORD_INITS: set[tp.Callable[..., None]] = {Variable.__init__}
 _register(Variable)
 
@@ -192,6 +214,10 @@ class Param(Variable[A], collection="params"):
         ('model',)
     """
 
+    if tp.TYPE_CHECKING:  # the __init__ made at class creation, as type checkers should see it
+
+        def __init__(self, value: A, *, sharding: tp.Any = None, sharding_rules: tp.Any = None) -> None: ...
+
 
 class BatchStat(Variable[A], collection="batch_stats"):
     """A running statistic (e.g. BatchNorm's mean): collection ``'batch_stats'``.
@@ -201,6 +227,10 @@ class BatchStat(Variable[A], collection="batch_stats"):
         >>> nnx.BatchStat(0.0).collection
         'batch_stats'
     """
+
+    if tp.TYPE_CHECKING:
+
+        def __init__(self, value: A, *, sharding: tp.Any = None, sharding_rules: tp.Any = None) -> None: ...
 
 
 def variable_type(collection: str) -> type[Variable[tp.Any]]:

@@ -16,6 +16,14 @@ def blake2s_uint32(data):
     return int.from_bytes(digest[:4], byteorder="big")
 
 
+def name_hash(name):
+    """The stream-name hash a single-key Context folds in, computed independently."""
+    return int.from_bytes(hashlib.blake2s(name.encode()).digest()[:4], byteorder="big")
+
+
+PARAMS = name_hash("params")
+
+
 def same(a, b):
     return np.array_equal(np.asarray(random.key_data(a) if _typed(a) else a),
                           np.asarray(random.key_data(b) if _typed(b) else b))
@@ -35,7 +43,7 @@ def test_make_rng_folds_in_the_hash_of_the_call_position():
     key = random.PRNGKey(7)
     ctx = nnx.Context(key)
     for count in range(3):
-        assert same(ctx.make_rng("params"), random.fold_in(key, blake2s_uint32((count,))))
+        assert same(ctx.make_rng("params"), random.fold_in(key, blake2s_uint32((PARAMS, count))))
     assert ctx.count == 3
 
 
@@ -46,10 +54,10 @@ def test_fork_folds_in_the_fork_path():
     child = ctx.fork()  # takes position 1
     assert (child.count, child.count_path) == (0, (1,))
     assert ctx.count == 2
-    assert same(child.make_rng("params"), random.fold_in(key, blake2s_uint32((1, 0))))
+    assert same(child.make_rng("params"), random.fold_in(key, blake2s_uint32((PARAMS, 1, 0))))
     grandchild = child.fork()
     assert grandchild.count_path == (1, 1)
-    assert same(grandchild.make_rng("x"), random.fold_in(key, blake2s_uint32((1, 1, 0))))
+    assert same(grandchild.make_rng("x"), random.fold_in(key, blake2s_uint32((name_hash("x"), 1, 1, 0))))
 
 
 def test_every_call_and_fork_gets_a_distinct_key():
@@ -81,7 +89,7 @@ def test_new_style_typed_keys():
     key = random.key(0)
     out = nnx.Context(key).make_rng("params")
     assert _typed(out)
-    assert same(out, random.fold_in(key, blake2s_uint32((0,))))
+    assert same(out, random.fold_in(key, blake2s_uint32((PARAMS, 0))))
 
 
 def test_dict_built_context_uses_each_streams_key():
@@ -89,11 +97,11 @@ def test_dict_built_context_uses_each_streams_key():
     ctx = nnx.Context({"params": k1, "dropout": k2})
     assert ctx.streams == ("dropout", "params")
     assert ctx.has_rng("params") and ctx.has_rng("dropout") and not ctx.has_rng("noise")
-    assert same(ctx.make_rng("params"), random.fold_in(k1, blake2s_uint32((0,))))
-    assert same(ctx.make_rng("dropout"), random.fold_in(k2, blake2s_uint32((1,))))
+    assert same(ctx.make_rng("params"), random.fold_in(k1, blake2s_uint32((PARAMS, 0))))
+    assert same(ctx.make_rng("dropout"), random.fold_in(k2, blake2s_uint32((name_hash("dropout"), 1))))
     child = ctx.fork()
     assert child.streams == ("dropout", "params")
-    assert same(child.make_rng("dropout"), random.fold_in(k2, blake2s_uint32((2, 0))))
+    assert same(child.make_rng("dropout"), random.fold_in(k2, blake2s_uint32((name_hash("dropout"), 2, 0))))
 
 
 def test_distinct_streams_give_distinct_keys():
@@ -111,7 +119,7 @@ def test_single_key_context_derives_every_stream():
 
 def test_dict_built_context_accepts_int_seeds():
     ctx = nnx.Context({"params": 3})
-    assert same(ctx.make_rng("params"), random.fold_in(random.PRNGKey(3), blake2s_uint32((0,))))
+    assert same(ctx.make_rng("params"), random.fold_in(random.PRNGKey(3), blake2s_uint32((PARAMS, 0))))
 
 
 def test_missing_stream_is_a_key_error_naming_the_streams():
@@ -122,9 +130,9 @@ def test_missing_stream_is_a_key_error_naming_the_streams():
 
 
 def test_invalid_key():
-    with pytest.raises(TypeError, match=r"Context\(key\) must be a PRNG key .* or an int seed; found str"):
+    with pytest.raises(TypeError, match=r"Context\(key\) must be an int seed .* a PRNG key .*; found a str\."):
         nnx.Context("0")
-    with pytest.raises(TypeError, match=r"Context stream 'params' must be a PRNG key .*; found NoneType"):
+    with pytest.raises(TypeError, match=r"Context stream 'params' must be an int seed .*; found a NoneType"):
         nnx.Context({"params": None})
 
 

@@ -101,5 +101,6 @@ def test_structure_change_during_call():
 
 def test_unknown_method_name(model_and_variables):
     model, variables = model_and_variables
-    with pytest.raises(AttributeError, match=r"has no attribute \"decode\""):
+    with pytest.raises(AttributeError, match=r"method='decode' is not a method of MLP; its methods are: "
+                                             r"__call__, encode, .*Pass method= one of them\."):
         model.apply(variables, X, method="decode")

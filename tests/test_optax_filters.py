@@ -37,12 +37,12 @@ def test_labels_and_mask_on_a_params_dict(bridged):
 
 def test_full_variables_dict_uses_top_level_collections(bridged):
     _, variables = bridged
-    labels = nnx.labels(variables, {"p": nnx.Param, "c": "counts"})
+    labels = nnx.labels(variables, {"p": nnx.Param, "c": "counts"}, variables=True)
     assert labels["counts"] == {"steps": "c"}
     assert set(jax.tree.leaves(labels["params"])) == {"p"}
     # a single-collection dict counts as 'params' unless told otherwise
     assert nnx.mask(variables["counts"], "counts", collection="counts") == {"steps": True}
-    assert nnx.mask(variables["counts"], "counts") == {"steps": False}
+    assert nnx.mask(variables["counts"], "counts", allow_empty=True) == {"steps": False}
 
 
 def test_labels_without_default_must_cover_everything(bridged):
@@ -112,5 +112,5 @@ def test_labels_see_sharding_of_boxed_leaves():
     from bridge_models import Dense
 
     variables = nnx.to_linen(Dense, 3, 4, sharding=("data", "model")).init(KEY, X)
-    sharded = nnx.mask(variables, lambda path, v: v.sharding is not None)
+    sharded = nnx.mask(variables, lambda path, v: v.sharding is not None, variables=True)
     assert sharded == {"params": {"bias": False, "kernel": True}}

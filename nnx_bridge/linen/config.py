@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from nnx_bridge import phase as phaselib
 from nnx_bridge.context import Context
+from nnx_bridge.linen import arguments
 from nnx_bridge.module import Module, ModuleDef
 from nnx_bridge.state import State
 
@@ -101,7 +102,7 @@ def structure_of(key: tp.Hashable, factory: tp.Callable[..., tp.Any],
         moduledefs.append(moduledef)
         return state
 
-    abstract = jax.eval_shape(construct, jax.random.PRNGKey(0))
+    abstract = arguments.abstract_build(construct, factory)
     structure = Structure(moduledefs[0], abstract)
     remember(key, structure)
     return structure

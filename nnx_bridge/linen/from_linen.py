@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax.core import meta
 
 from nnx_bridge.context import Context, MissingRngStreamError
+from nnx_bridge.linen import arguments
 from nnx_bridge.module import Module
 from nnx_bridge.variables import Variable, make_variable
 
@@ -255,6 +256,7 @@ def from_linen(linen_module: nn.Module, *sample_inputs: tp.Any, ctx: Context,
         )
     rngs = {"params": ctx.make_rng("params")}
     rngs.update((s, ctx.make_rng(s)) for s in streams if s != "params" and ctx.has_rng(s))
+    arguments.check_sample_inputs(_owner(module), module, sample_inputs, kwargs)
     inputs = jax.tree.map(_concrete, (sample_inputs, kwargs))
     variables = module.init(rngs, *inputs[0], **inputs[1])
     return FromLinen(module, variables, rng_streams=streams)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from nnx_bridge import phase as phaselib
 from nnx_bridge.linen import boxes, checks, config
 from nnx_bridge.linen.phases import BridgePhase
+from nnx_bridge.linen import arguments
 from nnx_bridge.linen.rngs import LinenRngs
 from nnx_bridge.module import Module, ModuleDef
 from nnx_bridge.state import State, split_path, unescape_name
@@ -66,6 +67,7 @@ class ToLinen(nn.Module):
     logical_axes: bool = False
 
     def __post_init__(self) -> None:
+        arguments.check_factory(self.factory, self.kwargs)
         # The configuration's hashable form, computed once per instance (an unhashable
         # configuration fails here, at construction); every apply looks it up.
         key = (self.factory, config.freeze(tuple(self.args), "args"), config.freeze(self.kwargs, "kwargs"))
@@ -103,6 +105,7 @@ class ToLinen(nn.Module):
 
                 forward.__name__ = name
                 return types.MethodType(forward, self)
+        arguments.check_method(self, name)
         return super().__getattr__(name)
 
     @nn.nowrap

@@ -12,6 +12,7 @@ from nnx_bridge.context import Context
 from nnx_bridge.module import Module
 from nnx_bridge.nn import dtypes, spatial
 from nnx_bridge.nn.params import Initializer, check_sharding, default_bias_init, default_kernel_init, make_param
+from nnx_bridge.nn.params import check_shapes
 from nnx_bridge.nn.spatial import Padding
 
 
@@ -97,6 +98,7 @@ class Conv(Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Convolves ``x`` of shape ``(batch..., spatial..., in_features)``."""
+        check_shapes(self, "in_features out_features kernel_size feature_group_count", kernel=self.kernel_size + (self.in_features // self.feature_group_count, self.out_features), bias=(self.out_features,))
         batch_shape = spatial.check_input(
             x, len(self.kernel_size), self.in_features,
             layer=f"Conv(in_features={self.in_features}, kernel_size={self.kernel_size})")

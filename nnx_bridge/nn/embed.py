@@ -11,6 +11,7 @@ from nnx_bridge.context import Context
 from nnx_bridge.module import Module
 from nnx_bridge.nn import dtypes
 from nnx_bridge.nn.params import Initializer, check_sharding, default_embed_init, make_param
+from nnx_bridge.nn.params import check_shapes
 
 
 class Embed(Module):
@@ -53,6 +54,7 @@ class Embed(Module):
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         """Looks up ``ids`` (any shape, integer dtype); the output adds a ``features`` axis."""
+        check_shapes(self, "num_embeddings features", embedding=(self.num_embeddings, self.features))
         ids = jnp.asarray(ids)
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise ValueError(

@@ -13,6 +13,7 @@ from nnx_bridge.context import Context
 from nnx_bridge.module import Module
 from nnx_bridge.nn import dtypes
 from nnx_bridge.nn.params import Initializer, check_sharding, default_bias_init, default_kernel_init, make_param
+from nnx_bridge.nn.params import check_shapes
 
 
 class Linear(Module):
@@ -62,6 +63,7 @@ class Linear(Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Applies the layer to ``x`` of shape ``(..., in_features)``."""
+        check_shapes(self, "in_features out_features", kernel=(self.in_features, self.out_features), bias=(self.out_features,))
         if jnp.ndim(x) == 0 or jnp.shape(x)[-1] != self.in_features:
             raise ValueError(
                 f"Linear(in_features={self.in_features}, out_features={self.out_features}) "
@@ -153,6 +155,7 @@ class LinearGeneral(Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Contracts the `axis` dimensions of ``x``; the output features come last."""
+        check_shapes(self, "in_features out_features", kernel=self.in_features + self.out_features, bias=self.out_features)
         ndim = jnp.ndim(x)
         if any(not -ndim <= a < ndim for a in self.axis):
             raise ValueError(

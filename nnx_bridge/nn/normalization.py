@@ -18,6 +18,7 @@ from nnx_bridge.context import Context
 from nnx_bridge.module import Module
 from nnx_bridge.nn import dtypes
 from nnx_bridge.nn.params import Initializer, check_sharding, default_bias_init, default_scale_init, make_param
+from nnx_bridge.nn.params import check_shapes
 from nnx_bridge.variables import BatchStat
 
 Axes = tp.Union[int, tp.Sequence[int]]
@@ -143,6 +144,7 @@ class LayerNorm(Module):
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalises ``x``; ``mask`` (broadcastable to ``x``) selects the entries counted in the statistics."""
+        check_shapes(self, "num_features", scale=(self.num_features,), bias=(self.num_features,))
         _check_features("LayerNorm", self.num_features, x, -1)
         axes = _axes(self.reduction_axes, jnp.ndim(x))
         mean, var = _statistics(x, axes, dtype=self.dtype, use_mean=True,
@@ -197,6 +199,7 @@ class RMSNorm(Module):
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalises ``x``; ``mask`` (broadcastable to ``x``) selects the entries counted in the statistics."""
+        check_shapes(self, "num_features", scale=(self.num_features,))
         _check_features("RMSNorm", self.num_features, x, -1)
         axes = _axes(self.reduction_axes, jnp.ndim(x))
         mean, var = _statistics(x, axes, dtype=self.dtype, use_mean=False, use_fast_variance=True,
@@ -283,6 +286,7 @@ class BatchNorm(Module):
         must be given. ``mask`` (broadcastable to ``x``) selects the entries
         counted in the batch statistics.
         """
+        check_shapes(self, "num_features", mean=(self.num_features,), var=(self.num_features,), scale=(self.num_features,), bias=(self.num_features,))
         if use_running_average is None:
             use_running_average = self.use_running_average
         if use_running_average is None:

@@ -76,3 +76,43 @@ def check_sharding(sharding: tp.Any, ndim: int, *, layer: str,
             f"entries; found {len(names)}: {names!r}."
         )
     return names
+
+
+def check_shapes(layer: tp.Any, config: str, **expected: Shape) -> None:
+    """Checks each named Variable of `layer` against the shape its configuration needs.
+
+    Layers call this first thing in ``__call__``, so a State made for another
+    configuration (e.g. ``Linear(2, 1)``'s merged into ``Linear(2, 2)``'s
+    ModuleDef, or a misshapen restored checkpoint) fails with the path and both
+    shapes instead of a wrong result or an XLA error. Under `jax.jit` it runs at
+    trace time only. Attributes holding None (e.g. no bias) are skipped.
+
+    Args:
+      layer: the layer (a Module).
+      config: its configuration attributes that decide the shapes, space-separated
+        (e.g. ``"in_features out_features"``), for the message.
+      **expected: Variable attribute name -> the shape it must have.
+
+    Example:
+        >>> import jax.numpy as jnp, nnx_bridge as nnx
+        >>> from nnx_bridge.nn.params import check_shapes
+        >>> layer = nnx.nn.Linear(2, 2, ctx=nnx.Context(0))
+        >>> layer.kernel = nnx.Param(jnp.zeros((2, 1)))
+        >>> check_shapes(layer, "in_features out_features", kernel=(2, 2))
+        Traceback (most recent call last):
+        ...
+        ValueError: Linear: kernel has shape (2, 1) but in_features=2, out_features=2 need (2, 2). ...
+    """
+    for name, shape in expected.items():
+        variable = getattr(layer, name, None)
+        if variable is None:
+            continue
+        found = tuple(getattr(variable.value, "shape", ()))
+        if found != tuple(shape):
+            settings = ", ".join(f"{key}={getattr(layer, key)!r}" for key in config.split())
+            raise ValueError(
+                f"{type(layer).__name__}: {name} has shape {found} but {settings} need "
+                f"{tuple(shape)}. Its value (a merged State or a restored checkpoint) was made "
+                f"for another configuration: build the layer with the configuration the State "
+                f"came from, or give it a State made for this one."
+            )

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from nnx_bridge.context import Context
 from nnx_bridge.module import Module
 from nnx_bridge.nn import dtypes
-from nnx_bridge.nn.weight_norm import LAYER, l2_normalize, state_name, substituted
+from nnx_bridge.nn.weight_norm import LAYER, assign, l2_normalize, state_name, substituted
 from nnx_bridge.state import State
 from nnx_bridge.variables import Variable, make_variable
 
@@ -91,7 +91,7 @@ class SpectralNorm(Module):
                     make_variable(collection_name, jnp.ones((), param_dtype)))
         self.targets = tuple(targets)  # the layer's State paths that are normalised
         # As Linen's init: the wrapped layer keeps its variables normalised.
-        layer_instance.update_state(State(self._normalized(state, update_stats=False)))
+        assign(layer_instance, self._normalized(state, update_stats=False))
 
     def _normalized(self, state: State, *, update_stats: bool) -> dict[str, Variable[tp.Any]]:
         return {path: state[path].replace(self._normalize(path, state[path].value, update_stats))

@@ -16,6 +16,7 @@ from jax import lax
 
 from nnx_bridge import filters as filterlib
 from nnx_bridge.context import Context
+from nnx_bridge.graph import walk
 from nnx_bridge.module import Module
 from nnx_bridge.nn import dtypes
 from nnx_bridge.nn.params import Initializer, default_scale_init, make_param
@@ -57,14 +58,26 @@ def substituted(layer: Module, values: dict[str, Variable[tp.Any]]) -> tp.Iterat
     Afterwards each Variable gets its own value back, unless the body assigned it
     a new one (that one stays).
     """
-    before, _ = layer.partition()
-    layer.update_state(State(values))
+    own = walk(layer).variables
+    before = {path: own[path].value for path in values}
+    assign(layer, values)
     try:
         yield
     finally:
-        after, _ = layer.partition()
-        layer.update_state(State({path: before[path] for path, v in values.items()
-                                  if after[path].value is v.value}))
+        for path, variable in values.items():
+            if own[path].value is variable.value:
+                own[path].value = before[path]
+
+
+def assign(layer: Module, values: tp.Mapping[str, Variable[tp.Any]]) -> None:
+    """Sets `layer`'s Variables at the paths of `values` to those values, dtype included.
+
+    Unlike ``update_state`` (which keeps each Variable's dtype) this lets the wrapper
+    store the layer's weights in its result dtype, as Linen's ``init`` does.
+    """
+    own = walk(layer).variables
+    for path, variable in values.items():
+        own[path].value = variable.value
 
 
 def _feature_axes(axes: Axes | None, ndim: int, where: str) -> tuple[int, ...]:
@@ -150,7 +163,7 @@ class WeightNorm(Module):
                 setattr(self, state_name(path, "scale"), make_param(ctx, scale_init, shape, param_dtype))
         self.targets = tuple(targets)  # the layer's State paths that are normalised
         # As Linen's init: the wrapped layer keeps its variables normalised.
-        layer_instance.update_state(State(self._normalized(state)))
+        assign(layer_instance, self._normalized(state))
 
     def _normalized(self, state: State) -> dict[str, Variable[tp.Any]]:
         return {path: state[path].replace(self._normalize(path, state[path].value))
