@@ -324,7 +324,7 @@ def sync(text: str, where: pathlib.Path = RESULTS) -> str:
         name = match.group(2)
         if name not in TABLES:
             raise ValueError(f"figures block {name!r}: unknown benchmark; name one of {list(NAMES)}.")
-        return f"{match.group(1)}{markdown(name, where)}{match.group(4)}"
+        return f"{match.group(1)}\n{markdown(name, where)}\n{match.group(4)}"  # blank lines: markdown blocks
 
     return BLOCK.sub(block, text)
 
