@@ -11,8 +11,9 @@ from benchmarks.timing import Timing
 
 
 def fake_run(style: str, accuracy: float) -> digits_demo.Run:
-    return digits_demo.Run(style, accuracy, [2.0, 1.0], {"total": 1.0}, call_step=lambda: None,
-                           recompile=lambda: None)
+    return digits_demo.Run(
+        style, accuracy, [2.0, 1.0], {"total": 1.0}, call_step=lambda: None, recompile=lambda: None
+    )
 
 
 def report(step_s: dict[str, tuple[float, ...]], compile_s: dict[str, tuple[float, ...]]) -> tuple[dict, str]:
@@ -27,7 +28,7 @@ def printed_rows(text: str) -> dict[str, list[str]]:
     out = {}
     for key, label in digits_demo.STYLES.items():
         line = next(line for line in text.splitlines() if line.startswith(label))
-        out[key] = line[len(label):].split()
+        out[key] = line[len(label) :].split()
     return out
 
 

@@ -48,7 +48,8 @@ def test_readme_setup_commands_match_ci():
     """The README's test command installs and runs what CI (`.ci/run`) installs and runs."""
     text = README.read_text()
     ci = re.sub(r'"\$venv/bin/(\w+)"', r"\1", (README.parent / ".ci" / "run").read_text())
-    test_command = next(line for line in text.splitlines()
-                        if line.startswith("python3 -m venv") and "[test]" in line)
+    test_command = next(
+        line for line in text.splitlines() if line.startswith("python3 -m venv") and "[test]" in line
+    )
     for step in ('pip install -q -e ".[test]"', "python -m pytest -q"):
         assert step in test_command and step in ci.splitlines(), step
