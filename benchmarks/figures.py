@@ -407,22 +407,35 @@ def markdown(name: str, where: pathlib.Path = RESULTS) -> str:
 
 
 BLOCK = re.compile(r"(<!-- figures: (\w+) -->\n)(.*?)(<!-- /figures -->)", flags=re.DOTALL)
+DURATION = re.compile(r"(<!-- duration: (\w+) -->)(.*?)(<!-- /duration -->)")
+
+
+def _known(kind: str, name: str) -> str:
+    if name not in TABLES:
+        raise ValueError(f"{kind} {name!r}: unknown benchmark; name one of {list(NAMES)}.")
+    return name
 
 
 def sync(text: str, where: pathlib.Path = RESULTS) -> str:
-    """`text` with each ``<!-- figures: NAME -->`` ... ``<!-- /figures -->`` block printed anew.
+    """`text` with each figures block and duration printed anew from the results files.
+
+    A figures block is ``<!-- figures: NAME -->`` ... ``<!-- /figures -->`` (the
+    benchmark's conditions line and tables); a duration is ``<!-- duration: NAME
+    -->`` ... ``<!-- /duration -->`` (its last run's wall time, in minutes).
 
     >>> sync("text without figures blocks")
     'text without figures blocks'
     """
 
     def block(match: re.Match[str]) -> str:
-        name = match.group(2)
-        if name not in TABLES:
-            raise ValueError(f"figures block {name!r}: unknown benchmark; name one of {list(NAMES)}.")
+        name = _known("figures block", match.group(2))
         return f"{match.group(1)}\n{markdown(name, where)}\n{match.group(4)}"  # blank lines: markdown blocks
 
-    return BLOCK.sub(block, text)
+    def duration(match: re.Match[str]) -> str:
+        name = _known("duration", match.group(2))
+        return f"{match.group(1)}{minutes(load(name, where)['wall_s'])}{match.group(4)}"
+
+    return DURATION.sub(duration, BLOCK.sub(block, text))
 
 
 def _read_raw(name: str, path: pathlib.Path) -> tp.Any:
