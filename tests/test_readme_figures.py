@@ -66,6 +66,27 @@ def test_durations_are_quoted_from_the_results_files():
     )
 
 
+def test_targets_paragraph_states_the_benchmarks_bounds():
+    from benchmarks import bridge_overhead, core_overhead, nnx_style, suite
+
+    text = " ".join(READMES["README.md"].read_text().split())
+    pct = lambda bound: f"{round(100 * (bound - 1))}%"  # noqa: E731
+    expected = [
+        f"train step within {pct(suite.COMPUTE_BOUND)} of Linen's "
+        f"({pct(suite.STEP_BOUND['tiny_mlp'])} for a tiny MLP",
+        f"compiled within {pct(suite.COMPILE_BOUND)} of Linen's time",
+        f"traced and lowered within {bridge_overhead.TARGETS['trace_lower'][1]}x",
+        f"eager `apply` within {bridge_overhead.TARGETS['eager'][1]}x",
+        f"step within {pct(nnx_style.COMPUTE_BOUND)} of Linen's "
+        f"({pct(nnx_style.STEP_BOUND['tiny_mlp'])} for the tiny",
+        f"within {nnx_style.DISPATCH_BOUND:g}x of `jax.jit`",
+        f"`partition` {core_overhead.TARGETS['partition'][2]:g}x and "
+        f"`merge` {core_overhead.TARGETS['merge'][2]:g}x",
+        f"within {core_overhead.TARGETS['dispatch'][2]}x of one taking a plain dict",
+    ]
+    assert [e for e in expected if e not in text] == []
+
+
 def test_readmes_state_conditions_in_their_own_terms(readme: tuple[str, str]):
     name, text = readme
     assert not re.search(r"\bthe issue\b|\blent\b", text, flags=re.IGNORECASE), name
