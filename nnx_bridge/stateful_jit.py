@@ -46,8 +46,9 @@ F = tp.TypeVar("F", bound=tp.Callable[..., tp.Any])
 _GRAPH_TYPES = (Module, Variable)
 _NODE_TYPES = (Module, Variable, Context)
 # Leaf types whose arguments need no pytree flatten (see Jitted._prepare).
-_FLAT_TYPES = frozenset({jax.Array, np.ndarray, int, float, bool, complex}) | frozenset(
-    type(x) for x in (jax.numpy.zeros(()),))
+# The concrete array class joins on first sight (making an array at import would start
+# the backend before a program can call jax.distributed.initialize).
+_FLAT_TYPES = {jax.Array, np.ndarray, int, float, bool, complex}
 
 
 def _is_node(x: tp.Any) -> bool:
@@ -701,6 +702,9 @@ def _hashable(value: tp.Any, what: str, fn: tp.Any) -> tp.Any:
 def _flat(args: tuple[tp.Any, ...]) -> bool:
     for a in args:
         if type(a) not in _FLAT_TYPES and not isinstance(a, _NODE_TYPES):
+            if type(a).__module__.startswith("jax") and isinstance(a, jax.Array):
+                _FLAT_TYPES.add(type(a))
+                continue
             return False
     return True
 

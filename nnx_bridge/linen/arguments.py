@@ -139,7 +139,7 @@ def check_sample_inputs(owner: str, module: tp.Any, sample_inputs: tuple[tp.Any,
 
     Example:
         >>> import flax.linen as nn
-        >>> from nnx_bridge.linen.checks import check_sample_inputs
+        >>> from nnx_bridge.linen.arguments import check_sample_inputs
         >>> check_sample_inputs("from_linen(Dense)", nn.Dense(2), (), {})
         Traceback (most recent call last):
         ...
