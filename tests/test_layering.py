@@ -39,7 +39,9 @@ _WITHOUT_FLAX = textwrap.dedent(
 
 
 def test_core_and_layers_work_without_flax() -> None:
-    result = subprocess.run([sys.executable, "-c", _WITHOUT_FLAX], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_FLAX], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "ok"
 
