@@ -38,16 +38,13 @@ from nnx_bridge.filters import to_predicate as to_predicate
 from nnx_bridge.module import Module as Module
 from nnx_bridge.module import ModuleDef as ModuleDef
 from nnx_bridge.module import UnknownPathError as UnknownPathError
-from nnx_bridge.nn import avg_pool as avg_pool
+from nnx_bridge.nn import RNN as RNN
 from nnx_bridge.nn import BatchNorm as BatchNorm
 from nnx_bridge.nn import Bidirectional as Bidirectional
-from nnx_bridge.nn import combine_masks as combine_masks
 from nnx_bridge.nn import Conv as Conv
 from nnx_bridge.nn import ConvLocal as ConvLocal
 from nnx_bridge.nn import ConvLSTMCell as ConvLSTMCell
 from nnx_bridge.nn import ConvTranspose as ConvTranspose
-from nnx_bridge.nn import dot_product_attention as dot_product_attention
-from nnx_bridge.nn import dot_product_attention_weights as dot_product_attention_weights
 from nnx_bridge.nn import Dropout as Dropout
 from nnx_bridge.nn import Einsum as Einsum
 from nnx_bridge.nn import Embed as Embed
@@ -61,28 +58,31 @@ from nnx_bridge.nn import LoRA as LoRA
 from nnx_bridge.nn import LoRALinear as LoRALinear
 from nnx_bridge.nn import LoRAParam as LoRAParam
 from nnx_bridge.nn import LSTMCell as LSTMCell
-from nnx_bridge.nn import make_attention_mask as make_attention_mask
-from nnx_bridge.nn import make_causal_mask as make_causal_mask
-from nnx_bridge.nn import max_pool as max_pool
 from nnx_bridge.nn import MGUCell as MGUCell
-from nnx_bridge.nn import min_pool as min_pool
 from nnx_bridge.nn import MultiHeadAttention as MultiHeadAttention
 from nnx_bridge.nn import OptimizedLSTMCell as OptimizedLSTMCell
-from nnx_bridge.nn import pool as pool
 from nnx_bridge.nn import PReLU as PReLU
 from nnx_bridge.nn import RMSNorm as RMSNorm
-from nnx_bridge.nn import RNN as RNN
 from nnx_bridge.nn import Sequential as Sequential
 from nnx_bridge.nn import SimpleCell as SimpleCell
 from nnx_bridge.nn import SpectralNorm as SpectralNorm
 from nnx_bridge.nn import WeightNorm as WeightNorm
+from nnx_bridge.nn import avg_pool as avg_pool
+from nnx_bridge.nn import combine_masks as combine_masks
+from nnx_bridge.nn import dot_product_attention as dot_product_attention
+from nnx_bridge.nn import dot_product_attention_weights as dot_product_attention_weights
+from nnx_bridge.nn import make_attention_mask as make_attention_mask
+from nnx_bridge.nn import make_causal_mask as make_causal_mask
+from nnx_bridge.nn import max_pool as max_pool
+from nnx_bridge.nn import min_pool as min_pool
+from nnx_bridge.nn import pool as pool
 from nnx_bridge.optimizer import Optimizer as Optimizer
 from nnx_bridge.optimizer import OptState as OptState
 from nnx_bridge.scan import Scan as Scan
 from nnx_bridge.scan import stack as stack
 from nnx_bridge.scan import unstack as unstack
-from nnx_bridge.state import from_variables as from_variables
 from nnx_bridge.state import State as State
+from nnx_bridge.state import from_variables as from_variables
 from nnx_bridge.state import to_variables as to_variables
 from nnx_bridge.stateful_jit import jit as jit
 from nnx_bridge.variables import BatchStat as BatchStat
@@ -112,10 +112,10 @@ _ON_FIRST_USE: dict[str, tuple[str, str | None]] = {
 if _tp.TYPE_CHECKING:
     from nnx_bridge import sharding as sharding
     from nnx_bridge import training as training
-    from nnx_bridge.linen import from_linen as from_linen
     from nnx_bridge.linen import FromLinen as FromLinen
-    from nnx_bridge.linen import to_linen as to_linen
     from nnx_bridge.linen import ToLinen as ToLinen
+    from nnx_bridge.linen import from_linen as from_linen
+    from nnx_bridge.linen import to_linen as to_linen
     from nnx_bridge.sharding import get_named_sharding as get_named_sharding
     from nnx_bridge.sharding import get_partition_spec as get_partition_spec
     from nnx_bridge.sharding import sharded_init as sharded_init

@@ -24,8 +24,13 @@ from nnx_bridge.state import State
 from nnx_bridge.variables import Variable
 
 
-def value_and_grad(fn: tp.Callable[..., tp.Any], argnums: int | tp.Sequence[int] = 0, *,
-                   has_aux: bool = False, wrt: filterlib.Filter = "params") -> tp.Callable[..., tp.Any]:
+def value_and_grad(
+    fn: tp.Callable[..., tp.Any],
+    argnums: int | tp.Sequence[int] = 0,
+    *,
+    has_aux: bool = False,
+    wrt: filterlib.Filter = "params",
+) -> tp.Callable[..., tp.Any]:
     """Like `jax.value_and_grad`, with Module arguments differentiated through their Variables.
 
     For an argument that is a Module, the gradient is a State of the Variables
@@ -52,8 +57,10 @@ def value_and_grad(fn: tp.Callable[..., tp.Any], argnums: int | tp.Sequence[int]
     many = not isinstance(argnums, int)
     nums: tuple[int, ...] = (argnums,) if isinstance(argnums, int) else tuple(argnums)
     if not nums or any(not isinstance(n, int) or n < 0 for n in nums):
-        raise TypeError(f"value_and_grad: argnums takes an int or a tuple of ints (argument positions); "
-                        f"found {argnums!r}.")
+        raise TypeError(
+            f"value_and_grad: argnums takes an int or a tuple of ints (argument positions); "
+            f"found {argnums!r}."
+        )
     predicate = filterlib.to_predicate(wrt)
     name = getattr(fn, "__name__", type(fn).__name__)
 
@@ -115,7 +122,9 @@ def value_and_grad(fn: tp.Callable[..., tp.Any], argnums: int | tp.Sequence[int]
         for v, x in zip(changed, new_values):
             v.value = x
         out_grads = tuple(
-            State({p: v.replace(g) for (p, v), g in zip(selected[n].items(), grad)}) if n in selected else grad
+            State({p: v.replace(g) for (p, v), g in zip(selected[n].items(), grad)})
+            if n in selected
+            else grad
             for n, grad in zip(nums, grads)
         )
         result = out_grads if many else out_grads[0]
@@ -124,8 +133,13 @@ def value_and_grad(fn: tp.Callable[..., tp.Any], argnums: int | tp.Sequence[int]
     return wrapped
 
 
-def grad(fn: tp.Callable[..., tp.Any], argnums: int | tp.Sequence[int] = 0, *,
-         has_aux: bool = False, wrt: filterlib.Filter = "params") -> tp.Callable[..., tp.Any]:
+def grad(
+    fn: tp.Callable[..., tp.Any],
+    argnums: int | tp.Sequence[int] = 0,
+    *,
+    has_aux: bool = False,
+    wrt: filterlib.Filter = "params",
+) -> tp.Callable[..., tp.Any]:
     """Like `jax.grad`, with Module arguments differentiated through their Variables.
 
     Same arguments as `value_and_grad`; returns the gradients, or

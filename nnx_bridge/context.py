@@ -42,8 +42,11 @@ def _as_key(key: tp.Any, what: str) -> jax.Array:
         if dtype == jnp.uint32 and len(shape) >= 1 and shape[-1] in (2, 4):
             return key  # type: ignore[no-any-return]
         found = f"an array of dtype {dtype} and shape {tuple(shape)}"
-        hint = (" For an int seed, pass int(x)." if tuple(shape) == () else
-                " To make a key from it, use jax.random.PRNGKey(seed) or jax.random.key(seed).")
+        hint = (
+            " For an int seed, pass int(x)."
+            if tuple(shape) == ()
+            else " To make a key from it, use jax.random.PRNGKey(seed) or jax.random.key(seed)."
+        )
     else:
         found = f"a {type(key).__name__}"
         hint = ""

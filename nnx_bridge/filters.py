@@ -38,8 +38,7 @@ def to_predicate(filter: Filter) -> Predicate:
         if issubclass(filter, Variable):
             return _OfType(filter)
         raise TypeError(
-            f"A type used as a filter must be a Variable subclass such as nnx.Param; "
-            f"found {filter.__name__}."
+            f"A type used as a filter must be a Variable subclass such as nnx.Param; found {filter.__name__}."
         )
     if callable(filter):
         if not isinstance(filter, _KNOWN_PREDICATES):

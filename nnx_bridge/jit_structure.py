@@ -28,8 +28,9 @@ def relative(path: str) -> str:
     return "/".join(parts[2:]) if len(parts) >= 2 and parts[0] == "refs" else path
 
 
-def check_structure(graph: Graph, before: list[dict[str, tp.Any]], variables: list[Variable[tp.Any]],
-                    what: str) -> list[tuple[int, str, Variable[tp.Any]]]:
+def check_structure(
+    graph: Graph, before: list[dict[str, tp.Any]], variables: list[Variable[tp.Any]], what: str
+) -> list[tuple[int, str, Variable[tp.Any]]]:
     """The Variables created on existing Modules, or an error for any other structure change.
 
     Args:
@@ -71,14 +72,16 @@ def check_structure(graph: Graph, before: list[dict[str, tp.Any]], variables: li
                     created.append((index, name, value))
                     known.add(id(value))
                     continue
-                raise structure_error(what, f"a new attribute {at!r} holding a {type(value).__name__} "
-                                           f"was set")
+                raise structure_error(
+                    what, f"a new attribute {at!r} holding a {type(value).__name__} was set"
+                )
             a, b = old[name], new[name]
             if a is b:
                 continue
             if isinstance(a, (Module, Variable)) or isinstance(b, (Module, Variable)) or not _same(a, b):
-                raise structure_error(what, f"attribute {at!r} was replaced (a {type(a).__name__} by a "
-                                           f"{type(b).__name__})")
+                raise structure_error(
+                    what, f"attribute {at!r} was replaced (a {type(a).__name__} by a {type(b).__name__})"
+                )
     if not unchanged(graph.containers):
         raise structure_error(what, "a list or dict of the module graph was changed in place")
     return created
@@ -87,13 +90,14 @@ def check_structure(graph: Graph, before: list[dict[str, tp.Any]], variables: li
 def _same(a: tp.Any, b: tp.Any) -> bool:
     try:
         return type(a) is type(b) and bool(a == b)
-    except Exception:  # noqa: BLE001 - values that cannot be compared count as changed
+    except Exception:
         return False
 
 
 def _module_paths(graph: Graph) -> dict[int, str]:
     paths: dict[int, str] = {}
     index = {id(m): k for k, m in enumerate(graph.modules)}
+
     def visit(value: tp.Any, path: str) -> None:
         if isinstance(value, Module):
             k = index.get(id(value))

@@ -12,6 +12,7 @@ path holds the Variable type partitioned there.
 
 from __future__ import annotations
 
+import builtins
 import gc
 import operator
 import typing as tp
@@ -25,6 +26,7 @@ from nnx_bridge.state import State, escape_name, path_sort_key, unescape_name
 from nnx_bridge.variables import Variable, make_variable, variable_type
 
 M = tp.TypeVar("M", bound="Module")
+
 
 class ModuleDef(tp.Generic[M]):
     """The static structure of a Module graph: types, static fields, where Variables go.
@@ -48,13 +50,13 @@ class ModuleDef(tp.Generic[M]):
         (6.0, True)
     """
 
-    __slots__ = ("_nodes", "_vars", "_root", "_firsts", "_slotted", "_hash", "_key", "_meta")
+    __slots__ = ("_firsts", "_hash", "_key", "_meta", "_nodes", "_root", "_slotted", "_vars")
 
     def __setattr__(self, name: str, value: tp.Any) -> None:
         raise AttributeError(f"ModuleDef is immutable; cannot set {name!r}.")
 
     @property
-    def type(self) -> tp.Type[M]:
+    def type(self) -> builtins.type[M]:
         """The class of the module this ModuleDef builds."""
         return self._nodes[self._root][0]
 
@@ -87,9 +89,13 @@ class ModuleDef(tp.Generic[M]):
             nodes = self._nodes
             order = _reachable(nodes, self._root)
             numbers = {number for number, _, _ in self._meta_map().values()}
-            key = (self._root, tuple(_record_key(nodes[i]) for i in order),
-                   self._vars if self._root == 0 else
-                   tuple(v for n, v in enumerate(zip(*self._vars)) if n in numbers))
+            key = (
+                self._root,
+                tuple(_record_key(nodes[i]) for i in order),
+                self._vars
+                if self._root == 0
+                else tuple(v for n, v in enumerate(zip(*self._vars)) if n in numbers),
+            )
             _set_key(self, key)
         return key
 
@@ -109,12 +115,16 @@ class ModuleDef(tp.Generic[M]):
         return meta
 
     @property
-    def submodules(self) -> dict[str, tp.Union["ModuleDef[tp.Any]", int]]:
+    def submodules(self) -> dict[str, "ModuleDef[tp.Any]" | int]:
         """Attributes holding a Module: a ModuleDef where it was first seen, else its index."""
-        out: dict[str, tp.Union[ModuleDef[tp.Any], int]] = {}
+        out: dict[str, ModuleDef[tp.Any] | int] = {}
         for name, index in self._nodes[self._root][3]:
             first = self._firsts[index] == (self._root, name)
-            out[name] = _make_moduledef(self._nodes, self._vars, index, self._firsts, self._slotted) if first else index
+            out[name] = (
+                _make_moduledef(self._nodes, self._vars, index, self._firsts, self._slotted)
+                if first
+                else index
+            )
         return dict(sorted(out.items()))
 
     @property
@@ -141,8 +151,9 @@ class ModuleDef(tp.Generic[M]):
                 f"{name!r}: {shown[index] if index != root and firsts[index] == (i, name) else index}"
                 for name, index in sorted(modules)
             )
-            shown[i] = (f"ModuleDef(type={cls}, index={i}, submodules={{{subs}}}, "
-                        f"static_fields={dict(statics_)})")
+            shown[i] = (
+                f"ModuleDef(type={cls}, index={i}, submodules={{{subs}}}, static_fields={dict(statics_)})"
+            )
         return shown[root]
 
     @property
@@ -223,8 +234,13 @@ _set_nodes, _set_vars, _set_root, _set_firsts, _set_slotted, _set_hash, _set_key
 )
 
 
-def _make_moduledef(nodes: tuple[tp.Any, ...], variables: tuple[tuple[tp.Any, ...], ...], root: int,
-                    firsts: tuple[tuple[int, tp.Any], ...], slotted: tuple[int, ...]) -> ModuleDef[tp.Any]:
+def _make_moduledef(
+    nodes: tuple[tp.Any, ...],
+    variables: tuple[tuple[tp.Any, ...], ...],
+    root: int,
+    firsts: tuple[tuple[int, tp.Any], ...],
+    slotted: tuple[int, ...],
+) -> ModuleDef[tp.Any]:
     moduledef = object.__new__(ModuleDef)
     _set_nodes(moduledef, nodes)
     _set_vars(moduledef, variables)
@@ -245,8 +261,10 @@ def _check_merged(path: str, variable: tp.Any, expected: type, collection: str) 
             f"States hold Variables; convert Linen-style arrays with nnx.from_variables(...)."
         )
     found = type(variable)
-    if variable.collection == collection and Variable in (found, expected) and (
-        variable_type(collection) in (found, expected)
+    if (
+        variable.collection == collection
+        and Variable in (found, expected)
+        and (variable_type(collection) in (found, expected))
     ):
         return
     raise TypeError(
@@ -274,9 +292,7 @@ class Apply(tp.Generic[M]):
     def __getattr__(self, name: str) -> tp.Callable[..., tuple[tp.Any, tuple[State, ModuleDef[M]]]]:
         moduledef = self._moduledef
         if not callable(getattr(moduledef.type, name, None)):
-            raise AttributeError(
-                f"{moduledef.type.__name__} has no method {name!r} to apply."
-            )
+            raise AttributeError(f"{moduledef.type.__name__} has no method {name!r} to apply.")
 
         def method(*args: tp.Any, **kwargs: tp.Any) -> tuple[tp.Any, tuple[State, ModuleDef[M]]]:
             module = moduledef.merge(*self._states)
@@ -395,8 +411,9 @@ class Module:
         for target, value in updates:
             target.value = value
 
-    def variable(self, collection: str, name: str, init_fn: tp.Callable[..., tp.Any],
-                 *init_args: tp.Any) -> Variable[tp.Any]:
+    def variable(
+        self, collection: str, name: str, init_fn: tp.Callable[..., tp.Any], *init_args: tp.Any
+    ) -> Variable[tp.Any]:
         """The Variable in attribute `name`, created as ``init_fn(*init_args)`` if absent.
 
         Linen's ``self.variable``: state whose shape comes from the first input
@@ -464,9 +481,14 @@ class Module:
         """
         return phaselib.current().is_initializing()
 
-    def sow(self, collection: str, name: str, value: tp.Any,
-            reduce_fn: tp.Callable[[tp.Any, tp.Any], tp.Any] = lambda xs, x: xs + (x,),
-            init_fn: tp.Callable[[], tp.Any] = tuple) -> bool:
+    def sow(
+        self,
+        collection: str,
+        name: str,
+        value: tp.Any,
+        reduce_fn: tp.Callable[[tp.Any, tp.Any], tp.Any] = lambda xs, x: xs + (x,),
+        init_fn: tp.Callable[[], tp.Any] = tuple,
+    ) -> bool:
         """Records `value` in Variable `name` of `collection`, as Linen's ``self.sow``.
 
         Nothing is recorded, and False returned, when the collection is not mutable
@@ -558,16 +580,35 @@ def _unescape_record(record: tuple[tp.Any, ...]) -> tuple[tp.Any, ...]:
     """A record built from escaped attribute names, with the attributes' own names back."""
     cls, statics_, variables, modules, others = record
     real = [[(unescape_name(name), ref) for name, ref in fields] for fields in (statics_, variables)]
-    return (cls, real[0], real[1], tuple((unescape_name(n), r) for n, r in modules),
-            tuple((unescape_name(n), r) for n, r in others))
+    return (
+        cls,
+        real[0],
+        real[1],
+        tuple((unescape_name(n), r) for n, r in modules),
+        tuple((unescape_name(n), r) for n, r in others),
+    )
 
 
 class _Walk:
     """One partition walk: records, Variables by path, and what merge needs to rebuild."""
 
-    __slots__ = ("nodes", "firsts", "paths", "slotted", "var_paths", "var_values",
-                 "var_number", "module_index", "pending", "shuffled", "unsorted", "reorder", "last",
-                 "copy", "owner")
+    __slots__ = (
+        "copy",
+        "firsts",
+        "last",
+        "module_index",
+        "nodes",
+        "owner",
+        "paths",
+        "pending",
+        "reorder",
+        "shuffled",
+        "slotted",
+        "unsorted",
+        "var_number",
+        "var_paths",
+        "var_values",
+    )
 
     def __init__(self, copy: bool) -> None:
         self.nodes: list[tp.Any] = []  # one record per module, by index
@@ -756,8 +797,9 @@ class _Walk:
         self.var_paths = paths
         self.unsorted = True
 
-    def container(self, value: tp.Any, kind: int, path: str, parent: int,
-                  active: dict[int, tp.Any]) -> tuple[tp.Any, ...]:
+    def container(
+        self, value: tp.Any, kind: int, path: str, parent: int, active: dict[int, tp.Any]
+    ) -> tuple[tp.Any, ...]:
         if id(value) in active:
             raise ValueError(
                 f"partition: the {type(value).__name__} at path {path!r} contains itself (a container "
@@ -779,8 +821,9 @@ class _Walk:
                 self.unsorted = self.shuffled = True
             for k in keys:
                 _check_dict_key(k, path, self.owner)
-            items = tuple([self.item(value[k], f"{path}/{segment(n)}", parent, active)
-                           for k, n in zip(keys, names)])
+            items = tuple(
+                [self.item(value[k], f"{path}/{segment(n)}", parent, active) for k, n in zip(keys, names)]
+            )
             spec: tuple[tp.Any, ...] = (_DICT, tuple(keys), items)
         elif kind == statics.NAMEDTUPLE:
             self.shuffled = True
@@ -956,8 +999,15 @@ def _sorted_names(attributes: dict[str, tp.Any], owner: type, prefix: str, cache
     if cache and len(_SORTED_NAMES) < 10_000 and not _odd(names):
         _SORTED_NAMES[(owner, *attributes)] = names
     return names
-_PLAIN, _VARIABLE, _MODULE, _ATOMIC, _SCAN = (statics.PLAIN, statics.VARIABLE, statics.MODULE, statics.ATOMIC,
-                                              statics.SCAN)
+
+
+_PLAIN, _VARIABLE, _MODULE, _ATOMIC, _SCAN = (
+    statics.PLAIN,
+    statics.VARIABLE,
+    statics.MODULE,
+    statics.ATOMIC,
+    statics.SCAN,
+)
 _first = operator.itemgetter(0)
 _collection = operator.attrgetter("collection")
 _value = operator.attrgetter("value")
@@ -980,8 +1030,9 @@ def _slot_names(cls: type) -> tuple[str, ...]:
     return names
 
 
-def _with_slots(module: "Module", attributes: dict[str, tp.Any], slots: tuple[str, ...],
-                prefix: str) -> dict[str, tp.Any]:
+def _with_slots(
+    module: "Module", attributes: dict[str, tp.Any], slots: tuple[str, ...], prefix: str
+) -> dict[str, tp.Any]:
     merged = dict(attributes)
     for name in slots:
         if name in merged:
@@ -999,8 +1050,7 @@ def _with_slots(module: "Module", attributes: dict[str, tp.Any], slots: tuple[st
 # ----------------------------------------------------------------------------------
 # merge: the inverse walk (every module is created first, then filled in: no recursion)
 # ----------------------------------------------------------------------------------
-def _build(nodes: tuple[tp.Any, ...], root: int, slotted: tuple[int, ...],
-           variables: tp.Any) -> tp.Any:
+def _build(nodes: tuple[tp.Any, ...], root: int, slotted: tuple[int, ...], variables: tp.Any) -> tp.Any:
     new = object.__new__
     if root == 0:
         modules: tp.Any = [new(record[0]) for record in nodes]
@@ -1089,8 +1139,14 @@ def _record_numbers(record: tuple[tp.Any, ...], numbers: set[int]) -> None:
 def _record_key(record: tuple[tp.Any, ...]) -> tuple[tp.Any, ...]:
     """A record with the types of its static values, so that ``1``, ``1.0`` and ``True`` differ."""
     cls, statics_, variables, modules, others = record
-    return (cls, tuple(statics_), tuple(variables), tuple(modules), tuple(others),
-            tuple(type(value) for _, value in statics_))
+    return (
+        cls,
+        tuple(statics_),
+        tuple(variables),
+        tuple(modules),
+        tuple(others),
+        tuple(type(value) for _, value in statics_),
+    )
 
 
 def _raise_path_mismatch(what: str, module_type: type, expected: frozenset[str], state: State) -> tp.NoReturn:
@@ -1188,6 +1244,5 @@ class UnknownPathError(KeyError):
 
 def _unknown_path(path: str, reason: str) -> UnknownPathError:
     return UnknownPathError(
-        f"update_state: unknown path {path!r}: {reason}. Use the paths from this module's "
-        f"partition()."
+        f"update_state: unknown path {path!r}: {reason}. Use the paths from this module's partition()."
     )

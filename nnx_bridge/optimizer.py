@@ -51,8 +51,7 @@ class Optimizer(Module):
         (1, -0.1)
     """
 
-    def __init__(self, model: Module, tx: optax.GradientTransformation, *,
-                 wrt: filterlib.Filter = "params"):
+    def __init__(self, model: Module, tx: optax.GradientTransformation, *, wrt: filterlib.Filter = "params"):
         if not isinstance(model, Module):
             raise TypeError(
                 f"Optimizer(model, tx): model must be an nnx_bridge Module; found "
@@ -88,8 +87,11 @@ class Optimizer(Module):
                 f"Optimizer.update(model, grads): grads must be a State of gradients by path, as "
                 f"nnx.grad(...)(model) returns it; found {type(grads).__name__}."
             )
-        flat = {p: (g.value if isinstance(g, Variable) else g) for p, g in grads.items()
-                if not isinstance(g, Variable) or predicate(p, g)}
+        flat = {
+            p: (g.value if isinstance(g, Variable) else g)
+            for p, g in grads.items()
+            if not isinstance(g, Variable) or predicate(p, g)
+        }
         missing, extra = sorted(params.keys() - flat.keys()), sorted(flat.keys() - params.keys())
         if missing or extra:
             raise ValueError(

@@ -46,8 +46,15 @@ class Scan(Module):
         (2, 4)
     """
 
-    def __init__(self, factory: tp.Callable[..., Module], length: int, *args: tp.Any, ctx: Context,
-                 axis_name: str | None = "layers", **kwargs: tp.Any):
+    def __init__(
+        self,
+        factory: tp.Callable[..., Module],
+        length: int,
+        *args: tp.Any,
+        ctx: Context,
+        axis_name: str | None = "layers",
+        **kwargs: tp.Any,
+    ):
         if not isinstance(length, int) or length < 1:
             raise ValueError(f"Scan: length must be a positive int (the number of layers); found {length!r}.")
         moduledefs: list[ModuleDef[tp.Any]] = []
@@ -127,20 +134,25 @@ def unstack(scan: Scan) -> list[Module]:
         [(3, 3), (3, 3)]
     """
     if not isinstance(scan, Scan):
-        raise TypeError(f"unstack: expected a Scan (from Scan(...) or stack(...)); found {type(scan).__name__}.")
+        raise TypeError(
+            f"unstack: expected a Scan (from Scan(...) or stack(...)); found {type(scan).__name__}."
+        )
     state, moduledef = scan.block.partition()
     layers = _drop_axis(state)
     return [moduledef.merge(jax.tree.map(lambda x, i=i: x[i], layers)) for i in range(scan.length)]
 
 
 def _add_axis(state: State, axis_name: str | None) -> State:
-    return State._from_sorted((path, _with_sharding(v, None if v.sharding is None else (axis_name, *v.sharding)))
-                              for path, v in state.items())
+    return State._from_sorted(
+        (path, _with_sharding(v, None if v.sharding is None else (axis_name, *v.sharding)))
+        for path, v in state.items()
+    )
 
 
 def _drop_axis(state: State) -> State:
-    return State._from_sorted((path, _with_sharding(v, None if v.sharding is None else v.sharding[1:]))
-                              for path, v in state.items())
+    return State._from_sorted(
+        (path, _with_sharding(v, None if v.sharding is None else v.sharding[1:])) for path, v in state.items()
+    )
 
 
 def _with_sharding(variable: Variable[tp.Any], sharding: tp.Any) -> Variable[tp.Any]:

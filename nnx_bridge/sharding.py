@@ -26,7 +26,7 @@ from nnx_bridge.module import Module, ModuleDef
 from nnx_bridge.state import State
 from nnx_bridge.variables import Variable
 
-Rules = tp.Sequence[tp.Tuple[str, tp.Any]]
+Rules = tp.Sequence[tuple[str, tp.Any]]
 
 
 def logical_to_mesh(names: tp.Sequence[str | None] | None, rules: Rules | None = None) -> PartitionSpec:
@@ -79,8 +79,10 @@ def get_partition_spec(tree: tp.Any, rules: Rules | None = None) -> tp.Any:
             (path, v.replace(_variable_spec(path, v, rules))) for path, v in tree.items()
         )
     return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: _leaf_spec(jax.tree_util.keystr(path), leaf, rules), tree,
-        is_leaf=lambda x: isinstance(x, meta.AxisMetadata))
+        lambda path, leaf: _leaf_spec(jax.tree_util.keystr(path), leaf, rules),
+        tree,
+        is_leaf=lambda x: isinstance(x, meta.AxisMetadata),
+    )
 
 
 def get_named_sharding(tree: tp.Any, mesh: Mesh, rules: Rules | None = None) -> tp.Any:
@@ -111,8 +113,14 @@ def get_named_sharding(tree: tp.Any, mesh: Mesh, rules: Rules | None = None) -> 
     return jax.tree.unflatten(leaves[1], named)
 
 
-def sharded_init(factory: tp.Callable[..., Module], *args: tp.Any, mesh: Mesh, key: tp.Any = 0,
-                 rules: Rules | None = None, **kwargs: tp.Any) -> tuple[State, ModuleDef[tp.Any]]:
+def sharded_init(
+    factory: tp.Callable[..., Module],
+    *args: tp.Any,
+    mesh: Mesh,
+    key: tp.Any = 0,
+    rules: Rules | None = None,
+    **kwargs: tp.Any,
+) -> tuple[State, ModuleDef[tp.Any]]:
     """Builds ``factory(*args, ctx=Context(key), **kwargs)`` directly into sharded arrays.
 
     The module is first built under `jax.eval_shape` (no memory) to read its
@@ -201,11 +209,20 @@ def _checked_rules(rules: tp.Any) -> Rules | None:
         return None
     example = "e.g. rules=(('batch', 'data'), ('hidden', 'model'))"
     if isinstance(rules, (str, bytes)) or not isinstance(rules, tp.Sequence):
-        raise TypeError(f"rules must be a sequence of (logical name, mesh axis) pairs, {example}; found {rules!r}.")
+        raise TypeError(
+            f"rules must be a sequence of (logical name, mesh axis) pairs, {example}; found {rules!r}."
+        )
     for rule in rules:
-        ok = (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)
-              and (rule[1] is None or isinstance(rule[1], str)
-                   or (isinstance(rule[1], (tuple, list)) and all(isinstance(a, str) for a in rule[1]))))
+        ok = (
+            isinstance(rule, (tuple, list))
+            and len(rule) == 2
+            and isinstance(rule[0], str)
+            and (
+                rule[1] is None
+                or isinstance(rule[1], str)
+                or (isinstance(rule[1], (tuple, list)) and all(isinstance(a, str) for a in rule[1]))
+            )
+        )
         if not ok:
             raise TypeError(
                 f"rules must be a sequence of (logical name, mesh axis) pairs, {example} (a mesh "

@@ -231,7 +231,7 @@ class State(dict):  # type: ignore[type-arg]
         states = tuple(State._from_sorted(bucket) for bucket in buckets)
         return states[0] if len(states) == 1 else states
 
-    def merge(*states: "State") -> "State":  # noqa: N805 - works as State.merge(a, b) and a.merge(b)
+    def merge(*states: "State") -> "State":
         """Merges States into one; for a path present in several, the last one wins.
 
         Example:
@@ -357,7 +357,9 @@ def from_variables(variables: tp.Mapping[str, tp.Mapping[str, tp.Any]]) -> State
     return State(items)
 
 
-def _flatten_nested(tree: tp.Mapping[str, tp.Any], prefix: tuple[str, ...]) -> tp.Iterator[tuple[str, tp.Any]]:
+def _flatten_nested(
+    tree: tp.Mapping[str, tp.Any], prefix: tuple[str, ...]
+) -> tp.Iterator[tuple[str, tp.Any]]:
     for key, value in tree.items():
         if not isinstance(key, str) or not key:
             raise ValueError(

@@ -46,8 +46,9 @@ F = tp.TypeVar("F", bound=tp.Callable[..., tp.Any])
 _GRAPH_TYPES = (Module, Variable)
 _NODE_TYPES = (Module, Variable, Context)
 # Leaf types whose arguments need no pytree flatten (see Jitted._prepare).
-_FLAT_TYPES = frozenset({jax.Array, np.ndarray, int, float, bool, complex}) | frozenset(
-    type(x) for x in (jax.numpy.zeros(()),))
+# The concrete array class joins on first sight (making an array at import would start
+# the backend before a program can call jax.distributed.initialize).
+_FLAT_TYPES = {jax.Array, np.ndarray, int, float, bool, complex}
 
 
 def _is_node(x: tp.Any) -> bool:
@@ -84,8 +85,6 @@ def _path_hash(count_path: tuple[int, ...]) -> int:
 
 _VALUE = operator.attrgetter("value")
 _VALUE_NAMES = itertools.repeat("value")
-
-
 
 
 class _Static:
@@ -139,8 +138,17 @@ class _Entry:
     object weakly (`Jitted._entries`), so a model dropped by the caller is freed.
     """
 
-    __slots__ = ("compiled", "containers", "copies", "modules", "objects", "spec", "variables",
-                 "version", "written")
+    __slots__ = (
+        "compiled",
+        "containers",
+        "copies",
+        "modules",
+        "objects",
+        "spec",
+        "variables",
+        "version",
+        "written",
+    )
 
     def __init__(self, objects: list[tp.Any], graph: Graph, spec: _Spec, compiled: tp.Any):
         self.objects = [weakref.ref(o) for o in objects]
@@ -181,8 +189,9 @@ class _Fast:
 
     __slots__ = ("aliasing", "contexts", "entry", "graph", "others", "streams", "types")
 
-    def __init__(self, entry: _Entry, args: tuple[tp.Any, ...], streams: list[tp.Any],
-                 aliasing: tuple[int, ...]):
+    def __init__(
+        self, entry: _Entry, args: tuple[tp.Any, ...], streams: list[tp.Any], aliasing: tuple[int, ...]
+    ):
         self.entry, self.streams, self.aliasing = entry, streams, aliasing
         self.types = tuple(map(type, args))
         self.graph = _picker([i for i, a in enumerate(args) if isinstance(a, _GRAPH_TYPES)])
@@ -213,16 +222,25 @@ class Jitted(tp.Generic[F]):
         True
     """
 
-    def __init__(self, fn: F, *, static_argnums: tp.Sequence[int], static_argnames: tp.Sequence[str],
-                 donate_argnums: tp.Sequence[int], in_shardings: tp.Any, out_shardings: tp.Any,
-                 jit_kwargs: dict[str, tp.Any]):
+    def __init__(
+        self,
+        fn: F,
+        *,
+        static_argnums: tp.Sequence[int],
+        static_argnames: tp.Sequence[str],
+        donate_argnums: tp.Sequence[int],
+        in_shardings: tp.Any,
+        out_shardings: tp.Any,
+        jit_kwargs: dict[str, tp.Any],
+    ):
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.static_argnums = tuple(sorted(static_argnums))
         self.static_argnames = frozenset(static_argnames)
         # positions among the non-static positional arguments, which is how calls are split
-        self.donate_argnums = frozenset(i - sum(s < i for s in static_argnums) for i in donate_argnums
-                                        if i not in static_argnums)
+        self.donate_argnums = frozenset(
+            i - sum(s < i for s in static_argnums) for i in donate_argnums if i not in static_argnums
+        )
         self.in_shardings = in_shardings
         self.out_shardings = out_shardings
         self.jit_kwargs = jit_kwargs
@@ -279,8 +297,9 @@ class Jitted(tp.Generic[F]):
         """How many programs JAX has traced for this function so far (as ``jax.jit``'s)."""
         return sum(compiled._cache_size() for compiled in self._compiled.values())
 
-    def _prepare(self, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any]
-                 ) -> tuple[_Entry, tuple[tp.Any, ...], list[Context]]:
+    def _prepare(
+        self, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any]
+    ) -> tuple[_Entry, tuple[tp.Any, ...], list[Context]]:
         """The cache entry and the flat inputs of the compiled function for one call."""
         fast = self._fast
         objects: list[tp.Any]
@@ -288,8 +307,11 @@ class Jitted(tp.Generic[F]):
         if fast is not None and not kwargs and tuple(map(type, args)) == fast.types:
             # The last call's kind of arguments (each its own leaf): pick them by position.
             objects, contexts = fast.graph(args), fast.contexts(args)
-            if (fast.entry.valid(objects) and [c.streams for c in contexts] == fast.streams
-                    and (len(contexts) < 2 or _aliasing(contexts) == fast.aliasing)):
+            if (
+                fast.entry.valid(objects)
+                and [c.streams for c in contexts] == fast.streams
+                and (len(contexts) < 2 or _aliasing(contexts) == fast.aliasing)
+            ):
                 return self._inputs(fast.entry, fast.others(args), contexts)
         static: tuple[tp.Any, ...] = ()
         if self.static_argnums or self.static_argnames:
@@ -321,12 +343,14 @@ class Jitted(tp.Generic[F]):
             leaves, treedef = jax.tree.flatten((args, kwargs), is_leaf=_is_node)
             entry = self._build(key, args, leaves, treedef, objects, contexts, static)
         if treedef is None and not static:
-            self._fast = _Fast(entry, args, [c.streams for c in contexts],
-                               _aliasing(contexts) if len(contexts) > 1 else ())
+            self._fast = _Fast(
+                entry, args, [c.streams for c in contexts], _aliasing(contexts) if len(contexts) > 1 else ()
+            )
         return self._inputs(entry, others, contexts)
 
-    def _inputs(self, entry: _Entry, others: list[tp.Any], contexts: list[Context]
-                ) -> tuple[_Entry, tuple[tp.Any, ...], list[Context]]:
+    def _inputs(
+        self, entry: _Entry, others: list[tp.Any], contexts: list[Context]
+    ) -> tuple[_Entry, tuple[tp.Any, ...], list[Context]]:
         spec = entry.spec
         values = list(map(_VALUE, entry.variables))
         if contexts:
@@ -335,7 +359,11 @@ class Jitted(tp.Generic[F]):
         else:
             ctx_in = []
         if spec.donated_vars:
-            return entry, (*_split(values, spec.donated_vars), ctx_in, *_split(others, spec.donated_leaves)), contexts
+            return (
+                entry,
+                (*_split(values, spec.donated_vars), ctx_in, *_split(others, spec.donated_leaves)),
+                contexts,
+            )
         return entry, (values, ctx_in, others), contexts
 
     def _position(self, ctx: Context) -> tp.Any:
@@ -343,14 +371,20 @@ class Jitted(tp.Generic[F]):
         the last call returned it (a host-to-device copy per call costs more than the step's
         arithmetic on a small model), else from the host."""
         cached = self._positions.get(id(ctx))
-        if cached is not None and cached[0]() is ctx and cached[1] == ctx.count and cached[2] == ctx.count_path:
+        if (
+            cached is not None
+            and cached[0]() is ctx
+            and cached[1] == ctx.count
+            and cached[2] == ctx.count_path
+        ):
             return cached[3]
         if len(self._positions) > 64:
             self._positions.clear()
         return np.array([_path_hash(ctx.count_path), ctx.count], np.uint32)
 
-    def _split_static(self, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any]
-                      ) -> tuple[tuple[tp.Any, ...], dict[str, tp.Any], tuple[tp.Any, ...]]:
+    def _split_static(
+        self, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any]
+    ) -> tuple[tuple[tp.Any, ...], dict[str, tp.Any], tuple[tp.Any, ...]]:
         static: list[tuple[tp.Any, tp.Any]] = []
         for i in self.static_argnums:
             if i >= len(args):
@@ -366,18 +400,30 @@ class Jitted(tp.Generic[F]):
         return dynamic, kw, tuple(static)
 
     # -- building a cache entry (once per argument objects and structure) -----------
-    def _build(self, key: tp.Any, args: tuple[tp.Any, ...], leaves: list[tp.Any], treedef: tp.Any,
-               objects: list[tp.Any], contexts: list[Context], static: tuple[tp.Any, ...]) -> _Entry:
+    def _build(
+        self,
+        key: tp.Any,
+        args: tuple[tp.Any, ...],
+        leaves: list[tp.Any],
+        treedef: tp.Any,
+        objects: list[tp.Any],
+        contexts: list[Context],
+        static: tuple[tp.Any, ...],
+    ) -> _Entry:
         container = _refs_module(objects)
         state, moduledef = container.partition()
         graph = walk(container)
         if list(graph.variables) != list(state):
-            raise AssertionError(f"jit: internal error, walk and partition disagree: "
-                                 f"{list(graph.variables)[:5]} vs {list(state)[:5]}")
+            raise AssertionError(
+                f"jit: internal error, walk and partition disagree: "
+                f"{list(graph.variables)[:5]} vs {list(state)[:5]}"
+            )
         variables = list(graph.variables.values())
         distinct = _distinct(contexts)
         index = {id(c): k for k, c in enumerate(distinct)}
-        ctx_positions = tuple((i, index[id(leaf)]) for i, leaf in enumerate(leaves) if isinstance(leaf, Context))
+        ctx_positions = tuple(
+            (i, index[id(leaf)]) for i, leaf in enumerate(leaves) if isinstance(leaf, Context)
+        )
         graph_positions = tuple(i for i, leaf in enumerate(leaves) if isinstance(leaf, _GRAPH_TYPES))
         arg_of_leaf = _arg_of_leaf(args, len(leaves), self.donate_argnums or self.in_shardings is not None)
         others = [i for i, leaf in enumerate(leaves) if not isinstance(leaf, _NODE_TYPES)]
@@ -385,15 +431,30 @@ class Jitted(tp.Generic[F]):
         donated_leaves: tuple[bool, ...] = ()
         if self.donate_argnums:
             donated_ids = _variables_of(
-                [leaf for i, leaf in enumerate(leaves) if arg_of_leaf[i] in self.donate_argnums and
-                 isinstance(leaf, _GRAPH_TYPES)])
+                [
+                    leaf
+                    for i, leaf in enumerate(leaves)
+                    if arg_of_leaf[i] in self.donate_argnums and isinstance(leaf, _GRAPH_TYPES)
+                ]
+            )
             donated_vars = tuple(id(v) in donated_ids for v in variables)
             donated_leaves = tuple(arg_of_leaf[i] in self.donate_argnums for i in others)
         var_shardings, leaf_shardings = self._input_shardings(args, leaves, arg_of_leaf, others, variables)
-        spec = _Spec(moduledef, tuple(state), tuple(_hashable(_meta(v), f"Variable {p!r}", self.fn)
-                                                     for p, v in graph.variables.items()),
-                     treedef, graph_positions, ctx_positions, tuple(others), tuple(c.streams for c in distinct), static,
-                     donated_vars, donated_leaves, var_shardings, leaf_shardings)
+        spec = _Spec(
+            moduledef,
+            tuple(state),
+            tuple(_hashable(_meta(v), f"Variable {p!r}", self.fn) for p, v in graph.variables.items()),
+            treedef,
+            graph_positions,
+            ctx_positions,
+            tuple(others),
+            tuple(c.streams for c in distinct),
+            static,
+            donated_vars,
+            donated_leaves,
+            var_shardings,
+            leaf_shardings,
+        )
         compiled = self._compiled.get(spec)
         if compiled is None:
             options = dict(self.jit_kwargs)
@@ -401,8 +462,11 @@ class Jitted(tp.Generic[F]):
                 options["donate_argnums"] = (0, 3)
             if var_shardings:
                 vs, ls = list(var_shardings), list(leaf_shardings)
-                options["in_shardings"] = ((*_split(vs, donated_vars), None, *_split(ls, donated_leaves))
-                                           if donated_vars else (vs, None, ls))
+                options["in_shardings"] = (
+                    (*_split(vs, donated_vars), None, *_split(ls, donated_leaves))
+                    if donated_vars
+                    else (vs, None, ls)
+                )
             if self.out_shardings is not None and not isinstance(self.out_shardings, tp.Mapping):
                 options["out_shardings"] = (None, None, self.out_shardings, None, None, None)  # see _pure
             compiled = jax.jit(functools.partial(self._pure, spec), **options)
@@ -420,9 +484,14 @@ class Jitted(tp.Generic[F]):
         entries[key] = entry
         return entry
 
-    def _input_shardings(self, args: tuple[tp.Any, ...], leaves: list[tp.Any], arg_of_leaf: list[int],
-                         others: list[int], variables: list[Variable[tp.Any]]
-                         ) -> tuple[tuple[tp.Any, ...], tuple[tp.Any, ...]]:
+    def _input_shardings(
+        self,
+        args: tuple[tp.Any, ...],
+        leaves: list[tp.Any],
+        arg_of_leaf: list[int],
+        others: list[int],
+        variables: list[Variable[tp.Any]],
+    ) -> tuple[tuple[tp.Any, ...], tuple[tp.Any, ...]]:
         if self.in_shardings is None:
             return (), ()
         given = self.in_shardings
@@ -474,8 +543,10 @@ class Jitted(tp.Generic[F]):
         inner_vars = list(graph.variables.values())
         inner_values = [v.value for v in inner_vars]
         before = [dict(m.__dict__) for m in graph.modules]
-        inner_contexts = [_inner_context(key, position, streams)
-                          for (key, position), streams in zip(ctx_in, spec.ctx_streams)]
+        inner_contexts = [
+            _inner_context(key, position, streams)
+            for (key, position), streams in zip(ctx_in, spec.ctx_streams)
+        ]
         leaves: list[tp.Any] = [None] * spec.treedef.num_leaves
         for i, obj in zip(spec.graph_positions, container.refs):
             leaves[i] = obj
@@ -488,12 +559,16 @@ class Jitted(tp.Generic[F]):
             args, kwargs = _insert_static(args, kwargs, spec.static)
         result = self.fn(*args, **kwargs)
         created = check_structure(graph, before, inner_vars, f"jit({_name(self.fn)})")
-        changed = tuple(i for i, (v, old) in enumerate(zip(inner_vars, inner_values))
-                        if v.value is not old or (spec.donated_vars and spec.donated_vars[i]))
+        changed = tuple(
+            i
+            for i, (v, old) in enumerate(zip(inner_vars, inner_values))
+            if v.value is not old or (spec.donated_vars and spec.donated_vars[i])
+        )
         changed_values = [inner_vars[i].value for i in changed]
         created_values = [v.value for _, _, v in created]
-        created_facts = tuple((m, name, _hashable(_meta(v), f"new Variable {name!r}", self.fn))
-                              for m, name, v in created)
+        created_facts = tuple(
+            (m, name, _hashable(_meta(v), f"new Variable {name!r}", self.fn)) for m, name, v in created
+        )
         result = self._constrain_output(result)
         out_leaves, out_treedef = jax.tree.flatten(result, is_leaf=_is_node)
         module_index = {id(m): k for k, m in enumerate(graph.modules)}
@@ -522,11 +597,18 @@ class Jitted(tp.Generic[F]):
         new_moduledef, new_paths, new_metas, new_values = None, (), (), []
         if new_objects:
             new_moduledef, new_paths, new_metas, new_values = self._new_objects(new_objects, graph)
-        facts = _Out(changed, created_facts, plain, out_treedef, tuple(kinds), new_moduledef,
-                     new_paths, new_metas)
+        facts = _Out(
+            changed, created_facts, plain, out_treedef, tuple(kinds), new_moduledef, new_paths, new_metas
+        )
         next_positions = [position + np.array([0, 1], np.uint32) for _, position in ctx_in]
-        return (changed_values, created_values, result if plain else plain_leaves, new_values, next_positions,
-                _Static(facts))
+        return (
+            changed_values,
+            created_values,
+            result if plain else plain_leaves,
+            new_values,
+            next_positions,
+            _Static(facts),
+        )
 
     def _constrain_output(self, result: tp.Any) -> tp.Any:
         """A State of shardings for a returned Module: constrains its Variables by path."""
@@ -568,12 +650,25 @@ class Jitted(tp.Generic[F]):
         metas = tuple(_hashable(_meta(v), f"Variable {p!r}", self.fn) for p, v in graph.variables.items())
         return moduledef, tuple(state), metas, [v.value for v in graph.variables.values()]
 
-    def _outputs(self, entry: _Entry, facts: _Out, leaves: list[tp.Any], new_values: list[tp.Any],
-                 created: list[Variable[tp.Any]], contexts: list[Context]) -> tp.Any:
+    def _outputs(
+        self,
+        entry: _Entry,
+        facts: _Out,
+        leaves: list[tp.Any],
+        new_values: list[tp.Any],
+        created: list[Variable[tp.Any]],
+        contexts: list[Context],
+    ) -> tp.Any:
         new_objects: list[tp.Any] = []
         if facts.new_moduledef is not None:
-            state = State(dict(zip(facts.new_paths, (_rebuild_variable(m, v)
-                                                     for m, v in zip(facts.new_metas, new_values)))))
+            state = State(
+                dict(
+                    zip(
+                        facts.new_paths,
+                        (_rebuild_variable(m, v) for m, v in zip(facts.new_metas, new_values)),
+                    )
+                )
+            )
             new_objects = facts.new_moduledef.merge(state).refs
         out = []
         for kind, k in facts.out_kinds:
@@ -595,9 +690,16 @@ class Jitted(tp.Generic[F]):
         return f"nnx_bridge.jit({_name(self.fn)})"
 
 
-def jit(fn: F | None = None, *, static_argnums: int | tp.Sequence[int] = (),
-        static_argnames: str | tp.Sequence[str] = (), donate_argnums: int | tp.Sequence[int] = (),
-        in_shardings: tp.Any = None, out_shardings: tp.Any = None, **jit_kwargs: tp.Any) -> tp.Any:
+def jit(
+    fn: F | None = None,
+    *,
+    static_argnums: int | tp.Sequence[int] = (),
+    static_argnames: str | tp.Sequence[str] = (),
+    donate_argnums: int | tp.Sequence[int] = (),
+    in_shardings: tp.Any = None,
+    out_shardings: tp.Any = None,
+    **jit_kwargs: tp.Any,
+) -> tp.Any:
     """`jax.jit` for functions of Modules: changes to their Variables reach the caller.
 
     Arguments and results may be Modules, Variables, Contexts, States, arrays, or
@@ -637,9 +739,15 @@ def jit(fn: F | None = None, *, static_argnums: int | tp.Sequence[int] = (),
         5
     """
     if fn is None:
-        return functools.partial(jit, static_argnums=static_argnums, static_argnames=static_argnames,
-                                 donate_argnums=donate_argnums, in_shardings=in_shardings,
-                                 out_shardings=out_shardings, **jit_kwargs)
+        return functools.partial(
+            jit,
+            static_argnums=static_argnums,
+            static_argnames=static_argnames,
+            donate_argnums=donate_argnums,
+            in_shardings=in_shardings,
+            out_shardings=out_shardings,
+            **jit_kwargs,
+        )
     if not callable(fn):
         raise TypeError(f"jit expects a function to compile; found {type(fn).__name__}.")
     if "donate_argnames" in jit_kwargs:
@@ -656,12 +764,25 @@ def jit(fn: F | None = None, *, static_argnums: int | tp.Sequence[int] = (),
         # written back instead of leaking traced values into the object.
         if isinstance(in_shardings, (tuple, list)):
             in_shardings = (None, *in_shardings)
-        inner = Jitted(fn.__func__, static_argnums=tuple(i + 1 for i in static), static_argnames=names,
-                       donate_argnums=tuple(i + 1 for i in donate), in_shardings=in_shardings,
-                       out_shardings=out_shardings, jit_kwargs=jit_kwargs)
+        inner = Jitted(
+            fn.__func__,
+            static_argnums=tuple(i + 1 for i in static),
+            static_argnames=names,
+            donate_argnums=tuple(i + 1 for i in donate),
+            in_shardings=in_shardings,
+            out_shardings=out_shardings,
+            jit_kwargs=jit_kwargs,
+        )
         return functools.wraps(fn)(functools.partial(inner, module))
-    return Jitted(fn, static_argnums=static, static_argnames=names, donate_argnums=donate,
-                  in_shardings=in_shardings, out_shardings=out_shardings, jit_kwargs=jit_kwargs)
+    return Jitted(
+        fn,
+        static_argnums=static,
+        static_argnames=names,
+        donate_argnums=donate,
+        in_shardings=in_shardings,
+        out_shardings=out_shardings,
+        jit_kwargs=jit_kwargs,
+    )
 
 
 # ----------------------------------------------------------------------------------
@@ -701,6 +822,9 @@ def _hashable(value: tp.Any, what: str, fn: tp.Any) -> tp.Any:
 def _flat(args: tuple[tp.Any, ...]) -> bool:
     for a in args:
         if type(a) not in _FLAT_TYPES and not isinstance(a, _NODE_TYPES):
+            if type(a).__module__.startswith("jax") and isinstance(a, jax.Array):
+                _FLAT_TYPES.add(type(a))
+                continue
             return False
     return True
 
@@ -759,8 +883,9 @@ def _variables_of(objects: list[tp.Any]) -> set[int]:
     return ids
 
 
-def _insert_static(args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any], static: tuple[tp.Any, ...]
-                   ) -> tuple[tuple[tp.Any, ...], dict[str, tp.Any]]:
+def _insert_static(
+    args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any], static: tuple[tp.Any, ...]
+) -> tuple[tuple[tp.Any, ...], dict[str, tp.Any]]:
     positional = [(k, v) for k, v in static if isinstance(k, int)]
     full = list(args)
     for i, v in positional:

@@ -28,9 +28,18 @@ PLAIN, VARIABLE, MODULE, LIST, TUPLE, DICT, NAMEDTUPLE, ATOMIC, SCAN = range(9)
 
 # Hashable values that can hold nothing: taken as they are, without a scan.
 _ATOMIC_BASES: tuple[type, ...] = (
-    type, types.FunctionType, types.BuiltinFunctionType, types.MethodDescriptorType,
-    types.ModuleType, enum.Enum, np.dtype, np.generic, range, type(Ellipsis),
-    jax.custom_jvp, jax.custom_vjp,
+    type,
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.MethodDescriptorType,
+    types.ModuleType,
+    enum.Enum,
+    np.dtype,
+    np.generic,
+    range,
+    type(Ellipsis),
+    jax.custom_jvp,
+    jax.custom_vjp,
 )
 _KINDS: dict[type, int] = {t: PLAIN for t in (int, float, bool, str, bytes, complex, type(None))}
 _KINDS.update({list: LIST, tuple: TUPLE, dict: DICT})

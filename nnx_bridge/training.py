@@ -14,9 +14,15 @@ Tree = tp.Any
 _NO_DEFAULT = object()
 
 
-def labels(tree: Tree, label_filters: tp.Mapping[tp.Hashable, filterlib.Filter], *,
-           default: tp.Any = _NO_DEFAULT, collection: str = "params", variables: bool = False,
-           allow_empty: bool = False) -> Tree:
+def labels(
+    tree: Tree,
+    label_filters: tp.Mapping[tp.Hashable, filterlib.Filter],
+    *,
+    default: tp.Any = _NO_DEFAULT,
+    collection: str = "params",
+    variables: bool = False,
+    allow_empty: bool = False,
+) -> Tree:
     """A tree like `tree` holding, at each variable, the label of the first filter it matches.
 
     Feed it to ``optax.multi_transform`` or ``optax.transforms.partition``.
@@ -77,8 +83,14 @@ def labels(tree: Tree, label_filters: tp.Mapping[tp.Hashable, filterlib.Filter],
     return result
 
 
-def mask(tree: Tree, filter: filterlib.Filter, *, collection: str = "params", variables: bool = False,
-         allow_empty: bool = False) -> Tree:
+def mask(
+    tree: Tree,
+    filter: filterlib.Filter,
+    *,
+    collection: str = "params",
+    variables: bool = False,
+    allow_empty: bool = False,
+) -> Tree:
     """A tree like `tree` of booleans: True where a variable matches `filter`.
 
     Feed it to ``optax.masked`` or to ``optax.add_decayed_weights(mask=...)``.
@@ -108,11 +120,16 @@ def mask(tree: Tree, filter: filterlib.Filter, *, collection: str = "params", va
     return result
 
 
-def _raise_selects_nothing(what: str, which: str, filter: tp.Any, paths: list[str],
-                           variables: bool) -> tp.NoReturn:
-    shown = ", ".join(repr(p) for p in paths[:10]) + (f" and {len(paths) - 10} more" if len(paths) > 10 else "")
-    hint = "" if variables else (
-        " If the tree is a whole Linen variables dict {collection: {...}}, pass variables=True."
+def _raise_selects_nothing(
+    what: str, which: str, filter: tp.Any, paths: list[str], variables: bool
+) -> tp.NoReturn:
+    shown = ", ".join(repr(p) for p in paths[:10]) + (
+        f" and {len(paths) - 10} more" if len(paths) > 10 else ""
+    )
+    hint = (
+        ""
+        if variables
+        else (" If the tree is a whole Linen variables dict {collection: {...}}, pass variables=True.")
     )
     raise ValueError(
         f"{what}: {which} ({filter!r}) selects no variable, so it would freeze or decay nothing. "
@@ -121,8 +138,13 @@ def _raise_selects_nothing(what: str, which: str, filter: tp.Any, paths: list[st
     )
 
 
-def map_variables(tree: Tree, fn: tp.Callable[[str, Variable[tp.Any]], tp.Any], *,
-                  collection: str = "params", variables: bool = False) -> Tree:
+def map_variables(
+    tree: Tree,
+    fn: tp.Callable[[str, Variable[tp.Any]], tp.Any],
+    *,
+    collection: str = "params",
+    variables: bool = False,
+) -> Tree:
     """Replaces every variable of `tree` by ``fn(path, variable)``, keeping the structure.
 
     `tree` is a State, a nested dict of `collection`'s values, or (with
@@ -138,9 +160,7 @@ def map_variables(tree: Tree, fn: tp.Callable[[str, Variable[tp.Any]], tp.Any], 
     if isinstance(tree, State):
         return State._from_sorted((p, v.replace(fn(p, v))) for p, v in tree.items())
     if not isinstance(tree, tp.Mapping):
-        raise TypeError(
-            f"Expected a State or a (nested) dict of variables; found {type(tree).__name__}."
-        )
+        raise TypeError(f"Expected a State or a (nested) dict of variables; found {type(tree).__name__}.")
     if not isinstance(collection, str) or not collection:
         raise TypeError(f"collection must be a collection name such as 'params'; found {collection!r}.")
     if variables:
@@ -155,8 +175,9 @@ def map_variables(tree: Tree, fn: tp.Callable[[str, Variable[tp.Any]], tp.Any], 
     return _map_nested(tree, collection, "", fn)
 
 
-def _map_nested(tree: tp.Any, collection: str, prefix: str,
-                fn: tp.Callable[[str, Variable[tp.Any]], tp.Any]) -> tp.Any:
+def _map_nested(
+    tree: tp.Any, collection: str, prefix: str, fn: tp.Callable[[str, Variable[tp.Any]], tp.Any]
+) -> tp.Any:
     if not isinstance(tree, tp.Mapping):
         path = prefix.rstrip("/")
         if isinstance(tree, meta.AxisMetadata):
@@ -168,8 +189,9 @@ def _map_nested(tree: tp.Any, collection: str, prefix: str,
             variable = make_variable(collection, tree)
         return fn(path, variable)
     # Keys with "/" are one escaped segment of the path that filters see, as in a State.
-    return _rebuild(tree, {k: _map_nested(v, collection, f"{prefix}{escape_name(k)}/", fn)
-                           for k, v in tree.items()})
+    return _rebuild(
+        tree, {k: _map_nested(v, collection, f"{prefix}{escape_name(k)}/", fn) for k, v in tree.items()}
+    )
 
 
 def _rebuild(original: tp.Mapping[str, tp.Any], items: dict[str, tp.Any]) -> tp.Any:

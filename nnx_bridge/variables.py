@@ -8,8 +8,8 @@ import typing as tp
 import jax
 
 A = tp.TypeVar("A")
-Sharding = tp.Tuple[tp.Optional[str], ...]
-Rules = tp.Tuple[tp.Tuple[str, tp.Any], ...]
+Sharding = tuple[str | None, ...]
+Rules = tuple[tuple[str, tp.Any], ...]
 
 _FIXED_COLLECTION = "_fixed_collection"
 _COLLECTION_TYPES: dict[str, type["Variable"]] = {}
@@ -26,9 +26,7 @@ def _normalize_sharding(sharding: tp.Any) -> Sharding | None:
     names = tuple(sharding)
     for name in names:
         if name is not None and not isinstance(name, str):
-            raise TypeError(
-                f"sharding entries must be str or None; found {name!r} in {sharding!r}."
-            )
+            raise TypeError(f"sharding entries must be str or None; found {name!r} in {sharding!r}.")
     return names
 
 
@@ -36,8 +34,9 @@ def _normalize_rules(rules: tp.Any) -> Rules | None:
     if rules is None:
         return None
     try:
-        normalized = tuple((str(logical), tuple(mesh) if isinstance(mesh, list) else mesh)
-                           for logical, mesh in rules)
+        normalized = tuple(
+            (str(logical), tuple(mesh) if isinstance(mesh, list) else mesh) for logical, mesh in rules
+        )
         hash(normalized)
     except (TypeError, ValueError):
         raise TypeError(
@@ -76,13 +75,21 @@ class Variable(tp.Generic[A]):
 
     if tp.TYPE_CHECKING:  # the public signature; the pytree machinery passes one more keyword
 
-        def __init__(self, collection: str, value: A, *, sharding: tp.Any = None,
-                     sharding_rules: tp.Any = None) -> None: ...
+        def __init__(
+            self, collection: str, value: A, *, sharding: tp.Any = None, sharding_rules: tp.Any = None
+        ) -> None: ...
 
     else:
 
-        def __init__(self, collection: str, value: A, *, sharding: tp.Any = None,
-                     sharding_rules: tp.Any = None, _pytree_type: type | None = None) -> None:
+        def __init__(
+            self,
+            collection: str,
+            value: A,
+            *,
+            sharding: tp.Any = None,
+            sharding_rules: tp.Any = None,
+            _pytree_type: type | None = None,
+        ) -> None:
             _check_collection(self, collection)
             self.collection = collection
             self.value = value
@@ -148,9 +155,15 @@ def _public_signature(init: tp.Callable[..., None]) -> None:
 
 
 def _fixed_collection_init(fixed: str) -> tp.Callable[..., None]:
-    def __init__(self: Variable[tp.Any], value: tp.Any, *, sharding: tp.Any = None,
-                 sharding_rules: tp.Any = None, collection: str = fixed,
-                 _pytree_type: type | None = None) -> None:
+    def __init__(
+        self: Variable[tp.Any],
+        value: tp.Any,
+        *,
+        sharding: tp.Any = None,
+        sharding_rules: tp.Any = None,
+        collection: str = fixed,
+        _pytree_type: type | None = None,
+    ) -> None:
         if collection != fixed:
             Variable.__init__(self, collection, value, sharding=sharding)  # raises the error
         self.collection = fixed
@@ -244,8 +257,9 @@ def variable_type(collection: str) -> type[Variable[tp.Any]]:
     return _COLLECTION_TYPES.get(collection, Variable)
 
 
-def make_variable(collection: str, value: tp.Any, *, sharding: tp.Any = None,
-                  sharding_rules: tp.Any = None) -> Variable[tp.Any]:
+def make_variable(
+    collection: str, value: tp.Any, *, sharding: tp.Any = None, sharding_rules: tp.Any = None
+) -> Variable[tp.Any]:
     """Builds a Variable of the canonical type for `collection`."""
     cls = variable_type(collection)
     if cls is Variable:

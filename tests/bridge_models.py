@@ -38,4 +38,6 @@ class MLP(nnx.Module):
         return self.layers[0](x)
 
     def noisy(self, x: jax.Array, *, ctx: nnx.Context) -> jax.Array:
-        return self(x) + jax.random.normal(ctx.make_rng("noise"), x.shape[:-1] + (self.layers[-1].bias.value.shape[0],))
+        return self(x) + jax.random.normal(
+            ctx.make_rng("noise"), x.shape[:-1] + (self.layers[-1].bias.value.shape[0],)
+        )

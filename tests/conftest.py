@@ -36,9 +36,9 @@ def _assert_variables_equal(path, a, b):
     assert {k: v for k, v in vars(a).items() if k != "value"} == {
         k: v for k, v in vars(b).items() if k != "value"
     }, f"{path}: metadata differs: {vars(a)} != {vars(b)}"
-    assert type(a.value) is type(b.value) or (
-        hasattr(a.value, "dtype") and hasattr(b.value, "dtype")
-    ), f"{path}: value types {type(a.value).__name__} != {type(b.value).__name__}"
+    assert type(a.value) is type(b.value) or (hasattr(a.value, "dtype") and hasattr(b.value, "dtype")), (
+        f"{path}: value types {type(a.value).__name__} != {type(b.value).__name__}"
+    )
     np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value), err_msg=path)
     assert np.asarray(a.value).dtype == np.asarray(b.value).dtype, path
 

@@ -21,16 +21,24 @@ class TrainState(train_state.TrainState):
 
 def create_state(model, key, sample):
     variables = model.init(key, sample, train=False)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                             batch_stats=variables["batch_stats"], tx=optax.adam(3e-3))
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        tx=optax.adam(3e-3),
+    )
 
 
 @jax.jit
 def train_step(state, x, y, dropout_key):
     def loss_fn(params):
         logits, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats}, x, train=True,
-            rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+            {"params": params, "batch_stats": state.batch_stats},
+            x,
+            train=True,
+            rngs={"dropout": dropout_key},
+            mutable=["batch_stats"],
+        )
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates
 
     (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

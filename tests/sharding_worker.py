@@ -96,8 +96,7 @@ def data_parallel_losses(x_global, y_global, shard_batch, steps=2):
 
     @jax.jit
     def step(params, opt_state, x, y):
-        loss, grads = jax.value_and_grad(
-            lambda p: jnp.mean((model.apply({"params": p}, x) - y) ** 2))(params)
+        loss, grads = jax.value_and_grad(lambda p: jnp.mean((model.apply({"params": p}, x) - y) ** 2))(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -125,11 +124,16 @@ def scenario_mesh():
     linen_shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, RULES)
     report["same_as_linen"] = jax.tree.leaves(shardings) == jax.tree.leaves(linen_shardings)
     variables = jax.jit(model.init, out_shardings=shardings)(key, x)
-    report["boxes"] = sorted({type(b).__name__ for b in jax.tree.leaves(
-        variables, is_leaf=lambda b: isinstance(b, nn.Partitioned))})
+    report["boxes"] = sorted(
+        {
+            type(b).__name__
+            for b in jax.tree.leaves(variables, is_leaf=lambda b: isinstance(b, nn.Partitioned))
+        }
+    )
     report["params"] = {}
     for path, box in jax.tree_util.tree_flatten_with_path(
-            variables["params"], is_leaf=lambda b: isinstance(b, nn.Partitioned))[0]:
+        variables["params"], is_leaf=lambda b: isinstance(b, nn.Partitioned)
+    )[0]:
         array = box.value
         report["params"][jax.tree_util.keystr(path)] = {
             "names": list(box.names),
@@ -143,8 +147,9 @@ def scenario_mesh():
     # Training on the mesh versus on one device, from the same initial values.
     data = jax.sharding.NamedSharding(mesh, nn.logical_to_mesh_axes(("batch", None, None), RULES))
     with nn.logical_axis_rules(RULES):
-        sharded_losses, params = train_losses(model, variables, jax.device_put(x, data),
-                                              jax.device_put(y, data))
+        sharded_losses, params = train_losses(
+            model, variables, jax.device_put(x, data), jax.device_put(y, data)
+        )
     report["trained_spec"] = [s for s in params["block"]["up"]["kernel"].value.sharding.spec]
     one = jax.devices()[0]  # the same initial values, gathered onto one device
     single = jax.device_put(nn.unbox(variables), one)
@@ -165,8 +170,12 @@ def scenario_mesh():
 
 def scenario_process(process_id, port):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
-                               process_id=process_id, initialization_timeout=30)
+    jax.distributed.initialize(
+        coordinator_address=f"127.0.0.1:{port}",
+        num_processes=2,
+        process_id=process_id,
+        initialization_timeout=30,
+    )
     try:
         mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AUTO,))
         data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
@@ -176,16 +185,21 @@ def scenario_process(process_id, port):
 
         def shard_batch(params, x, y):  # each process contributes only its own rows
             params = jax.tree.map(
-                lambda a: jax.make_array_from_process_local_data(replicated, np.asarray(a)), params)
+                lambda a: jax.make_array_from_process_local_data(replicated, np.asarray(a)), params
+            )
             x = jax.make_array_from_process_local_data(data, np.asarray(x[rows]), x.shape)
             y = jax.make_array_from_process_local_data(data, np.asarray(y[rows]), y.shape)
             return params, x, y
 
         x, y = data_parallel_batch()
         losses = data_parallel_losses(x, y, shard_batch)
-        return {"process": jax.process_index(), "processes": jax.process_count(),
-                "local_devices": jax.local_device_count(), "devices": jax.device_count(),
-                "losses": losses}
+        return {
+            "process": jax.process_index(),
+            "processes": jax.process_count(),
+            "local_devices": jax.local_device_count(),
+            "devices": jax.device_count(),
+            "losses": losses,
+        }
     finally:
         jax.distributed.shutdown()
 

@@ -25,8 +25,9 @@ PARAMS = name_hash("params")
 
 
 def same(a, b):
-    return np.array_equal(np.asarray(random.key_data(a) if _typed(a) else a),
-                          np.asarray(random.key_data(b) if _typed(b) else b))
+    return np.array_equal(
+        np.asarray(random.key_data(a) if _typed(a) else a), np.asarray(random.key_data(b) if _typed(b) else b)
+    )
 
 
 def _typed(key):
@@ -130,7 +131,9 @@ def test_missing_stream_is_a_key_error_naming_the_streams():
 
 
 def test_invalid_key():
-    with pytest.raises(TypeError, match=r"Context\(key\) must be an int seed .* a PRNG key .*; found a str\."):
+    with pytest.raises(
+        TypeError, match=r"Context\(key\) must be an int seed .* a PRNG key .*; found a str\."
+    ):
         nnx.Context("0")
     with pytest.raises(TypeError, match=r"Context stream 'params' must be an int seed .*; found a NoneType"):
         nnx.Context({"params": None})

@@ -45,7 +45,9 @@ def test_merge_with_only_some_of_the_states_names_the_rest():
 def test_merge_unknown_path():
     state, moduledef = Linear().partition()
     state["extra/v"] = nnx.Param(1.0)
-    with pytest.raises(ValueError, match=r"merge: the State does not fit the Linear ModuleDef: unknown path\(s\) 'extra/v'\."):
+    with pytest.raises(
+        ValueError, match=r"merge: the State does not fit the Linear ModuleDef: unknown path\(s\) 'extra/v'\."
+    ):
         moduledef.merge(state)
 
 
@@ -80,8 +82,11 @@ def test_merge_lists_at_most_ten_missing_paths():
 )
 def test_update_state_unknown_path(path, reason):
     model = Bag(lin=Linear(), layers=[Linear(), Linear()], table={"a": Linear()}, size=3)
-    with pytest.raises(nnx.UnknownPathError, match=rf"update_state: unknown path '{path}': {reason}\. "
-                       r"Use the paths from this module's partition\(\)\."):
+    with pytest.raises(
+        nnx.UnknownPathError,
+        match=rf"update_state: unknown path '{path}': {reason}\. "
+        r"Use the paths from this module's partition\(\)\.",
+    ):
         model.update_state(nnx.State({path: nnx.Param(1.0)}))
 
 
@@ -186,7 +191,9 @@ def test_missing_rng_stream():
 
 
 def test_missing_rng_stream_in_an_empty_context():
-    with pytest.raises(nnx.MissingRngStreamError, match=r"no RNG stream 'params' \(streams available: none\)"):
+    with pytest.raises(
+        nnx.MissingRngStreamError, match=r"no RNG stream 'params' \(streams available: none\)"
+    ):
         nnx.Context({}).make_rng("params")
 
 
@@ -195,7 +202,9 @@ def test_missing_rng_stream_while_building_a_module():
         def __init__(self, *, ctx):
             self.key = nnx.Variable("rngs", ctx.make_rng("dropout"))
 
-    with pytest.raises(nnx.MissingRngStreamError, match=r"no RNG stream 'dropout' \(streams available: 'params'\)"):
+    with pytest.raises(
+        nnx.MissingRngStreamError, match=r"no RNG stream 'dropout' \(streams available: 'params'\)"
+    ):
         Dropout(ctx=nnx.Context({"params": 0}))
 
 
@@ -214,7 +223,10 @@ def test_split_remainder_lists_the_leftover_paths():
 
 def test_partition_remainder_lists_the_leftover_paths():
     model = Bag(lin=Linear(), n=nnx.Variable("counts", 0))
-    with pytest.raises(ValueError, match=r"split: 2 variable\(s\) matched none of the filters \('counts',\): 'lin/b', 'lin/w'\."):
+    with pytest.raises(
+        ValueError,
+        match=r"split: 2 variable\(s\) matched none of the filters \('counts',\): 'lin/b', 'lin/w'\.",
+    ):
         model.partition("counts")
 
 
@@ -250,8 +262,11 @@ def test_update_state_rejects_a_shape_mismatch():
         def __init__(self):
             self.w = nnx.Param(jnp.zeros((3, 4)))
 
-    with pytest.raises(ValueError, match=r"update_state: shape mismatch at path 'w': the module has "
-                                         r"\(3, 4\), the State has \(5, 7\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"update_state: shape mismatch at path 'w': the module has "
+        r"\(3, 4\), the State has \(5, 7\)",
+    ):
         Holder().update_state(nnx.State({"w": nnx.Param(jnp.ones((5, 7)))}))
 
 
@@ -260,6 +275,9 @@ def test_update_state_rejects_another_collection():
         def __init__(self):
             self.w = nnx.Param(jnp.zeros(2))
 
-    with pytest.raises(ValueError, match=r"path 'w' holds a Param of collection 'params', but the State "
-                                         r"has collection 'batch_stats' there"):
+    with pytest.raises(
+        ValueError,
+        match=r"path 'w' holds a Param of collection 'params', but the State "
+        r"has collection 'batch_stats' there",
+    ):
         Holder().update_state(nnx.State({"w": nnx.BatchStat(jnp.ones(2))}))

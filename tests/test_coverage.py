@@ -52,21 +52,36 @@ def coverage_rows() -> list[Row]:
 
 
 def linen_layer_classes() -> set[str]:
-    return {n for n in dir(linen) if not n.startswith("_") and inspect.isclass(getattr(linen, n))
-            and issubclass(getattr(linen, n), linen.Module)}
+    return {
+        n
+        for n in dir(linen)
+        if not n.startswith("_")
+        and inspect.isclass(getattr(linen, n))
+        and issubclass(getattr(linen, n), linen.Module)
+    }
 
 
 def linen_layer_functions() -> set[str]:
     """Pooling and attention functions (masks included) defined in their Linen modules."""
-    return {n for module in (pooling, attention) for n, f in vars(module).items()
-            if inspect.isfunction(f) and f.__module__ == module.__name__ and not n.startswith("_")}
+    return {
+        n
+        for module in (pooling, attention)
+        for n, f in vars(module).items()
+        if inspect.isfunction(f) and f.__module__ == module.__name__ and not n.startswith("_")
+    }
 
 
 def linen_activations() -> set[str]:
     """The JAX activations that ``flax.linen`` re-exports."""
-    return {n for n in dir(activation) if not n.startswith("_") and getattr(linen, n, None) is getattr(activation, n)
-            and callable(getattr(activation, n)) and not inspect.isclass(getattr(activation, n))
-            and getattr(getattr(activation, n), "__module__", "").startswith("jax")}
+    return {
+        n
+        for n in dir(activation)
+        if not n.startswith("_")
+        and getattr(linen, n, None) is getattr(activation, n)
+        and callable(getattr(activation, n))
+        and not inspect.isclass(getattr(activation, n))
+        and getattr(getattr(activation, n), "__module__", "").startswith("jax")
+    }
 
 
 def expected_names() -> set[str]:
@@ -102,7 +117,8 @@ def test_every_linen_layer_has_a_row():
     missing = sorted(expected_names() - set(listed))
     assert not missing, (
         f"Linen layers/functions without a row in README.md's 'Layer coverage' table: {missing}. "
-        f"Add each with its nnx_bridge counterpart, or '{NONE}' and the reason.")
+        f"Add each with its nnx_bridge counterpart, or '{NONE}' and the reason."
+    )
     assert not duplicated, f"listed more than once in the coverage table: {duplicated}"
 
 
@@ -126,18 +142,28 @@ def test_rows_without_counterpart_state_a_reason():
 
 def test_only_activations_map_to_jax():
     activations = linen_activations()
-    outside = [name for row in coverage_rows() if row.counterpart.startswith("jax.")
-               for name in row.linen if name not in activations]
+    outside = [
+        name
+        for row in coverage_rows()
+        if row.counterpart.startswith("jax.")
+        for name in row.linen
+        if name not in activations
+    ]
     assert not outside, f"only JAX activations may map to jax.*; layers must live in nnx_bridge: {outside}"
 
 
 def test_every_counterpart_exists():
-    missing = sorted(f"{name} -> {row.counterpart.replace('<name>', name)}"
-                     for row in coverage_rows() if row.counterpart != NONE
-                     for name in row.linen if resolve(row.counterpart, name) is None)
+    missing = sorted(
+        f"{name} -> {row.counterpart.replace('<name>', name)}"
+        for row in coverage_rows()
+        if row.counterpart != NONE
+        for name in row.linen
+        if resolve(row.counterpart, name) is None
+    )
     assert not missing, (
         f"{len(missing)} coverage-table counterpart(s) do not exist in nnx_bridge / jax: "
-        + "; ".join(missing))
+        + "; ".join(missing)
+    )
 
 
 @pytest.mark.parametrize("name", ["LSTMCell", "RNN", "Bidirectional", "Linear"])

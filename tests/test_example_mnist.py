@@ -100,8 +100,10 @@ def train_and_evaluate(model, datasets, epochs=2, params=None):
 
 def digits():
     x_train, y_train, x_test, y_test = load_digits_split()
-    return ({"image": x_train.reshape(-1, 8, 8, 1), "label": y_train},
-            {"image": x_test.reshape(-1, 8, 8, 1), "label": y_test})
+    return (
+        {"image": x_train.reshape(-1, 8, 8, 1), "label": y_train},
+        {"image": x_test.reshape(-1, 8, 8, 1), "label": y_test},
+    )
 
 
 def test_mnist_loop_trains_the_bridged_cnn_as_the_linen_twin():

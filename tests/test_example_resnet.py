@@ -31,14 +31,18 @@ HERE = pathlib.Path(__file__).resolve()
 
 
 def test_resnet_loop_under_pmap_with_half_precision_and_dynamic_scale():
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES}",
-           "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join([str(HERE.parent.parent), str(HERE.parent)])}
-    process = subprocess.run([sys.executable, str(HERE)], env=env, check=False, capture_output=True, text=True,
-                             timeout=300)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES}",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": os.pathsep.join([str(HERE.parent.parent), str(HERE.parent)]),
+    }
+    process = subprocess.run(
+        [sys.executable, str(HERE)], env=env, check=False, capture_output=True, text=True, timeout=300
+    )
     assert process.returncode == 0, (process.stdout + process.stderr)[-3000:]
     line = next(l for l in process.stdout.splitlines() if l.startswith("RESULT "))
-    result = json.loads(line[len("RESULT "):])
+    result = json.loads(line[len("RESULT ") :])
     assert result["devices"] == DEVICES
     # initialized(): jax.jit(model.init) outside pmap, input of model.dtype, BatchNorm untouched.
     assert result["model_dtype"] == "float16" and result["param_dtype"] == "float32"
@@ -66,8 +70,9 @@ def build_model_classes():
     class ResNetBlock(nnx.Module):
         def __init__(self, in_features, filters, *, ctx, strides=(1, 1), dtype=jnp.float32):
             conv = functools.partial(nnx.Conv, use_bias=False, dtype=dtype, ctx=ctx)
-            norm = functools.partial(nnx.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                                     axis_name="batch", ctx=ctx)
+            norm = functools.partial(
+                nnx.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=dtype, axis_name="batch", ctx=ctx
+            )
             self.Conv_0 = conv(in_features, filters, (3, 3), strides=strides)
             self.BatchNorm_0 = norm(filters)
             self.Conv_1 = conv(filters, filters, (3, 3))
@@ -85,18 +90,28 @@ def build_model_classes():
 
     class ResNet(nnx.Module):
         def __init__(self, stage_sizes, num_classes, *, ctx, num_filters=8, dtype=jnp.float32):
-            self.conv_init = nnx.Conv(3, num_filters, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
-                                      use_bias=False, dtype=dtype, ctx=ctx)
-            self.bn_init = nnx.BatchNorm(num_filters, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                                         axis_name="batch", ctx=ctx)
+            self.conv_init = nnx.Conv(
+                3,
+                num_filters,
+                (7, 7),
+                strides=(2, 2),
+                padding=((3, 3), (3, 3)),
+                use_bias=False,
+                dtype=dtype,
+                ctx=ctx,
+            )
+            self.bn_init = nnx.BatchNorm(
+                num_filters, momentum=0.9, epsilon=1e-5, dtype=dtype, axis_name="batch", ctx=ctx
+            )
             names, features = [], num_filters
             for i, size in enumerate(stage_sizes):
                 for j in range(size):
                     filters = num_filters * 2**i
                     strides = (2, 2) if i > 0 and j == 0 else (1, 1)
                     names.append(f"ResNetBlock_{len(names)}")
-                    setattr(self, names[-1], ResNetBlock(features, filters, strides=strides, dtype=dtype,
-                                                         ctx=ctx))
+                    setattr(
+                        self, names[-1], ResNetBlock(features, filters, strides=strides, dtype=dtype, ctx=ctx)
+                    )
                     features = filters
             self.block_names = tuple(names)
             self.Dense_0 = nnx.Linear(features, num_classes, dtype=dtype, ctx=ctx)
@@ -118,8 +133,14 @@ def build_model_classes():
         @nn.compact
         def __call__(self, x, train):
             conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-            norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                                     epsilon=1e-5, dtype=self.dtype, axis_name="batch")
+            norm = functools.partial(
+                nn.BatchNorm,
+                use_running_average=not train,
+                momentum=0.9,
+                epsilon=1e-5,
+                dtype=self.dtype,
+                axis_name="batch",
+            )
             y = nn.relu(norm()(conv(self.filters, (3, 3), self.strides)(x)))
             y = norm(scale_init=nn.initializers.zeros_init())(conv(self.filters, (3, 3))(y))
             if x.shape != y.shape:
@@ -134,10 +155,23 @@ def build_model_classes():
 
         @nn.compact
         def __call__(self, x, train: bool = True):
-            x = nn.Conv(self.num_filters, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                        dtype=self.dtype, name="conv_init")(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                             axis_name="batch", name="bn_init")(x)
+            x = nn.Conv(
+                self.num_filters,
+                (7, 7),
+                (2, 2),
+                padding=((3, 3), (3, 3)),
+                use_bias=False,
+                dtype=self.dtype,
+                name="conv_init",
+            )(x)
+            x = nn.BatchNorm(
+                use_running_average=not train,
+                momentum=0.9,
+                epsilon=1e-5,
+                dtype=self.dtype,
+                axis_name="batch",
+                name="bn_init",
+            )(x)
             x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding="SAME")
             for i, size in enumerate(self.stage_sizes):
                 for j in range(size):
@@ -167,15 +201,18 @@ def cross_entropy_loss(logits, labels):
 
 
 def compute_metrics(logits, labels):
-    metrics = {"loss": cross_entropy_loss(logits, labels),
-               "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+    metrics = {
+        "loss": cross_entropy_loss(logits, labels),
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+    }
     return jax.lax.pmean(metrics, axis_name="batch")
 
 
 def train_step(state, batch, learning_rate_fn):
     def loss_fn(params):
         logits, new_model_state = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats}, batch["image"], mutable=["batch_stats"])
+            {"params": params, "batch_stats": state.batch_stats}, batch["image"], mutable=["batch_stats"]
+        )
         loss = cross_entropy_loss(logits, batch["label"])
         weight_l2 = sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(params) if x.ndim > 1)
         return loss + 0.0001 * 0.5 * weight_l2, (new_model_state, logits)
@@ -191,13 +228,16 @@ def train_step(state, batch, learning_rate_fn):
     new_model_state, logits = aux[1]
     metrics = compute_metrics(logits, batch["label"])
     metrics["learning_rate"] = lr
-    new_state = state.apply_gradients(grads=grads,
-                                      batch_stats=jax.lax.pmean(new_model_state["batch_stats"], "batch"))
+    new_state = state.apply_gradients(
+        grads=grads, batch_stats=jax.lax.pmean(new_model_state["batch_stats"], "batch")
+    )
     if dynamic_scale:
         keep = functools.partial(jnp.where, is_fin)
-        new_state = new_state.replace(opt_state=jax.tree_util.tree_map(keep, new_state.opt_state, state.opt_state),
-                                      params=jax.tree_util.tree_map(keep, new_state.params, state.params),
-                                      dynamic_scale=dynamic_scale)
+        new_state = new_state.replace(
+            opt_state=jax.tree_util.tree_map(keep, new_state.opt_state, state.opt_state),
+            params=jax.tree_util.tree_map(keep, new_state.params, state.params),
+            dynamic_scale=dynamic_scale,
+        )
         metrics["scale"] = dynamic_scale.scale
     return new_state, metrics
 
@@ -223,18 +263,32 @@ def main() -> None:
     image_size, per_device = 8, 2
     learning_rate_fn = optax.linear_schedule(0.0, 0.1, 2)
     rng = np.random.default_rng(0)
-    batches = [{"image": jnp.asarray(rng.normal(size=(DEVICES, per_device, image_size, image_size, 3)),
-                                     jnp.float16),
-                "label": jnp.asarray(rng.integers(0, NUM_CLASSES, (DEVICES, per_device)))} for _ in range(3)]
+    batches = [
+        {
+            "image": jnp.asarray(
+                rng.normal(size=(DEVICES, per_device, image_size, image_size, 3)), jnp.float16
+            ),
+            "label": jnp.asarray(rng.integers(0, NUM_CLASSES, (DEVICES, per_device))),
+        }
+        for _ in range(3)
+    ]
 
     def run(model, variables=None):
         """The example's create_train_state and loop; `variables` replaces the model's own init."""
         params, batch_stats = variables or initialized(jax.random.key(0), image_size, model)
-        state = TrainState.create(apply_fn=model.apply, params=params,
-                                  tx=optax.sgd(learning_rate=learning_rate_fn, momentum=0.9, nesterov=True),
-                                  batch_stats=batch_stats, dynamic_scale=dynamic_scale_lib.DynamicScale())
-        p_train_step = jax.pmap(functools.partial(train_step, learning_rate_fn=learning_rate_fn),
-                                in_axes=(None, 0), out_axes=(None, 0), axis_name="batch")
+        state = TrainState.create(
+            apply_fn=model.apply,
+            params=params,
+            tx=optax.sgd(learning_rate=learning_rate_fn, momentum=0.9, nesterov=True),
+            batch_stats=batch_stats,
+            dynamic_scale=dynamic_scale_lib.DynamicScale(),
+        )
+        p_train_step = jax.pmap(
+            functools.partial(train_step, learning_rate_fn=learning_rate_fn),
+            in_axes=(None, 0),
+            out_axes=(None, 0),
+            axis_name="batch",
+        )
         p_eval_step = jax.pmap(eval_step, in_axes=(None, 0), axis_name="batch")
         losses = []
         for batch in batches[:2]:
@@ -243,15 +297,20 @@ def main() -> None:
         eval_metrics, logits = p_eval_step(state, batches[2])
         return (params, batch_stats), state, losses, metrics, eval_metrics, logits
 
-    model = nnx.to_linen(ResNet, stage_sizes=(1, 1), num_classes=NUM_CLASSES, dtype=jnp.float16)  # the one line
+    model = nnx.to_linen(
+        ResNet, stage_sizes=(1, 1), num_classes=NUM_CLASSES, dtype=jnp.float16
+    )  # the one line
     params, batch_stats = initialized(jax.random.key(0), image_size, model)  # jit(init) outside pmap
     twin = LinenResNet(stage_sizes=(1, 1), num_classes=NUM_CLASSES, dtype=jnp.float16)
     linen_init = initialized(jax.random.key(0), image_size, twin)
     _, linen_state, linen_losses, _, linen_eval, _ = run(twin)
     # The bridged model trains from the twin's variables (the same dict loads into both).
     _, state, losses, metrics, eval_metrics, logits = run(model, linen_init)
-    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)),
-                        (state.params, state.batch_stats), (linen_state.params, linen_state.batch_stats))
+    same = jax.tree.map(
+        lambda a, b: bool(np.array_equal(a, b)),
+        (state.params, state.batch_stats),
+        (linen_state.params, linen_state.batch_stats),
+    )
     init_stats = jax.tree_util.tree_flatten_with_path(batch_stats)[0]
     stats = jax.tree_util.tree_leaves(state.batch_stats)
     result = {
@@ -259,16 +318,24 @@ def main() -> None:
         "model_dtype": jnp.dtype(model.dtype).name,
         "param_dtype": str(params["conv_init"]["kernel"].dtype),
         "init_mean_abs": max(float(np.abs(v).max()) for p, v in init_stats if p[-1].key == "mean"),
-        "init_var_minus_one_abs": max(float(np.abs(v - 1).max()) for p, v in init_stats if p[-1].key == "var"),
-        "stats_moved": bool(any(not np.allclose(a, b) for a, b in zip(stats, jax.tree_util.tree_leaves(linen_init[1])))),
-        "replicas_agree": bool(np.all(np.asarray(eval_metrics["loss"]) == np.asarray(eval_metrics["loss"])[0])),
+        "init_var_minus_one_abs": max(
+            float(np.abs(v - 1).max()) for p, v in init_stats if p[-1].key == "var"
+        ),
+        "stats_moved": bool(
+            any(not np.allclose(a, b) for a, b in zip(stats, jax.tree_util.tree_leaves(linen_init[1])))
+        ),
+        "replicas_agree": bool(
+            np.all(np.asarray(eval_metrics["loss"]) == np.asarray(eval_metrics["loss"])[0])
+        ),
         "losses": losses,
         "scale": float(metrics["scale"][0]),
         "eval_loss": float(eval_metrics["loss"][0]),
         "eval_accuracy": float(eval_metrics["accuracy"][0]),
         "logits_dtype": str(logits.dtype),
-        "same_layout_as_twin": jax.tree.map(jnp.shape, linen_init) == jax.tree.map(jnp.shape, (params, batch_stats)),
-        "linen_losses": linen_losses, "linen_eval_loss": float(linen_eval["loss"][0]),
+        "same_layout_as_twin": jax.tree.map(jnp.shape, linen_init)
+        == jax.tree.map(jnp.shape, (params, batch_stats)),
+        "linen_losses": linen_losses,
+        "linen_eval_loss": float(linen_eval["loss"][0]),
         "twin_state_equal": all(jax.tree_util.tree_leaves(same)),
     }
     print("RESULT " + json.dumps(result))

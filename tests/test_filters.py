@@ -173,8 +173,17 @@ class Block(nnx.Module):
 
 
 SELECTIONS = [
-    ("params", {"encoder/0/bias", "encoder/0/kernel", "encoder/1/bias", "encoder/1/kernel",
-                "head/bias", "head/kernel"}),
+    (
+        "params",
+        {
+            "encoder/0/bias",
+            "encoder/0/kernel",
+            "encoder/1/bias",
+            "encoder/1/kernel",
+            "head/bias",
+            "head/kernel",
+        },
+    ),
     (SubParam, {"encoder/0/bias", "encoder/1/bias", "head/bias"}),
     (Cache, {"cache"}),
     (nnx.PathContains("head"), {"head/bias", "head/kernel", "head/mean"}),

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax.core import meta
+from linen_loop import load_digits_split, train
 
 import nnx_bridge as nnx
 from nnx_bridge.linen import config
-from linen_loop import load_digits_split, train
 from nnx_bridge.linen.from_linen import FromLinen, from_linen
 
 X = jnp.linspace(-1.0, 1.0, 12).reshape(4, 3)
@@ -48,8 +48,9 @@ class MixedMLP(nnx.Module):
 
     def __init__(self, features: int, *, ctx: nnx.Context):
         self.l1 = from_linen(nn.Dense(64), jnp.zeros((1, features)), ctx=ctx)
-        self.bn = from_linen(nn.BatchNorm(momentum=0.9), jnp.zeros((1, 64)), ctx=ctx,
-                             use_running_average=True)
+        self.bn = from_linen(
+            nn.BatchNorm(momentum=0.9), jnp.zeros((1, 64)), ctx=ctx, use_running_average=True
+        )
         self.drop = nnx.Dropout(0.2)
         self.head = from_linen(Head(), jnp.zeros((1, 64)), ctx=ctx)
 
@@ -85,12 +86,15 @@ def _shapes(tree):
 
 
 # ---- round trips -------------------------------------------------------------------------------
-@pytest.mark.parametrize("block, kwargs", [
-    (nn.Dense(4), {}),
-    (Head(hidden=5, classes=2), {}),
-    (nn.BatchNorm(momentum=0.5), {"use_running_average": False}),
-    (nn.Dense(4, kernel_init=nn.with_partitioning(nn.initializers.lecun_normal(), (None, "model"))), {}),
-])
+@pytest.mark.parametrize(
+    "block, kwargs",
+    [
+        (nn.Dense(4), {}),
+        (Head(hidden=5, classes=2), {}),
+        (nn.BatchNorm(momentum=0.5), {"use_running_average": False}),
+        (nn.Dense(4, kernel_init=nn.with_partitioning(nn.initializers.lecun_normal(), (None, "model"))), {}),
+    ],
+)
 def test_linen_to_from_linen_to_linen_round_trip(block, kwargs):
     sample = jax.ShapeDtypeStruct(X.shape, X.dtype)
     linen_vars = block.init(jax.random.PRNGKey(0), X, **kwargs)
@@ -115,7 +119,10 @@ def test_variables_are_one_per_leaf_at_the_linen_paths_with_collection_kept():
     expected = nnx.from_variables({c: {"block": tree} for c, tree in linen_vars.items()})
     assert list(state) == list(expected)
     assert [type(v) for v in state.values()] == [type(v) for v in expected.values()]
-    assert type(state["block/bn/mean"]) is nnx.BatchStat and type(state["block/head/Dense_1/kernel"]) is nnx.Param
+    assert (
+        type(state["block/bn/mean"]) is nnx.BatchStat
+        and type(state["block/head/Dense_1/kernel"]) is nnx.Param
+    )
     assert _shapes(nnx.to_variables(state)) == _shapes(nnx.to_variables(expected))
 
 
@@ -263,17 +270,23 @@ def test_the_structure_is_rebuilt_abstractly_after_a_restart():
 # ---- errors ------------------------------------------------------------------------------------
 def test_missing_rng_stream_errors_name_the_stream():
     block = from_linen(Noisy(), X, ctx=nnx.Context(0), train=False)
-    with pytest.raises(nnx.MissingRngStreamError,
-                       match=r"from_linen\(Noisy\) needs the RNG stream 'dropout', but the call got no "
-                             r"ctx\. Pass one, e\.g\. block\(x, ctx=nnx\.Context\(\{'dropout'"):
+    with pytest.raises(
+        nnx.MissingRngStreamError,
+        match=r"from_linen\(Noisy\) needs the RNG stream 'dropout', but the call got no "
+        r"ctx\. Pass one, e\.g\. block\(x, ctx=nnx\.Context\(\{'dropout'",
+    ):
         block(X, train=True)
-    with pytest.raises(nnx.MissingRngStreamError,
-                       match=r"The Context has no RNG stream 'dropout' \(streams available: 'noise'\)"):
+    with pytest.raises(
+        nnx.MissingRngStreamError,
+        match=r"The Context has no RNG stream 'dropout' \(streams available: 'noise'\)",
+    ):
         block(X, train=True, ctx=nnx.Context({"noise": 0}))
     strict = from_linen(Noisy(), X, ctx=nnx.Context(0), train=False, rng_streams=())
-    with pytest.raises(nnx.MissingRngStreamError,
-                       match=r"needs the RNG stream 'dropout', which is not among its rng_streams \(\)\. "
-                             r"Pass rng_streams=\('dropout', \.\.\.\) to from_linen"):
+    with pytest.raises(
+        nnx.MissingRngStreamError,
+        match=r"needs the RNG stream 'dropout', which is not among its rng_streams \(\)\. "
+        r"Pass rng_streams=\('dropout', \.\.\.\) to from_linen",
+    ):
         strict(X, train=True, ctx=nnx.Context(0))
     assert block(X, train=True, ctx=nnx.Context(1)).shape == (4, 3)
 
@@ -288,8 +301,9 @@ def test_missing_rng_stream_through_to_linen_says_which_rngs_to_pass():
 
     model = nnx.to_linen(Net)
     variables = model.init(jax.random.PRNGKey(0), X)
-    with pytest.raises(nnx.MissingRngStreamError,
-                       match=r"needs the RNG stream 'dropout'.*rngs=\{'dropout': key\}"):
+    with pytest.raises(
+        nnx.MissingRngStreamError, match=r"needs the RNG stream 'dropout'.*rngs=\{'dropout': key\}"
+    ):
         model.apply(variables, X)
     assert model.apply(variables, X, rngs={"dropout": jax.random.PRNGKey(1)}).shape == (4, 3)
 
@@ -302,8 +316,11 @@ def test_collision_of_two_collections_at_one_path():
             self.variable("batch_stats", "w", jnp.zeros, (1,))
             return x
 
-    with pytest.raises(ValueError, match=r"from_linen\(Clash\): the Linen variables 'batch_stats/w' and "
-                                         r"'params/w' share the path 'w'.*rename one of them"):
+    with pytest.raises(
+        ValueError,
+        match=r"from_linen\(Clash\): the Linen variables 'batch_stats/w' and "
+        r"'params/w' share the path 'w'.*rename one of them",
+    ):
         from_linen(Clash(), X, ctx=nnx.Context(0))
 
     variables = {"params": {"sub": {"w": jnp.ones(2)}}, "cache": {"sub": jnp.zeros(())}}
@@ -328,8 +345,11 @@ def test_other_errors_by_text():
         def __call__(self, x):
             return nn.Dense(self.sizes[0])(x)
 
-    with pytest.raises(TypeError, match=r"from_linen\(Listy\): the Linen module is unhashable.*tuples "
-                                        r"instead of lists"):
+    with pytest.raises(
+        TypeError,
+        match=r"from_linen\(Listy\): the Linen module is unhashable.*tuples "
+        r"instead of lists",
+    ):
         from_linen(Listy(sizes=[2]), X, ctx=nnx.Context(0))
 
     class Reserved(nn.Module):
@@ -337,8 +357,11 @@ def test_other_errors_by_text():
         def __call__(self, x):
             return nn.Dense(2, name="partition")(x)
 
-    with pytest.raises(ValueError, match=r"'params/partition/kernel' is named 'partition', which FromLinen "
-                                         r"uses itself"):
+    with pytest.raises(
+        ValueError,
+        match=r"'params/partition/kernel' is named 'partition', which FromLinen "
+        r"uses itself",
+    ):
         from_linen(Reserved(), X, ctx=nnx.Context(0))
 
     class Lazy(nn.Module):
@@ -351,8 +374,11 @@ def test_other_errors_by_text():
 
     lazy = from_linen(Lazy(), X, ctx=nnx.Context(0), train=False)
     assert lazy(X, train=False) is X
-    with pytest.raises(ValueError, match=r"from_linen\(Lazy\): the call created the new Linen variable "
-                                         r"'batch_stats/seen', which init did not create"):
+    with pytest.raises(
+        ValueError,
+        match=r"from_linen\(Lazy\): the call created the new Linen variable "
+        r"'batch_stats/seen', which init did not create",
+    ):
         lazy(X, train=True)
 
     class Boxed(meta.AxisMetadata):
@@ -371,19 +397,28 @@ def test_other_errors_by_text():
         def remove_axis(self, index, params):
             return self
 
-    with pytest.raises(TypeError, match=r"'params/w' is boxed in Boxed; from_linen understands "
-                                        r"nn\.Partitioned"):
+    with pytest.raises(
+        TypeError,
+        match=r"'params/w' is boxed in Boxed; from_linen understands "
+        r"nn\.Partitioned",
+    ):
         FromLinen(nn.Dense(2), {"params": {"w": Boxed(jnp.ones(2))}})
     with pytest.raises(TypeError, match=r"'params/w'.*sharding entries must be str or None"):
         FromLinen(nn.Dense(2), {"params": {"w": meta.Partitioned(jnp.ones(2), names=(1,))}})
 
     holder = from_linen(nn.Dense(2), X, ctx=nnx.Context(0))
-    with pytest.raises(TypeError, match=r"from_linen\(Dense\): rngs= is not an argument of the call: "
-                                        r"RNG keys come from ctx="):
+    with pytest.raises(
+        TypeError,
+        match=r"from_linen\(Dense\): rngs= is not an argument of the call: "
+        r"RNG keys come from ctx=",
+    ):
         holder(X, rngs={"dropout": jax.random.PRNGKey(0)})
     holder.note = [1]
-    with pytest.raises(TypeError, match=r"attribute 'note' holds a list; a FromLinen holds only the Linen "
-                                        r"variables"):
+    with pytest.raises(
+        TypeError,
+        match=r"attribute 'note' holds a list; a FromLinen holds only the Linen "
+        r"variables",
+    ):
         holder(X)
 
 

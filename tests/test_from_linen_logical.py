@@ -78,6 +78,9 @@ def test_linen_methods_are_methods_of_the_block():
     p = block.linen_variables()["params"]
     np.testing.assert_allclose(codes, X @ p["enc"]["kernel"] + p["enc"]["bias"], rtol=1e-6)
     np.testing.assert_allclose(block.decode(codes), block(X), rtol=1e-6)
-    with pytest.raises(AttributeError, match=r"FromLinen has no attribute 'missing' \(and "
-                                             r"from_linen\(Coder\) has no method of that name\)"):
+    with pytest.raises(
+        AttributeError,
+        match=r"FromLinen has no attribute 'missing' \(and "
+        r"from_linen\(Coder\) has no method of that name\)",
+    ):
         _ = block.missing

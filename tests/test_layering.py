@@ -39,7 +39,9 @@ _WITHOUT_FLAX = textwrap.dedent(
 
 
 def test_core_and_layers_work_without_flax() -> None:
-    result = subprocess.run([sys.executable, "-c", _WITHOUT_FLAX], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_FLAX], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "ok"
 
@@ -54,3 +56,14 @@ def test_import_does_not_load_flax_until_the_bridge_is_used() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["False", "True"]
+
+
+def test_import_starts_no_backend_so_jax_distributed_can_initialize_after_it() -> None:
+    code = (
+        "from jax._src import xla_bridge\n"
+        "import nnx_bridge, nnx_bridge.linen, nnx_bridge.sharding, nnx_bridge.training\n"
+        "print(bool(xla_bridge._backends))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["False"]

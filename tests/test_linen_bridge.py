@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from bridge_models import MLP, Dense
 
 import nnx_bridge as nnx
 from nnx_bridge.linen import config
-from bridge_models import MLP, Dense
 
 KEY = jax.random.PRNGKey(0)
 X = jnp.linspace(-1.0, 1.0, 6).reshape(2, 3)
@@ -26,8 +27,7 @@ def test_is_a_real_linen_module_and_init_returns_linen_layout():
     variables = model.init(KEY, X)
     assert shapes(variables) == {
         "counts": {"steps": ()},
-        "params": {"layers": {"0": {"bias": (4,), "kernel": (3, 4)},
-                              "1": {"bias": (2,), "kernel": (4, 2)}}},
+        "params": {"layers": {"0": {"bias": (4,), "kernel": (3, 4)}, "1": {"bias": (2,), "kernel": (4, 2)}}},
     }
 
 
@@ -176,23 +176,30 @@ def test_shared_wrapper_called_twice_reuses_its_variables():
 
 class Block(nnx.Module):
     def __init__(self, d, *, ctx):
-        self.kernel = nnx.Param(jax.random.normal(ctx.make_rng("params"), (d, d)) * 0.3,
-                                sharding=("embed", "mlp"))
+        self.kernel = nnx.Param(
+            jax.random.normal(ctx.make_rng("params"), (d, d)) * 0.3, sharding=("embed", "mlp")
+        )
 
     def __call__(self, carry, _):
         return jnp.tanh(carry @ self.kernel.value), None
 
 
 def test_nn_scan_stacks_layers_with_their_own_keys_and_partition_axis():
-    Stack = nn.scan(nnx.ToLinen, variable_axes={"params": 0}, split_rngs={"params": True},
-                    length=3, metadata_params={nn.PARTITION_NAME: "layers"})
+    Stack = nn.scan(
+        nnx.ToLinen,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        length=3,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
     model = Stack(Block, args=(3,))
     variables = model.init(KEY, X, None)
     kernel = nn.unbox(variables)["params"]["kernel"]
     assert kernel.shape == (3, 3, 3)
     assert not np.allclose(kernel[0], kernel[1])
     assert nn.get_partition_spec(variables)["params"]["kernel"] == jax.sharding.PartitionSpec(
-        "layers", "embed", "mlp")
+        "layers", "embed", "mlp"
+    )
     y, _ = model.apply(variables, X, None)
     expected = X
     for i in range(3):
@@ -201,8 +208,13 @@ def test_nn_scan_stacks_layers_with_their_own_keys_and_partition_axis():
 
 
 def test_nn_vmap_remat_and_jit():
-    Batched = nn.vmap(nnx.ToLinen, variable_axes={"params": 0}, split_rngs={"params": True},
-                      in_axes=0, metadata_params={nn.PARTITION_NAME: "ensemble"})
+    Batched = nn.vmap(
+        nnx.ToLinen,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=0,
+        metadata_params={nn.PARTITION_NAME: "ensemble"},
+    )
     variables = Batched(Dense, args=(3, 2)).init(KEY, jnp.ones((5, 2, 3)))
     assert shapes(variables)["params"]["kernel"] == (5, 3, 2)
 

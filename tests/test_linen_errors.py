@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from bridge_models import MLP, Dense
 
 import nnx_bridge as nnx
-from bridge_models import MLP, Dense
 
 KEY = jax.random.PRNGKey(0)
 X = jnp.ones((2, 3))
@@ -22,16 +22,21 @@ def model_and_variables():
 
 def test_write_to_immutable_collection(model_and_variables):
     model, variables = model_and_variables
-    with pytest.raises(ValueError, match=r"updated 'counts/steps', but collection 'counts' is not "
-                                         r"mutable\. Pass mutable=\['counts'\] to apply"):
+    with pytest.raises(
+        ValueError,
+        match=r"updated 'counts/steps', but collection 'counts' is not "
+        r"mutable\. Pass mutable=\['counts'\] to apply",
+    ):
         model.apply(variables, X, train=True)
 
 
 def test_missing_rng_stream_is_named(model_and_variables):
     model, variables = model_and_variables
-    with pytest.raises(nnx.MissingRngStreamError,
-                       match=r"needs the RNG stream 'noise', but the Linen call got RNGs for: none\. "
-                             r"Pass it, e.g\. model\.apply\(variables, \.\.\., rngs=\{'noise': key\}\)"):
+    with pytest.raises(
+        nnx.MissingRngStreamError,
+        match=r"needs the RNG stream 'noise', but the Linen call got RNGs for: none\. "
+        r"Pass it, e.g\. model\.apply\(variables, \.\.\., rngs=\{'noise': key\}\)",
+    ):
         model.apply(variables, X, method="noisy")
 
 
@@ -47,8 +52,11 @@ def test_missing_variable_names_its_path(model_and_variables):
 def test_unexpected_variable_names_its_path(model_and_variables):
     model, variables = model_and_variables
     extra = {**variables, "params": {**variables["params"], "head": {"kernel": jnp.ones((2, 2))}}}
-    with pytest.raises(KeyError, match=r"unexpected variable\(s\) 'params/head/kernel': the module has "
-                                       r"no such variable"):
+    with pytest.raises(
+        KeyError,
+        match=r"unexpected variable\(s\) 'params/head/kernel': the module has "
+        r"no such variable",
+    ):
         model.apply(extra, X)
 
 
@@ -56,8 +64,11 @@ def test_shape_mismatch_names_path_and_both_shapes(model_and_variables):
     model, variables = model_and_variables
     bad = jax.tree.map(lambda x: x, variables)
     bad["params"]["layers"]["1"]["kernel"] = jnp.ones((4, 3))
-    with pytest.raises(ValueError, match=r"variable 'params/layers/1/kernel' has shape \(4, 3\), but the "
-                                         r"module expects \(4, 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"variable 'params/layers/1/kernel' has shape \(4, 3\), but the "
+        r"module expects \(4, 2\)",
+    ):
         model.apply(bad, X)
 
 
@@ -71,8 +82,11 @@ def test_nested_paths_include_the_linen_scope():
 
     variables = Parent().init(KEY, X)
     variables["params"]["body"]["kernel"] = jnp.ones((3, 5))
-    with pytest.raises(ValueError, match=r"ToLinen\(Dense\) at 'body': variable 'params/body/kernel' has "
-                                         r"shape \(3, 5\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"ToLinen\(Dense\) at 'body': variable 'params/body/kernel' has "
+        r"shape \(3, 5\)",
+    ):
         Parent().apply(variables, X)
 
 
@@ -101,6 +115,9 @@ def test_structure_change_during_call():
 
 def test_unknown_method_name(model_and_variables):
     model, variables = model_and_variables
-    with pytest.raises(AttributeError, match=r"method='decode' is not a method of MLP; its methods are: "
-                                             r"__call__, encode, .*Pass method= one of them\."):
+    with pytest.raises(
+        AttributeError,
+        match=r"method='decode' is not a method of MLP; its methods are: "
+        r"__call__, encode, .*Pass method= one of them\.",
+    ):
         model.apply(variables, X, method="decode")

@@ -93,8 +93,9 @@ def test_batchnorm_skips_the_cross_device_mean_while_initialising():
     variables = jax.jit(model.init)(KEY, X)  # outside pmap: no 'batch' axis is bound
     with pytest.raises(NameError, match="unbound axis name: batch"):
         model.apply(variables, X, mutable=["batch_stats"])
-    _, updates = jax.vmap(lambda x: model.apply(variables, x, mutable=["batch_stats"]),
-                          axis_name="batch")(X[None])
+    _, updates = jax.vmap(lambda x: model.apply(variables, x, mutable=["batch_stats"]), axis_name="batch")(
+        X[None]
+    )
     assert updates["batch_stats"]["mean"].shape == (1, 4)
 
 
@@ -122,8 +123,9 @@ def test_jitted_init_and_apply_with_lazy_variables():
     np.testing.assert_allclose(out, eager_out, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), updates, eager_updates)
     _, twice = step({**variables, **updates}, X)
-    np.testing.assert_allclose(twice["stats"]["inner"]["total"], 2 * updates["stats"]["inner"]["total"],
-                               rtol=1e-6)  # the inner sum sees X both times
+    np.testing.assert_allclose(
+        twice["stats"]["inner"]["total"], 2 * updates["stats"]["inner"]["total"], rtol=1e-6
+    )  # the inner sum sees X both times
 
 
 def test_apply_in_a_fresh_process_builds_the_structure_without_lazy_variables():
@@ -141,14 +143,16 @@ def test_apply_after_restore_in_a_new_interpreter(tmp_path):
         import jax, jax.numpy as jnp, numpy as np
         import nnx_bridge as nnx
         from test_linen_init import Outer, X
-        variables = pickle.load(open({str(tmp_path / 'v.pkl')!r}, 'rb'))
+        variables = pickle.load(open({str(tmp_path / "v.pkl")!r}, 'rb'))
         print('OUT', np.asarray(nnx.to_linen(Outer).apply(variables, X)).tolist())
     """)
     variables = jax.device_get(nnx.to_linen(Outer).init(KEY, X))
     import pickle
 
     (tmp_path / "v.pkl").write_bytes(pickle.dumps(variables))
-    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     line = next(l for l in result.stdout.splitlines() if l.startswith("OUT "))
     np.testing.assert_allclose(np.array(eval(line[4:])), nnx.to_linen(Outer).apply(variables, X), rtol=1e-6)
@@ -301,9 +305,12 @@ def test_structure_of_a_linen_twin_matches():
 def test_apply_without_the_lazy_variable_is_a_missing_variable_error():
     model = nnx.to_linen(Outer)
     variables = model.init(KEY, X)
-    with pytest.raises(KeyError, match=r"ToLinen\(Outer\) at '/': missing variable 'stats/inner/total': "
-                                       r"Running\.variable\('stats', 'total', \.\.\.\) would have to "
-                                       r"create it during apply\. Variables are created by init"):
+    with pytest.raises(
+        KeyError,
+        match=r"ToLinen\(Outer\) at '/': missing variable 'stats/inner/total': "
+        r"Running\.variable\('stats', 'total', \.\.\.\) would have to "
+        r"create it during apply\. Variables are created by init",
+    ):
         model.apply({"params": variables["params"]}, X)
 
     class Parent(nn.Module):
@@ -321,15 +328,23 @@ def test_unclaimed_given_variable_is_unexpected():
     variables = model.init(KEY, X)
     extra = jax.tree.map(lambda x: x, variables)
     extra["stats"]["inner"]["other"] = jnp.zeros(4)
-    with pytest.raises(KeyError, match=r"unexpected variable\(s\) 'stats/inner/other': the module has "
-                                       r"no such variable"):
+    with pytest.raises(
+        KeyError,
+        match=r"unexpected variable\(s\) 'stats/inner/other': the module has "
+        r"no such variable",
+    ):
         model.apply(extra, X)
     extra = jax.tree.map(lambda x: x, variables)
     extra["stats"]["inner"]["scale"] = jnp.zeros(4)  # a static attribute's name: cannot be placed
     with pytest.raises(KeyError, match=r"unexpected variable\(s\) 'stats/inner/scale'"):
         model.apply(extra, X)
-    extra = {**variables, "stats": {**variables["stats"], "items": {"0": {"total": jnp.zeros(4)},
-                                                                    "1": {"total": jnp.zeros(4)}}}}
+    extra = {
+        **variables,
+        "stats": {
+            **variables["stats"],
+            "items": {"0": {"total": jnp.zeros(4)}, "1": {"total": jnp.zeros(4)}},
+        },
+    }
     with pytest.raises(KeyError, match=r"unexpected variable\(s\) 'stats/items/1/total'"):
         model.apply(extra, X)
 
@@ -343,9 +358,11 @@ def test_a_call_that_changes_a_shape_or_dtype_raises():
             self.cache.value = jnp.concatenate([self.cache.value, x])
             return x
 
-    pattern = (r"ToLinen\(.*Grows\) at '/': calling '__call__' changed variable 'cache/cache' from shape "
-               r"\(1, 4\) dtype float32 to shape \(3, 4\) dtype float32\. .*self\.variable\('cache', name, "
-               r"init_fn, \*init_args\)")
+    pattern = (
+        r"ToLinen\(.*Grows\) at '/': calling '__call__' changed variable 'cache/cache' from shape "
+        r"\(1, 4\) dtype float32 to shape \(3, 4\) dtype float32\. .*self\.variable\('cache', name, "
+        r"init_fn, \*init_args\)"
+    )
     with pytest.raises(ValueError, match=pattern):
         nnx.to_linen(Grows).init(KEY, X)
 
@@ -354,8 +371,11 @@ def test_a_call_that_changes_a_shape_or_dtype_raises():
             self.count.value = self.count.value * 1.5
 
     variables = nnx.to_linen(Counter).init(KEY)
-    with pytest.raises(ValueError, match=r"changed variable 'counts/count' from shape \(\) dtype int32 to "
-                                         r"shape \(\) dtype float32"):
+    with pytest.raises(
+        ValueError,
+        match=r"changed variable 'counts/count' from shape \(\) dtype int32 to "
+        r"shape \(\) dtype float32",
+    ):
         nnx.to_linen(Casts).apply(variables, mutable=["counts"])
 
 
@@ -382,9 +402,12 @@ def test_variable_in_a_collection_init_may_not_write():
             self.variable("intermediates", "seen", lambda: x)
             return x
 
-    with pytest.raises(ValueError, match=r"Records\.variable\('intermediates', 'seen', \.\.\.\) would create "
-                                         r"'intermediates/seen' during init, but collection 'intermediates' "
-                                         r"is not mutable in this init call"):
+    with pytest.raises(
+        ValueError,
+        match=r"Records\.variable\('intermediates', 'seen', \.\.\.\) would create "
+        r"'intermediates/seen' during init, but collection 'intermediates' "
+        r"is not mutable in this init call",
+    ):
         nnx.to_linen(Records).init(KEY, X)
     assert nnx.to_linen(Records).init(KEY, X, mutable=True)["intermediates"]["seen"].shape == (2, 4)
 
@@ -484,8 +507,9 @@ class LinenMiddle(nn.Module):
     @nn.compact
     def __call__(self, x):
         dot = nnx.to_linen(Inner, x.shape[-1], self.dout, self.rate, name="dot")
-        init = nn.with_logical_partitioning(nn.initializers.normal(), ("out-alias",),
-                                            rules=(("out-alias", "out"),))
+        init = nn.with_logical_partitioning(
+            nn.initializers.normal(), ("out-alias",), rules=(("out-alias", "out"),)
+        )
         return dot(x) + self.param("b", init, (self.dout,))
 
 

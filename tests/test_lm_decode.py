@@ -63,7 +63,7 @@ def sinusoids(max_len: int, features: int) -> np.ndarray:
     frequencies = np.exp(np.arange(half) * (-np.log(10000.0) / (half - 1)))
     angles = np.arange(max_len)[:, None] * frequencies[None, :]
     table = np.zeros((max_len, features), np.float32)
-    table[:, :half], table[:, half:2 * half] = np.sin(angles), np.cos(angles)
+    table[:, :half], table[:, half : 2 * half] = np.sin(angles), np.cos(angles)
     return table[None]
 
 
@@ -73,14 +73,15 @@ def shift_right(tokens: jax.Array) -> jax.Array:
 
 
 def decoder_mask(tokens: jax.Array, dtype: tp.Any) -> jax.Array:
-    return nn.combine_masks(nn.make_attention_mask(tokens > 0, tokens > 0, dtype=dtype),
-                            nn.make_causal_mask(tokens, dtype=dtype))
+    return nn.combine_masks(
+        nn.make_attention_mask(tokens > 0, tokens > 0, dtype=dtype), nn.make_causal_mask(tokens, dtype=dtype)
+    )
 
 
 def positions(table: np.ndarray, x: jax.Array, index: tp.Any, created_before: bool) -> jax.Array:
     """Adds the embeddings of positions ``0..length-1``, or (decoding) of position ``index``."""
     if index is None or not created_before:
-        return x + table[:, :x.shape[1]]
+        return x + table[:, : x.shape[1]]
     i = index.value
     index.value = i + 1
     return x + lax.dynamic_slice(table, jnp.array((0, i, 0)), (1, 1, table.shape[-1]))
@@ -117,10 +118,19 @@ class DecoderBlock(nnx.Module):
     def __init__(self, config: LMConfig, *, ctx: nnx.Context):
         self.LayerNorm_0 = nn.LayerNorm(config.emb_dim, dtype=config.dtype, ctx=ctx)
         self.MultiHeadDotProductAttention_0 = nn.MultiHeadAttention(
-            config.num_heads, config.emb_dim, qkv_features=config.qkv_dim, dtype=config.dtype,
-            kernel_init=KERNEL_INIT, bias_init=BIAS_INIT, use_bias=False, broadcast_dropout=False,
-            dropout_rate=config.attention_dropout_rate, deterministic=config.deterministic,
-            decode=config.decode, ctx=ctx)
+            config.num_heads,
+            config.emb_dim,
+            qkv_features=config.qkv_dim,
+            dtype=config.dtype,
+            kernel_init=KERNEL_INIT,
+            bias_init=BIAS_INIT,
+            use_bias=False,
+            broadcast_dropout=False,
+            dropout_rate=config.attention_dropout_rate,
+            deterministic=config.deterministic,
+            decode=config.decode,
+            ctx=ctx,
+        )
         self.dropout = nn.Dropout(config.dropout_rate, deterministic=config.deterministic)
         self.LayerNorm_1 = nn.LayerNorm(config.emb_dim, dtype=config.dtype, ctx=ctx)
         self.MlpBlock_0 = MlpBlock(config, ctx=ctx)
@@ -140,8 +150,14 @@ class Decoder(nnx.Module):
         for i in range(config.num_layers):  # lm1b's names; a list would be blocks/0, blocks/1
             setattr(self, f"encoderdecoderblock_{i}", DecoderBlock(config, ctx=ctx))
         self.encoderdecoder_norm = nn.LayerNorm(config.emb_dim, dtype=config.dtype, ctx=ctx)
-        self.logitdense = nn.Linear(config.emb_dim, config.vocab_size, dtype=config.dtype,
-                                    kernel_init=KERNEL_INIT, bias_init=BIAS_INIT, ctx=ctx)
+        self.logitdense = nn.Linear(
+            config.emb_dim,
+            config.vocab_size,
+            dtype=config.dtype,
+            kernel_init=KERNEL_INIT,
+            bias_init=BIAS_INIT,
+            ctx=ctx,
+        )
 
     def __call__(self, tokens: jax.Array, mask: jax.Array | None, ctx: nnx.Context | None) -> jax.Array:
         config = self.config
@@ -197,9 +213,16 @@ class LinenDecoderBlock(linen.Module):
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
         c = self.config
         h = linen.MultiHeadDotProductAttention(
-            num_heads=c.num_heads, qkv_features=c.qkv_dim, dtype=c.dtype, kernel_init=KERNEL_INIT,
-            bias_init=BIAS_INIT, use_bias=False, broadcast_dropout=False,
-            dropout_rate=c.attention_dropout_rate, deterministic=c.deterministic, decode=c.decode,
+            num_heads=c.num_heads,
+            qkv_features=c.qkv_dim,
+            dtype=c.dtype,
+            kernel_init=KERNEL_INIT,
+            bias_init=BIAS_INIT,
+            use_bias=False,
+            broadcast_dropout=False,
+            dropout_rate=c.attention_dropout_rate,
+            deterministic=c.deterministic,
+            decode=c.decode,
         )(linen.LayerNorm(dtype=c.dtype)(x), mask=mask)
         x = x + linen.Dropout(c.dropout_rate)(h, deterministic=c.deterministic)
         return x + LinenMlpBlock(c, name="MlpBlock_0")(linen.LayerNorm(dtype=c.dtype)(x))
@@ -220,8 +243,9 @@ class LinenDecoder(linen.Module):
         for i in range(c.num_layers):
             y = LinenDecoderBlock(c, name=f"encoderdecoderblock_{i}")(y, mask)
         y = linen.LayerNorm(dtype=c.dtype, name="encoderdecoder_norm")(y)
-        return linen.Dense(c.vocab_size, dtype=c.dtype, kernel_init=KERNEL_INIT, bias_init=BIAS_INIT,
-                           name="logitdense")(y)
+        return linen.Dense(
+            c.vocab_size, dtype=c.dtype, kernel_init=KERNEL_INIT, bias_init=BIAS_INIT, name="logitdense"
+        )(y)
 
 
 class LinenTransformerLM(linen.Module):
@@ -239,8 +263,14 @@ class LinenTransformerLM(linen.Module):
 EOS = 2
 
 
-def temperature_sample(prompt: jax.Array, cache: tp.Any, tokens_to_logits: tp.Callable[..., tp.Any],
-                       key: jax.Array, temperature: float = 1.0, topk: int = 20) -> jax.Array:
+def temperature_sample(
+    prompt: jax.Array,
+    cache: tp.Any,
+    tokens_to_logits: tp.Callable[..., tp.Any],
+    key: jax.Array,
+    temperature: float = 1.0,
+    topk: int = 20,
+) -> jax.Array:
     """Extends ``prompt`` (``(batch, length)``, 0 = to be sampled) token by token until EOS."""
     batch, length = prompt.shape
 
@@ -264,13 +294,13 @@ def temperature_sample(prompt: jax.Array, cache: tp.Any, tokens_to_logits: tp.Ca
         sequences = lax.dynamic_update_slice(sequences, sampled, (0, i + 1))
         return i + 1, sequences, cache, sampled, ended, key
 
-    start = (jnp.array(-1), prompt, cache, jnp.zeros((batch, 1), jnp.int32),
-             jnp.zeros((batch, 1), bool), key)
+    start = (jnp.array(-1), prompt, cache, jnp.zeros((batch, 1), jnp.int32), jnp.zeros((batch, 1), bool), key)
     return lax.while_loop(more, step, start)[1]
 
 
-def predict(model: linen.Module, params: tp.Any, prompt: jax.Array, key: jax.Array,
-            temperature: float, topk: int) -> jax.Array:
+def predict(
+    model: linen.Module, params: tp.Any, prompt: jax.Array, key: jax.Array, temperature: float, topk: int
+) -> jax.Array:
     """lm1b's predict_step: init sizes the cache, then one apply(..., mutable=["cache"]) per token."""
     cache = model.init(rbg_key(0), jnp.ones(prompt.shape, model.config.dtype))["cache"]
 
@@ -299,8 +329,10 @@ def decode_init(dtype: tp.Any) -> tuple[tp.Any, tp.Any]:
     """``init`` with ``decode=True`` on a full-length input: (bridged variables, Linen's)."""
     ours, theirs = twins(dataclasses.replace(trained(dtype)[0], decode=True))
     sample = jnp.ones((2, 12), dtype)
-    return tuple(jax.jit(model.init).lower(rbg_key(0), sample).compile(FAST_COMPILE)(rbg_key(0), sample)
-                 for model in (ours, theirs))
+    return tuple(
+        jax.jit(model.init).lower(rbg_key(0), sample).compile(FAST_COMPILE)(rbg_key(0), sample)
+        for model in (ours, theirs)
+    )
 
 
 DTYPES = pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
@@ -314,8 +346,9 @@ def test_decode_init_gives_linens_tree_and_an_unadvanced_cache(dtype):
     train, _ = trained(dtype)
     variables, expected = decode_init(dtype)
     assert_equal_trees(variables["cache"], expected["cache"])  # zeros, index 0, same shapes/dtypes
-    assert_equal_trees(jax.tree.map(jnp.zeros_like, variables["params"]),
-                       jax.tree.map(jnp.zeros_like, expected["params"]))
+    assert_equal_trees(
+        jax.tree.map(jnp.zeros_like, variables["params"]), jax.tree.map(jnp.zeros_like, expected["params"])
+    )
     attention = variables["cache"]["decoder"]["encoderdecoderblock_1"]["MultiHeadDotProductAttention_0"]
     assert attention["cached_key"].shape == (2, 12, train.num_heads, train.qkv_dim // train.num_heads)
     assert attention["cached_key"].dtype == dtype
@@ -331,8 +364,9 @@ def test_per_token_apply_gives_linens_logits_and_cache_bit_for_bit(dtype):
 
     @jax.jit
     def step(params: tp.Any, linen_cache: tp.Any, our_cache: tp.Any, token: jax.Array) -> tp.Any:
-        y_linen, linen_updates = theirs.apply({"params": params, "cache": linen_cache}, token,
-                                              mutable=["cache"])
+        y_linen, linen_updates = theirs.apply(
+            {"params": params, "cache": linen_cache}, token, mutable=["cache"]
+        )
         y, updates = ours.apply({"params": params, "cache": our_cache}, token, mutable=["cache"])
         return (y_linen, linen_updates["cache"]), (y, updates["cache"])
 
@@ -345,16 +379,26 @@ def test_per_token_apply_gives_linens_logits_and_cache_bit_for_bit(dtype):
     assert int(cache["decoder"]["posembed_output"]["cache_index"]) == 12
 
 
-@pytest.mark.parametrize("dtype,temperature,topk", [
-    (jnp.float32, 1.0, 1), (jnp.float32, 1.3, 0), (jnp.bfloat16, 0.7, 5),
-], ids=["float32-greedy", "float32-full", "bfloat16-top5"])
+@pytest.mark.parametrize(
+    "dtype,temperature,topk",
+    [
+        (jnp.float32, 1.0, 1),
+        (jnp.float32, 1.3, 0),
+        (jnp.bfloat16, 0.7, 5),
+    ],
+    ids=["float32-greedy", "float32-full", "bfloat16-top5"],
+)
 def test_predict_step_samples_linens_sequences(dtype, temperature, topk):
     train, params = trained(dtype)
     prompt = jnp.zeros((2, 12), jnp.int32).at[:, 0].set(jnp.array([5, 9])).at[0, 1].set(7)
     decode = dataclasses.replace(train, decode=True)
     run = jax.jit(predict, static_argnums=(0, 4, 5))
-    sequences = [run.lower(model, params, prompt, rbg_key(4), temperature, topk).compile(FAST_COMPILE)(
-        params, prompt, rbg_key(4)) for model in twins(decode)]
+    sequences = [
+        run.lower(model, params, prompt, rbg_key(4), temperature, topk).compile(FAST_COMPILE)(
+            params, prompt, rbg_key(4)
+        )
+        for model in twins(decode)
+    ]
     np.testing.assert_array_equal(sequences[0], sequences[1])
     assert sequences[0][1, 0] == 9 and sequences[0][0, 1] == 7  # the prompt is kept
     assert np.any(np.asarray(sequences[0])[:, 2:] != 0)  # and something was sampled
@@ -368,8 +412,10 @@ def test_variables_load_into_the_linen_twin_and_back(dtype):
 
     @jax.jit
     def both_ways(our_variables: tp.Any, linen_variables: tp.Any) -> tp.Any:
-        return [(ours.apply(v, token, mutable=["cache"]), theirs.apply(v, token, mutable=["cache"]))
-                for v in (our_variables, linen_variables)]
+        return [
+            (ours.apply(v, token, mutable=["cache"]), theirs.apply(v, token, mutable=["cache"]))
+            for v in (our_variables, linen_variables)
+        ]
 
     for (y, updates), (y_linen, linen_updates) in both_ways(our_variables, linen_variables):
         assert_equal_trees(y, y_linen)
@@ -387,6 +433,7 @@ def test_a_training_step_matches_linens():
         def loss_fn(params: tp.Any) -> jax.Array:
             logits = state.apply_fn({"params": params}, tokens)
             return optax.softmax_cross_entropy_with_integer_labels(logits, tokens).mean()
+
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         return state.apply_gradients(grads=grads), loss
 

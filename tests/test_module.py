@@ -67,10 +67,15 @@ def test_container_paths():
     )
     state, _ = model.partition()
     assert list(state) == [
-        "layers/0/n", "layers/1/n",
-        "named/first", "named/second/0",
-        "pair/0", "pair/1/n",
-        "table/3/n", "table/a/x", "table/b",
+        "layers/0/n",
+        "layers/1/n",
+        "named/first",
+        "named/second/0",
+        "pair/0",
+        "pair/1/n",
+        "table/3/n",
+        "table/a/x",
+        "table/b",
     ]
 
 
@@ -95,13 +100,28 @@ def test_merge_rebuilds_containers_of_the_same_types():
 
 
 def test_static_fields():
-    model = Bag(name="enc", sizes=[1, 2, 3], shape=(4, 5), rate=0.5, flag=True, nothing=None, dtype=jnp.float32)
+    model = Bag(
+        name="enc", sizes=[1, 2, 3], shape=(4, 5), rate=0.5, flag=True, nothing=None, dtype=jnp.float32
+    )
     state, moduledef = model.partition()
     assert state == {}
-    assert moduledef.static_fields == {"dtype": jnp.float32, "flag": True, "name": "enc", "nothing": None, "rate": 0.5}
+    assert moduledef.static_fields == {
+        "dtype": jnp.float32,
+        "flag": True,
+        "name": "enc",
+        "nothing": None,
+        "rate": 0.5,
+    }
     merged = moduledef.merge(state)
-    assert (merged.name, merged.sizes, merged.shape, merged.rate, merged.flag, merged.nothing, merged.dtype) == (
-        "enc", [1, 2, 3], (4, 5), 0.5, True, None, jnp.float32)
+    assert (
+        merged.name,
+        merged.sizes,
+        merged.shape,
+        merged.rate,
+        merged.flag,
+        merged.nothing,
+        merged.dtype,
+    ) == ("enc", [1, 2, 3], (4, 5), 0.5, True, None, jnp.float32)
     assert type(merged.sizes) is list and merged.sizes is not model.sizes
 
 
@@ -218,7 +238,9 @@ def test_partition_with_filters():
 
 
 def test_partition_with_a_non_exhaustive_filter_lists_the_rest():
-    with pytest.raises(ValueError, match=r"split: 1 variable\(s\) matched none of the filters \('params',\): 'c/n'"):
+    with pytest.raises(
+        ValueError, match=r"split: 1 variable\(s\) matched none of the filters \('params',\): 'c/n'"
+    ):
         Bag(lin=Linear(2, 2, ctx=nnx.Context(0)), c=Counter()).partition("params")
 
 
@@ -262,12 +284,16 @@ def test_apply_with_several_states():
 def test_update_state_sets_values_in_place():
     model = Bag(layers=[Counter(), Counter()], named=Pair(Counter(), nnx.Param(1.0)), table={7: Counter()})
     layer0, n0 = model.layers[0], model.layers[0].n
-    model.update_state(nnx.State({
-        "layers/0/n": nnx.Variable("counts", 10),
-        "named/second": nnx.Param(2.0),
-        "named/first/n": nnx.Variable("counts", 12),
-        "table/7/n": nnx.Variable("counts", 7),
-    }))
+    model.update_state(
+        nnx.State(
+            {
+                "layers/0/n": nnx.Variable("counts", 10),
+                "named/second": nnx.Param(2.0),
+                "named/first/n": nnx.Variable("counts", 12),
+                "table/7/n": nnx.Variable("counts", 7),
+            }
+        )
+    )
     assert model.layers[0] is layer0 and model.layers[0].n is n0
     assert (n0.value, model.layers[1].n.value) == (10, 0)
     assert model.named.second.value == 2.0 and model.named.first.n.value == 12

@@ -35,7 +35,9 @@ def assert_equal_trees(ours: tp.Any, theirs: tp.Any) -> None:
     """Same structure, shapes and dtypes, and bit-for-bit equal leaves."""
     ours, theirs = plain(ours), plain(theirs)
     assert jax.tree.structure(ours) == jax.tree.structure(theirs), (
-        jax.tree.map(jnp.shape, ours), jax.tree.map(jnp.shape, theirs))
+        jax.tree.map(jnp.shape, ours),
+        jax.tree.map(jnp.shape, theirs),
+    )
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
         assert (jnp.shape(a), jnp.result_type(a)) == (jnp.shape(b), jnp.result_type(b))
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
@@ -44,10 +46,19 @@ def assert_equal_trees(ours: tp.Any, theirs: tp.Any) -> None:
 # ----------------------------------------------------------------------------------
 # the pure functions
 # ----------------------------------------------------------------------------------
-def qkv(batch: tuple[int, ...] = (2,), q_len: int = 3, kv_len: int = 5, heads: int = 2,
-        depth: int = 4, dtype: tp.Any = F32) -> tuple[jax.Array, jax.Array, jax.Array]:
-    return (normal((*batch, q_len, heads, depth), dtype, 1), normal((*batch, kv_len, heads, depth), dtype, 2),
-            normal((*batch, kv_len, heads, depth + 1), dtype, 3))
+def qkv(
+    batch: tuple[int, ...] = (2,),
+    q_len: int = 3,
+    kv_len: int = 5,
+    heads: int = 2,
+    depth: int = 4,
+    dtype: tp.Any = F32,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return (
+        normal((*batch, q_len, heads, depth), dtype, 1),
+        normal((*batch, kv_len, heads, depth), dtype, 2),
+        normal((*batch, kv_len, heads, depth + 1), dtype, 3),
+    )
 
 
 MASK = jnp.asarray(np.random.default_rng(4).random((2, 1, 3, 5)) < 0.7)
@@ -57,8 +68,10 @@ FUNCTION_CASES = {
     "bfloat16 inputs": (qkv(dtype=BF16), dict(mask=MASK)),
     "dtype=bfloat16, fp32 softmax": (qkv(), dict(dtype=BF16, force_fp32_for_softmax=True)),
     "dropout, broadcast": (qkv(), dict(dropout_rate=0.3, deterministic=False, dropout_rng=rbg_key(7))),
-    "dropout, per entry": (qkv(), dict(dropout_rate=0.3, deterministic=False, broadcast_dropout=False,
-                                       dropout_rng=rbg_key(7))),
+    "dropout, per entry": (
+        qkv(),
+        dict(dropout_rate=0.3, deterministic=False, broadcast_dropout=False, dropout_rng=rbg_key(7)),
+    ),
     "two batch dims, highest precision": (qkv(batch=(2, 3)), dict(precision=jax.lax.Precision.HIGHEST)),
 }
 
@@ -72,6 +85,7 @@ def test_attention_functions_and_their_gradients_match_linen_bit_for_bit(case):
             out = lib.dot_product_attention(q, k, v, **options)
             weights = lib.dot_product_attention_weights(q, k, **options)
             return weighted_sum(out) + weighted_sum(weights), (out, weights)
+
         return jax.value_and_grad(loss, (0, 1, 2), has_aux=True)(q, k, v)
 
     both = jax.jit(lambda q, k, v: (outputs(nn, q, k, v), outputs(linen, q, k, v)))
@@ -83,8 +97,17 @@ def test_attention_functions_take_linens_positional_order():
     q, k, v = qkv()
     key = rbg_key(3)
     positional = nn.dot_product_attention(q, k, v, BIAS, MASK, False, key, 0.5, False, None, None)
-    keywords = linen.dot_product_attention(q, k, v, bias=BIAS, mask=MASK, broadcast_dropout=False,
-                                           dropout_rng=key, dropout_rate=0.5, deterministic=False)
+    keywords = linen.dot_product_attention(
+        q,
+        k,
+        v,
+        bias=BIAS,
+        mask=MASK,
+        broadcast_dropout=False,
+        dropout_rng=key,
+        dropout_rate=0.5,
+        deterministic=False,
+    )
     assert_equal_trees(positional, keywords)
     weights = nn.dot_product_attention_weights(q, k, BIAS, MASK, True, key, 0.5, False)
     assert_equal_trees(weights, linen.dot_product_attention_weights(q, k, BIAS, MASK, True, key, 0.5, False))
@@ -92,14 +115,18 @@ def test_attention_functions_take_linens_positional_order():
 
 def test_attention_functions_take_custom_einsums():
     q, k, v = qkv()
+
     def einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
         return jnp.einsum(spec, a, b, precision=jax.lax.Precision.HIGHEST)
 
     options = dict(qk_attn_weights_einsum=einsum, attn_weights_value_einsum=einsum)
-    assert_equal_trees(nn.dot_product_attention(q, k, v, **options),
-                       linen.dot_product_attention(q, k, v, **options))
-    assert_equal_trees(nn.dot_product_attention_weights(q, k, einsum=einsum),
-                       linen.dot_product_attention_weights(q, k, einsum=einsum))
+    assert_equal_trees(
+        nn.dot_product_attention(q, k, v, **options), linen.dot_product_attention(q, k, v, **options)
+    )
+    assert_equal_trees(
+        nn.dot_product_attention_weights(q, k, einsum=einsum),
+        linen.dot_product_attention_weights(q, k, einsum=einsum),
+    )
 
 
 class WeightsProbe(nnx.Module):
@@ -125,27 +152,61 @@ def test_module_argument_sows_the_weights_as_linen():
     assert recorded["intermediates"]["attention_weights"][0].shape == (2, 2, 3, 5)
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda q, k, v: nn.dot_product_attention(q, k, v, dropout_rate=0.1),
-     r"dropout_rate=0.1 with deterministic=False needs a dropout_rng key"),
-    (lambda q, k, v: nn.dot_product_attention_weights(q, k, precision="highest", einsum=jnp.einsum),
-     r"got einsum= together with precision= or einsum_dot_general=; they exclude each other"),
-    (lambda q, k, v: nn.dot_product_attention(q, k, v, qk_attn_weights_einsum=jnp.einsum),
-     r"qk_attn_weights_einsum and attn_weights_value_einsum go together"),
-    (lambda q, k, v: nn.dot_product_attention(q, k, v, precision="highest", qk_attn_weights_einsum=jnp.einsum,
-                                              attn_weights_value_einsum=jnp.einsum),
-     r"together with precision= or einsum_dot_general=; they exclude each other"),
-    (lambda q, k, v: nn.dot_product_attention(q, k[0], v),
-     r"dot_product_attention: ranks must be equal; found query \(4,\), key \(3,\), value \(4,\)"),
-    (lambda q, k, v: nn.dot_product_attention(q, k[:, :, :1], v),
-     r"batch dimensions and heads must be equal; found query \(2, 2\), key \(2, 1\), value \(2, 2\)"),
-    (lambda q, k, v: nn.dot_product_attention(q, k, v[:, :4]),
-     r"lengths must be equal; found key \(5,\), value \(4,\)"),
-    (lambda q, k, v: nn.dot_product_attention_weights(q, k[..., :3]),
-     r"dot_product_attention_weights: batch dimensions, heads and depths must be equal; found "
-     r"query \(2, 2, 4\), key \(2, 2, 3\)"),
-], ids=["no dropout key", "einsum and precision", "one einsum", "einsums and precision", "rank",
-        "heads", "lengths", "depths"])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (
+            lambda q, k, v: nn.dot_product_attention(q, k, v, dropout_rate=0.1),
+            r"dropout_rate=0.1 with deterministic=False needs a dropout_rng key",
+        ),
+        (
+            lambda q, k, v: nn.dot_product_attention_weights(q, k, precision="highest", einsum=jnp.einsum),
+            r"got einsum= together with precision= or einsum_dot_general=; they exclude each other",
+        ),
+        (
+            lambda q, k, v: nn.dot_product_attention(q, k, v, qk_attn_weights_einsum=jnp.einsum),
+            r"qk_attn_weights_einsum and attn_weights_value_einsum go together",
+        ),
+        (
+            lambda q, k, v: nn.dot_product_attention(
+                q,
+                k,
+                v,
+                precision="highest",
+                qk_attn_weights_einsum=jnp.einsum,
+                attn_weights_value_einsum=jnp.einsum,
+            ),
+            r"together with precision= or einsum_dot_general=; they exclude each other",
+        ),
+        (
+            lambda q, k, v: nn.dot_product_attention(q, k[0], v),
+            r"dot_product_attention: ranks must be equal; found query \(4,\), key \(3,\), value \(4,\)",
+        ),
+        (
+            lambda q, k, v: nn.dot_product_attention(q, k[:, :, :1], v),
+            r"batch dimensions and heads must be equal; found query \(2, 2\), key \(2, 1\), value \(2, 2\)",
+        ),
+        (
+            lambda q, k, v: nn.dot_product_attention(q, k, v[:, :4]),
+            r"lengths must be equal; found key \(5,\), value \(4,\)",
+        ),
+        (
+            lambda q, k, v: nn.dot_product_attention_weights(q, k[..., :3]),
+            r"dot_product_attention_weights: batch dimensions, heads and depths must be equal; found "
+            r"query \(2, 2, 4\), key \(2, 2, 3\)",
+        ),
+    ],
+    ids=[
+        "no dropout key",
+        "einsum and precision",
+        "one einsum",
+        "einsums and precision",
+        "rank",
+        "heads",
+        "lengths",
+        "depths",
+    ],
+)
 def test_attention_function_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call(*qkv())
@@ -158,16 +219,19 @@ TOKENS = jnp.array([[3, 1, 0, 0], [2, 2, 5, 0]])
 SEGMENTS = jnp.array([[1, 1, 2, 2], [1, 2, 2, 0]])
 
 
-@pytest.mark.parametrize("name,args,kwargs", [
-    ("make_attention_mask", (TOKENS > 0, TOKENS > 0), {}),
-    ("make_attention_mask", (SEGMENTS, SEGMENTS, jnp.equal), dict(dtype=jnp.bool_)),
-    ("make_attention_mask", (TOKENS[:, :3] > 0, TOKENS > 0), dict(extra_batch_dims=2, dtype=BF16)),
-    ("make_causal_mask", (TOKENS,), {}),
-    ("make_causal_mask", (TOKENS,), dict(extra_batch_dims=1, dtype=jnp.int32)),
-    ("combine_masks", (None, jnp.ones((2, 1, 4, 4)), None, jnp.tril(jnp.ones((1, 1, 4, 4)))), {}),
-    ("combine_masks", (TOKENS > 0, SEGMENTS > 1), dict(dtype=jnp.bool_)),
-    ("combine_masks", (None, None), {}),
-])
+@pytest.mark.parametrize(
+    "name,args,kwargs",
+    [
+        ("make_attention_mask", (TOKENS > 0, TOKENS > 0), {}),
+        ("make_attention_mask", (SEGMENTS, SEGMENTS, jnp.equal), dict(dtype=jnp.bool_)),
+        ("make_attention_mask", (TOKENS[:, :3] > 0, TOKENS > 0), dict(extra_batch_dims=2, dtype=BF16)),
+        ("make_causal_mask", (TOKENS,), {}),
+        ("make_causal_mask", (TOKENS,), dict(extra_batch_dims=1, dtype=jnp.int32)),
+        ("combine_masks", (None, jnp.ones((2, 1, 4, 4)), None, jnp.tril(jnp.ones((1, 1, 4, 4)))), {}),
+        ("combine_masks", (TOKENS > 0, SEGMENTS > 1), dict(dtype=jnp.bool_)),
+        ("combine_masks", (None, None), {}),
+    ],
+)
 def test_mask_helpers_match_linen(name, args, kwargs):
     ours = getattr(nnx, name)(*args, **kwargs)
     theirs = getattr(linen, name)(*args, **kwargs)
@@ -178,16 +242,20 @@ def test_mask_helpers_match_linen(name, args, kwargs):
 
 
 def test_combine_masks_rejects_masks_of_different_rank():
-    with pytest.raises(ValueError, match=r"combine_masks: the masks must have the same rank; found "
-                                         r"ranks \(4, 2\)\. Add singleton axes"):
+    with pytest.raises(
+        ValueError,
+        match=r"combine_masks: the masks must have the same rank; found "
+        r"ranks \(4, 2\)\. Add singleton axes",
+    ):
         nn.combine_masks(jnp.ones((2, 1, 4, 4)), TOKENS > 0)
 
 
 # ----------------------------------------------------------------------------------
 # MultiHeadAttention: outputs and gradients, bit for bit
 # ----------------------------------------------------------------------------------
-def additive_attention(query: jax.Array, key: jax.Array, value: jax.Array,
-                       mask: jax.Array | None = None, dtype: tp.Any = None) -> jax.Array:
+def additive_attention(
+    query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array | None = None, dtype: tp.Any = None
+) -> jax.Array:
     """A custom attention_fn with only some of Linen's keywords: mean of tanh scores."""
     del dtype
     scores = jnp.tanh(jnp.einsum("...qhd,...khd->...hqk", query, key))
@@ -196,12 +264,19 @@ def additive_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     return jnp.einsum("...hqk,...khd->...qhd", scores / key.shape[-3], value)
 
 
-def exact_parity(linen_layer: linen.Module, ours: nnx.Module, *inputs: jax.Array,
-                 linen_call: dict[str, tp.Any], our_call: dict[str, tp.Any]) -> None:
+def exact_parity(
+    linen_layer: linen.Module,
+    ours: nnx.Module,
+    *inputs: jax.Array,
+    linen_call: dict[str, tp.Any],
+    our_call: dict[str, tp.Any],
+) -> None:
     """Same variable tree; with Linen's variables loaded, bit-for-bit outputs and gradients."""
     variables = random_like(jax.eval_shape(lambda: linen_layer.init(rbg_key(0), *inputs, **linen_call)))
-    assert_equal_trees(jax.tree.map(jnp.zeros_like, nnx.to_variables(ours.partition()[0])),
-                       jax.tree.map(jnp.zeros_like, variables))
+    assert_equal_trees(
+        jax.tree.map(jnp.zeros_like, nnx.to_variables(ours.partition()[0])),
+        jax.tree.map(jnp.zeros_like, variables),
+    )
     load(ours, variables)
     params, moduledef = ours.partition()
 
@@ -216,6 +291,7 @@ def exact_parity(linen_layer: linen.Module, ours: nnx.Module, *inputs: jax.Array
         return moduledef.apply(p)(*args, **our_call)[0]
 
     argnums = tuple(range(1, len(inputs) + 2))  # the variables and every input
+
     def grad(apply: tp.Callable[..., jax.Array], p: tp.Any, *args: jax.Array) -> tp.Any:
         return jax.value_and_grad(loss, argnums, has_aux=True)(apply, p, *args)
 
@@ -233,12 +309,21 @@ MHA_CASES = {
     "float32, causal mask": (dict(), dict(mask=CAUSAL), F32),
     "dtype=bfloat16": (dict(dtype=BF16), dict(mask=CAUSAL), F32),
     "bfloat16 params and inputs": (dict(param_dtype=BF16), {}, BF16),
-    "custom attention_fn": (dict(attention_fn=additive_attention, dropout_rate=0.5),
-                            dict(mask=CAUSAL, deterministic=True), F32),
+    "custom attention_fn": (
+        dict(attention_fn=additive_attention, dropout_rate=0.5),
+        dict(mask=CAUSAL, deterministic=True),
+        F32,
+    ),
     "normalize_qk, no bias, other sizes": (
-        dict(normalize_qk=True, use_bias=False, qkv_features=12, out_features=5), {}, F32),
-    "dropout_rng argument": (dict(dropout_rate=0.4, broadcast_dropout=False),
-                             dict(deterministic=False, dropout_rng=rbg_key(9)), F32),
+        dict(normalize_qk=True, use_bias=False, qkv_features=12, out_features=5),
+        {},
+        F32,
+    ),
+    "dropout_rng argument": (
+        dict(dropout_rate=0.4, broadcast_dropout=False),
+        dict(deterministic=False, dropout_rng=rbg_key(9)),
+        F32,
+    ),
 }
 
 
@@ -246,9 +331,13 @@ MHA_CASES = {
 def test_multi_head_attention_matches_linen_bit_for_bit(case):
     options, call, x_dtype = MHA_CASES[case]
     linen_options = dict(options)
-    exact_parity(linen.MultiHeadDotProductAttention(num_heads=2, **linen_options),
-                 build_abstract(lambda: nn.MultiHeadAttention(2, 6, ctx=nnx.Context(0), **options)),
-                 normal((2, 5, 6), x_dtype), linen_call=call, our_call=call)
+    exact_parity(
+        linen.MultiHeadDotProductAttention(num_heads=2, **linen_options),
+        build_abstract(lambda: nn.MultiHeadAttention(2, 6, ctx=nnx.Context(0), **options)),
+        normal((2, 5, 6), x_dtype),
+        linen_call=call,
+        our_call=call,
+    )
 
 
 def test_attention_fn_gets_only_the_keywords_it_names():
@@ -261,7 +350,8 @@ def test_attention_fn_gets_only_the_keywords_it_names():
     x = normal((1, 3, 4))
     nn.MultiHeadAttention(2, 4, attention_fn=spy, ctx=nnx.Context(0))(x)
     nn.MultiHeadAttention(2, 4, attention_fn=spy, dropout_rate=0.5, ctx=nnx.Context(0))(
-        x, mask=jnp.ones((1, 1, 3, 3), bool), deterministic=False, ctx=nnx.Context({"dropout": 0}))
+        x, mask=jnp.ones((1, 1, 3, 3), bool), deterministic=False, ctx=nnx.Context({"dropout": 0})
+    )
     # Linen's rule: `deterministic` is True whenever dropout_rate is 0.
     assert seen == [(True, 0.0, True), (False, 0.5, False)]
 
@@ -273,9 +363,12 @@ def test_constructor_takes_flax_nnx_positional_sizes():
 
 
 def test_attention_fn_must_be_callable():
-    with pytest.raises(TypeError, match=r"attention_fn must be a function \(query, key, value, "
-                                        r"\*\*kwargs\) -> array, like nnx_bridge.nn.dot_product_attention; "
-                                        r"found 'softmax'"):
+    with pytest.raises(
+        TypeError,
+        match=r"attention_fn must be a function \(query, key, value, "
+        r"\*\*kwargs\) -> array, like nnx_bridge.nn.dot_product_attention; "
+        r"found 'softmax'",
+    ):
         nn.MultiHeadAttention(2, 4, attention_fn="softmax", ctx=nnx.Context(0))
 
 
@@ -298,16 +391,20 @@ def test_sow_weights_records_linens_intermediates():
 
 def test_sow_weights_needs_an_attention_fn_with_a_module_parameter():
     layer = nn.MultiHeadAttention(2, 4, attention_fn=additive_attention, ctx=nnx.Context(0))
-    with pytest.raises(TypeError, match=r"passes module=self to attention_fn so that it can record the "
-                                        r"weights, but 'additive_attention' has no `module` parameter"):
+    with pytest.raises(
+        TypeError,
+        match=r"passes module=self to attention_fn so that it can record the "
+        r"weights, but 'additive_attention' has no `module` parameter",
+    ):
         layer(normal((1, 3, 4)), sow_weights=True)
 
 
 # ----------------------------------------------------------------------------------
 # decode: the autoregressive cache
 # ----------------------------------------------------------------------------------
-def decode_parity(options: dict[str, tp.Any], batch: tuple[int, ...], steps: int,
-                  mask: jax.Array | None = None) -> None:
+def decode_parity(
+    options: dict[str, tp.Any], batch: tuple[int, ...], steps: int, mask: jax.Array | None = None
+) -> None:
     """Linen's init then per-token apply, against ours: creating call, then moduledef.apply."""
     features, max_length = 6, steps
     prompt = normal((*batch, max_length, features), seed=11)
@@ -333,8 +430,9 @@ def decode_parity(options: dict[str, tp.Any], batch: tuple[int, ...], steps: int
 
     @jax.jit
     def step(params: tp.Any, cache: tp.Any, state: nnx.State, token: jax.Array) -> tp.Any:
-        y_linen, updates = layer.apply({"params": params, "cache": cache}, token, mask=mask,
-                                       mutable=["cache"])
+        y_linen, updates = layer.apply(
+            {"params": params, "cache": cache}, token, mask=mask, mutable=["cache"]
+        )
         y, (state, _) = moduledef.apply(state)(token, mask=mask)
         return (y_linen, updates["cache"]), (y, state)
 
@@ -379,45 +477,62 @@ def test_init_cache_gives_the_cache_of_linens_first_call():
         y_linen, _ = layer.apply(variables, token, mutable=["cache"])
         assert_equal_trees(ours(token), y_linen)
         ours.init_cache(x.shape)
-    with pytest.raises(ValueError, match=r"init_cache expects the shape of a full-length input, "
-                                         r"\(batch..., max_length, 4\); found \(4,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"init_cache expects the shape of a full-length input, "
+        r"\(batch..., max_length, 4\); found \(4,\)",
+    ):
         ours.init_cache((4,))
 
 
 def test_decode_step_with_a_wrong_shape_raises():
     layer = nn.MultiHeadAttention(2, 4, decode=True, ctx=nnx.Context(0))
     layer(normal((3, 8, 4)))
-    with pytest.raises(ValueError, match=(
+    with pytest.raises(
+        ValueError,
+        match=(
             r"the cache holds keys of shape \(3, 8, 2, 2\) \(batch..., max_length, num_heads, head_dim\), "
             r"so each decoding call takes one token: queries of shape \(3, 1, 2, 2\), from inputs of "
-            r"shape \(3, 1, 4\); found queries of shape \(3, 2, 2, 2\)")):
+            r"shape \(3, 1, 4\); found queries of shape \(3, 2, 2, 2\)"
+        ),
+    ):
         layer(normal((3, 2, 4)))
 
 
 # ----------------------------------------------------------------------------------
 # through the bridge, in a jitted TrainState step
 # ----------------------------------------------------------------------------------
-def train_step_both(our_model: linen.Module, linen_model: linen.Module, x: jax.Array,
-                    mutable: tuple[str, ...] = (), **call: tp.Any) -> None:
+def train_step_both(
+    our_model: linen.Module,
+    linen_model: linen.Module,
+    x: jax.Array,
+    mutable: tuple[str, ...] = (),
+    **call: tp.Any,
+) -> None:
     """One jitted TrainState step on each side from the same variables: the same loss, new
     params and (with ``mutable``) the same updated collections, bit for bit."""
     variables = our_model.init(rbg_key(0), x, **call)
-    assert_equal_trees(jax.tree.map(jnp.zeros_like, variables),
-                       jax.tree.map(jnp.zeros_like, linen_model.init(rbg_key(0), x, **call)))
+    assert_equal_trees(
+        jax.tree.map(jnp.zeros_like, variables),
+        jax.tree.map(jnp.zeros_like, linen_model.init(rbg_key(0), x, **call)),
+    )
 
     @jax.jit
     def step(state: train_state.TrainState, x: jax.Array, key: jax.Array) -> tp.Any:
         def loss_fn(params: tp.Any) -> tp.Any:
-            y, updates = state.apply_fn({"params": params}, x, rngs={"dropout": key},
-                                        mutable=list(mutable), **call)
+            y, updates = state.apply_fn(
+                {"params": params}, x, rngs={"dropout": key}, mutable=list(mutable), **call
+            )
             return weighted_sum(y), updates
+
         (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         return state.apply_gradients(grads=grads), loss, updates
 
     results = []
     for model in (our_model, linen_model):
-        state = train_state.TrainState.create(apply_fn=model.apply, params=variables["params"],
-                                              tx=optax.sgd(0.1))
+        state = train_state.TrainState.create(
+            apply_fn=model.apply, params=variables["params"], tx=optax.sgd(0.1)
+        )
         args = (state, x, rbg_key(1))
         state, loss, updates = step.lower(*args).compile(FAST_COMPILE)(*args)
         results.append((loss, state.params, updates))
@@ -430,26 +545,41 @@ def test_bridged_attention_with_attention_fn_masks_and_dropout_in_a_train_step()
     tokens = jnp.array([[4, 2, 7, 0], [1, 3, 0, 0]])
     mask = nn.combine_masks(nn.make_attention_mask(tokens > 0, tokens > 0), nn.make_causal_mask(tokens))
     options = dict(dropout_rate=0.25, deterministic=False, attention_fn=additive_attention)
-    train_step_both(nnx.to_linen(nn.MultiHeadAttention, 2, 6, **options),
-                    linen.MultiHeadDotProductAttention(num_heads=2, **options), normal((2, 4, 6)), mask=mask)
+    train_step_both(
+        nnx.to_linen(nn.MultiHeadAttention, 2, 6, **options),
+        linen.MultiHeadDotProductAttention(num_heads=2, **options),
+        normal((2, 4, 6)),
+        mask=mask,
+    )
 
 
 def test_bridged_attention_sows_its_weights_in_a_train_step():
     options = dict(dropout_rate=0.25, deterministic=False)  # the weights are recorded before dropout
-    train_step_both(nnx.to_linen(nn.MultiHeadAttention, 2, 6, **options),
-                    linen.MultiHeadDotProductAttention(num_heads=2, **options), normal((2, 4, 6)),
-                    mutable=("intermediates",), mask=CAUSAL[:, :, :4, :4], sow_weights=True)
+    train_step_both(
+        nnx.to_linen(nn.MultiHeadAttention, 2, 6, **options),
+        linen.MultiHeadDotProductAttention(num_heads=2, **options),
+        normal((2, 4, 6)),
+        mutable=("intermediates",),
+        mask=CAUSAL[:, :, :4, :4],
+        sow_weights=True,
+    )
 
 
 def test_bridged_decode_needs_the_cache_that_init_made():
     model = nnx.to_linen(nn.MultiHeadAttention, 2, 6, decode=True)
     variables = model.init(rbg_key(0), normal((2, 5, 6)))
     token = normal((2, 1, 6))
-    with pytest.raises(KeyError, match=r"missing variable 'cache/cached_key': MultiHeadAttention.variable\("
-                                       r"'cache', 'cached_key', ...\) would have to create it during apply"):
+    with pytest.raises(
+        KeyError,
+        match=r"missing variable 'cache/cached_key': MultiHeadAttention.variable\("
+        r"'cache', 'cached_key', ...\) would have to create it during apply",
+    ):
         model.apply({"params": variables["params"]}, token, mutable=["cache"])
-    with pytest.raises(ValueError, match=r"the module updated 'cache/cache_index', but collection 'cache' is "
-                                         r"not mutable. Pass mutable=\['cache'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"the module updated 'cache/cache_index', but collection 'cache' is "
+        r"not mutable. Pass mutable=\['cache'\]",
+    ):
         model.apply(variables, token)
 
 
@@ -473,8 +603,10 @@ def test_bridged_decode_nested_in_a_linen_parent():
 
     @jax.jit
     def step(params: tp.Any, caches: tp.Any, token: jax.Array) -> tp.Any:
-        return [LinenParent(bridged=b).apply({"params": params, "cache": c}, token, mutable=["cache"])
-                for b, c in zip((True, False), caches, strict=True)]
+        return [
+            LinenParent(bridged=b).apply({"params": params, "cache": c}, token, mutable=["cache"])
+            for b, c in zip((True, False), caches, strict=True)
+        ]
 
     caches = (variables["cache"], variables["cache"])
     for token in tokens:

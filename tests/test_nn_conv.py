@@ -19,21 +19,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import nnx_bridge as nnx
-from nnx_bridge import nn
-from nnx_bridge.nn.spatial import KernelMask
-from benchmarks.bridge_overhead import canonical_names, hlo_computations
 from linen_loop import create_state, load_digits_split, predict, train_step
 from test_nn_layers import linen_params_from_our_keys, raises, shardings
-from test_nn_parity import (FAST_COMPILE, assert_same_layout, build_abstract, load, normal, plain,
-                            random_like, rbg_key, weighted_sum)
+from test_nn_parity import (
+    FAST_COMPILE,
+    assert_same_layout,
+    build_abstract,
+    load,
+    normal,
+    plain,
+    random_like,
+    rbg_key,
+    weighted_sum,
+)
+
+import nnx_bridge as nnx
+from benchmarks.bridge_overhead import canonical_names, hlo_computations
+from nnx_bridge import nn
+from nnx_bridge.nn.spatial import KernelMask
 
 F32, BF16 = jnp.float32, jnp.bfloat16
 
 
-def check_layer(linen_layer: linen.Module, make_ours: tp.Callable[[], nnx.Module], *inputs: tp.Any,
-                linen_call: dict[str, tp.Any] | None = None, our_call: dict[str, tp.Any] | None = None) -> None:
+def check_layer(
+    linen_layer: linen.Module,
+    make_ours: tp.Callable[[], nnx.Module],
+    *inputs: tp.Any,
+    linen_call: dict[str, tp.Any] | None = None,
+    our_call: dict[str, tp.Any] | None = None,
+) -> None:
     """Same variable tree as Linen; with Linen's variables, the same outputs and gradients.
 
     Outputs and gradients with respect to the parameters and every float input
@@ -48,7 +62,9 @@ def check_layer(linen_layer: linen.Module, make_ours: tp.Callable[[], nnx.Module
     assert_same_layout(ours_tree, variables)
     load(ours, variables)
     params, rest, moduledef = ours.partition("params", ...)
-    argnums = (0,) + tuple(1 + i for i, x in enumerate(inputs) if jnp.issubdtype(jnp.result_type(x), jnp.inexact))
+    argnums = (0,) + tuple(
+        1 + i for i, x in enumerate(inputs) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+    )
 
     def linen_loss(p: tp.Any, *args: tp.Any) -> tp.Any:
         y = linen_layer.apply({"params": p}, *args, **linen_call)
@@ -60,8 +76,10 @@ def check_layer(linen_layer: linen.Module, make_ours: tp.Callable[[], nnx.Module
 
     @jax.jit
     def both(linen_params: tp.Any, our_params: nnx.State, *args: tp.Any) -> tp.Any:
-        return (jax.value_and_grad(linen_loss, argnums, has_aux=True)(linen_params, *args),
-                jax.value_and_grad(our_loss, argnums, has_aux=True)(our_params, *args))
+        return (
+            jax.value_and_grad(linen_loss, argnums, has_aux=True)(linen_params, *args),
+            jax.value_and_grad(our_loss, argnums, has_aux=True)(our_params, *args),
+        )
 
     args = (variables.get("params", {}), params, *inputs)
     ((_, y_linen), g_linen), ((_, y_ours), g_ours) = both.lower(*args).compile(FAST_COMPILE)(*args)
@@ -93,9 +111,11 @@ CONV_CASES = {  # id: (in, out, kernel_size, options, input shape, input dtype)
 @pytest.mark.parametrize("case", list(CONV_CASES))
 def test_conv_matches_linen_bit_for_bit(case):
     in_features, out_features, kernel_size, options, shape, x_dtype = CONV_CASES[case]
-    check_layer(linen.Conv(out_features, kernel_size, **options),
-                lambda: nn.Conv(in_features, out_features, kernel_size, ctx=nnx.Context(0), **options),
-                normal(shape, x_dtype))
+    check_layer(
+        linen.Conv(out_features, kernel_size, **options),
+        lambda: nn.Conv(in_features, out_features, kernel_size, ctx=nnx.Context(0), **options),
+        normal(shape, x_dtype),
+    )
 
 
 def test_conv_takes_strides_positionally_as_flax_nnx():
@@ -122,11 +142,23 @@ def test_conv_mask_zeroes_the_masked_weights():
 TRANSPOSE_CASES = {  # id: (in, out, kernel_size, options, input shape, input dtype)
     "1d-valid": (3, 4, 3, dict(padding="VALID"), (2, 8, 3), F32),
     "2d-same-stride2": (3, 5, (3, 3), dict(strides=2), (2, 5, 4, 3), F32),
-    "2d-circular-transpose-kernel": (3, 4, (4, 4), dict(strides=(2, 2), padding="CIRCULAR", transpose_kernel=True),
-                                     (1, 5, 5, 3), F32),
+    "2d-circular-transpose-kernel": (
+        3,
+        4,
+        (4, 4),
+        dict(strides=(2, 2), padding="CIRCULAR", transpose_kernel=True),
+        (1, 5, 5, 3),
+        F32,
+    ),
     "1d-circular-odd": (2, 3, (3,), dict(strides=3, padding="CIRCULAR"), (2, 4, 2), F32),
-    "2d-pairs-dilation": (2, 3, (2, 3), dict(padding=((1, 0), 2), kernel_dilation=(2, 1), strides=(1, 2)),
-                          (1, 5, 5, 2), F32),
+    "2d-pairs-dilation": (
+        2,
+        3,
+        (2, 3),
+        dict(padding=((1, 0), 2), kernel_dilation=(2, 1), strides=(1, 2)),
+        (1, 5, 5, 2),
+        F32,
+    ),
     "mask-nobias-unbatched": (3, 4, (3,), dict(mask=tril_mask((3, 3, 4)), use_bias=False), (6, 3), F32),
     "two-batch-dims": (2, 3, (2, 2), dict(strides=2, padding=1), (2, 3, 4, 4, 2), F32),
     "bf16": (3, 4, (3, 3), dict(dtype=BF16, strides=2), (2, 4, 4, 3), BF16),
@@ -137,16 +169,19 @@ TRANSPOSE_CASES = {  # id: (in, out, kernel_size, options, input shape, input dt
 @pytest.mark.parametrize("case", list(TRANSPOSE_CASES))
 def test_conv_transpose_matches_linen_bit_for_bit(case):
     in_features, out_features, kernel_size, options, shape, x_dtype = TRANSPOSE_CASES[case]
-    check_layer(linen.ConvTranspose(out_features, kernel_size, **options),
-                lambda: nn.ConvTranspose(in_features, out_features, kernel_size, ctx=nnx.Context(0), **options),
-                normal(shape, x_dtype))
+    check_layer(
+        linen.ConvTranspose(out_features, kernel_size, **options),
+        lambda: nn.ConvTranspose(in_features, out_features, kernel_size, ctx=nnx.Context(0), **options),
+        normal(shape, x_dtype),
+    )
 
 
 def test_circular_conv_transpose_with_transpose_kernel_is_the_transpose_of_circular_conv():
     ctx = nnx.Context(rbg_key(0))
     conv = nn.Conv(3, 4, (3, 3), strides=2, padding="CIRCULAR", use_bias=False, ctx=ctx)
-    up = nn.ConvTranspose(4, 3, (3, 3), strides=2, padding="CIRCULAR", use_bias=False,
-                          transpose_kernel=True, ctx=ctx)
+    up = nn.ConvTranspose(
+        4, 3, (3, 3), strides=2, padding="CIRCULAR", use_bias=False, transpose_kernel=True, ctx=ctx
+    )
     up.kernel.value = conv.kernel.value
     x, g = normal((1, 6, 6, 3)), normal((1, 3, 3, 4), seed=1)
     _, vjp = jax.vjp(conv, x)
@@ -161,7 +196,15 @@ LOCAL_CASES = {  # id: (in, out, kernel_size, input_shape, options, input shape,
     "2d-circular-stride2": (3, 4, (3, 3), (6, 5), dict(strides=2, padding="CIRCULAR"), (2, 6, 5, 3), F32),
     "2d-same-mask": (2, 3, (2, 2), (4, 4), dict(mask=tril_mask((4, 4, 8, 3))), (1, 4, 4, 2), F32),
     "1d-causal-dilated": (2, 2, 2, 6, dict(padding="CAUSAL", kernel_dilation=2), (3, 6, 2), F32),
-    "2d-pairs-nobias-unbatched": (2, 3, (3, 2), (5, 4), dict(padding=(1, (0, 1)), use_bias=False), (5, 4, 2), F32),
+    "2d-pairs-nobias-unbatched": (
+        2,
+        3,
+        (3, 2),
+        (5, 4),
+        dict(padding=(1, (0, 1)), use_bias=False),
+        (5, 4, 2),
+        F32,
+    ),
     "bf16": (3, 4, (3, 3), (5, 5), dict(dtype=BF16, padding="REFLECT"), (2, 5, 5, 3), BF16),
 }
 
@@ -169,25 +212,37 @@ LOCAL_CASES = {  # id: (in, out, kernel_size, input_shape, options, input shape,
 @pytest.mark.parametrize("case", list(LOCAL_CASES))
 def test_conv_local_matches_linen_bit_for_bit(case):
     in_features, out_features, kernel_size, input_shape, options, shape, x_dtype = LOCAL_CASES[case]
-    check_layer(linen.ConvLocal(out_features, kernel_size, **options),
-                lambda: nn.ConvLocal(in_features, out_features, kernel_size, input_shape,
-                                     ctx=nnx.Context(0), **options),
-                normal(shape, x_dtype))
+    check_layer(
+        linen.ConvLocal(out_features, kernel_size, **options),
+        lambda: nn.ConvLocal(
+            in_features, out_features, kernel_size, input_shape, ctx=nnx.Context(0), **options
+        ),
+        normal(shape, x_dtype),
+    )
 
 
 # ----------------------------------------------------------------------------------
 # Default initialisers: our keys, in Linen's initialisers, give our values
 # ----------------------------------------------------------------------------------
 INIT_CASES = {
-    "ConvTranspose": (lambda **i: linen.ConvTranspose(4, (3, 2), **i),
-                      lambda ctx: nn.ConvTranspose(3, 4, (3, 2), ctx=ctx), (jnp.ones((1, 5, 5, 3)),),
-                      linen.ConvTranspose),
-    "ConvLocal": (lambda **i: linen.ConvLocal(4, (3,), padding="VALID", **i),
-                  lambda ctx: nn.ConvLocal(3, 4, (3,), (6,), padding="VALID", ctx=ctx), (jnp.ones((1, 6, 3)),),
-                  linen.ConvLocal),
-    "Einsum": (lambda **i: linen.Einsum((3, 2, 5), "abc,cde->abde", **i),
-               lambda ctx: nn.Einsum("abc,cde->abde", (3, 2, 5), (2, 5), ctx=ctx), (jnp.ones((1, 4, 3)),),
-               linen.Einsum),
+    "ConvTranspose": (
+        lambda **i: linen.ConvTranspose(4, (3, 2), **i),
+        lambda ctx: nn.ConvTranspose(3, 4, (3, 2), ctx=ctx),
+        (jnp.ones((1, 5, 5, 3)),),
+        linen.ConvTranspose,
+    ),
+    "ConvLocal": (
+        lambda **i: linen.ConvLocal(4, (3,), padding="VALID", **i),
+        lambda ctx: nn.ConvLocal(3, 4, (3,), (6,), padding="VALID", ctx=ctx),
+        (jnp.ones((1, 6, 3)),),
+        linen.ConvLocal,
+    ),
+    "Einsum": (
+        lambda **i: linen.Einsum((3, 2, 5), "abc,cde->abde", **i),
+        lambda ctx: nn.Einsum("abc,cde->abde", (3, 2, 5), (2, 5), ctx=ctx),
+        (jnp.ones((1, 4, 3)),),
+        linen.Einsum,
+    ),
 }
 
 
@@ -207,15 +262,21 @@ def test_sharding_names_reach_every_parameter():
         return shardings(build_abstract(lambda: make(nnx.Context(0))))
 
     assert names(lambda ctx: nn.ConvTranspose(3, 4, 3, sharding=(None, "in", "out"), ctx=ctx)) == {
-        "bias": ("out",), "kernel": (None, "in", "out")}
-    assert names(lambda ctx: nn.ConvTranspose(3, 4, 3, transpose_kernel=True, sharding=(None, "out", "in"),
-                                              ctx=ctx)) == {"bias": ("out",), "kernel": (None, "out", "in")}
-    assert names(lambda ctx: nn.ConvLocal(3, 4, 3, 8, padding="VALID", sharding=("pos", None, "out"),
-                                          ctx=ctx)) == {"bias": ("pos", "out"), "kernel": ("pos", None, "out")}
-    assert names(lambda ctx: nn.Einsum("btd,dhk->bthk", (4, 2, 3), (2, 3), sharding=("embed", "heads", "kv"),
-                                       ctx=ctx)) == {"bias": ("heads", "kv"), "kernel": ("embed", "heads", "kv")}
-    assert names(lambda ctx: nn.Einsum("bd,...dk->b...k", (2, 4, 3), (2, 3), sharding=("x", "embed", "kv"),
-                                       ctx=ctx)) == {"bias": ("x", "kv"), "kernel": ("x", "embed", "kv")}
+        "bias": ("out",),
+        "kernel": (None, "in", "out"),
+    }
+    assert names(
+        lambda ctx: nn.ConvTranspose(3, 4, 3, transpose_kernel=True, sharding=(None, "out", "in"), ctx=ctx)
+    ) == {"bias": ("out",), "kernel": (None, "out", "in")}
+    assert names(
+        lambda ctx: nn.ConvLocal(3, 4, 3, 8, padding="VALID", sharding=("pos", None, "out"), ctx=ctx)
+    ) == {"bias": ("pos", "out"), "kernel": ("pos", None, "out")}
+    assert names(
+        lambda ctx: nn.Einsum("btd,dhk->bthk", (4, 2, 3), (2, 3), sharding=("embed", "heads", "kv"), ctx=ctx)
+    ) == {"bias": ("heads", "kv"), "kernel": ("embed", "heads", "kv")}
+    assert names(
+        lambda ctx: nn.Einsum("bd,...dk->b...k", (2, 4, 3), (2, 3), sharding=("x", "embed", "kv"), ctx=ctx)
+    ) == {"bias": ("x", "kv"), "kernel": ("x", "embed", "kv")}
 
 
 # ----------------------------------------------------------------------------------
@@ -223,8 +284,13 @@ def test_sharding_names_reach_every_parameter():
 # ----------------------------------------------------------------------------------
 def test_constructor_errors():
     ctx = nnx.Context(0)
-    with raises(ValueError, "Conv: unknown padding 'SYMMETRIC'", "'SAME'", "'CAUSAL'",
-                "an int, or 2 (low, high) pairs"):
+    with raises(
+        ValueError,
+        "Conv: unknown padding 'SYMMETRIC'",
+        "'SAME'",
+        "'CAUSAL'",
+        "an int, or 2 (low, high) pairs",
+    ):
         nn.Conv(3, 4, (3, 3), padding="SYMMETRIC", ctx=ctx)
     with raises(ValueError, "Conv: mask must have the kernel's shape (3, 3, 3, 4); found shape (3, 3, 4)"):
         nn.Conv(3, 4, (3, 3), mask=np.ones((3, 3, 4)), ctx=ctx)
@@ -234,9 +300,13 @@ def test_constructor_errors():
         nn.Conv(3, 4, (3, 3), input_dilation=(1, 0), ctx=ctx)
     with raises(ValueError, "ConvTranspose: unknown padding 'REFLECT'", "'CIRCULAR'"):
         nn.ConvTranspose(3, 4, (3, 3), padding="REFLECT", ctx=ctx)
-    with raises(ValueError, "ConvTranspose: mask must have the kernel's shape (3, 4, 3)", "found shape (3, 3, 4)"):
+    with raises(
+        ValueError, "ConvTranspose: mask must have the kernel's shape (3, 4, 3)", "found shape (3, 3, 4)"
+    ):
         nn.ConvTranspose(3, 4, 3, transpose_kernel=True, mask=np.ones((3, 3, 4)), ctx=ctx)
-    with raises(ValueError, "ConvLocal: input_shape gives the 2 spatial dimensions", "found input_shape=(8, 8, 3)"):
+    with raises(
+        ValueError, "ConvLocal: input_shape gives the 2 spatial dimensions", "found input_shape=(8, 8, 3)"
+    ):
         nn.ConvLocal(3, 4, (3, 3), (8, 8, 3), ctx=ctx)
     with raises(ValueError, "ConvLocal: feature_group_count must be 1", "found 2"):
         nn.ConvLocal(4, 4, (3,), (8,), feature_group_count=2, ctx=ctx)
@@ -250,21 +320,34 @@ def test_constructor_errors():
 
 def test_input_shape_errors():
     local = build_abstract(lambda: nn.ConvLocal(3, 4, (3, 3), (8, 8), ctx=nnx.Context(0)))
-    with raises(ValueError, "ConvLocal(in_features=3, kernel_size=(3, 3), input_shape=(8, 8)) was built for "
-                "inputs of spatial shape (8, 8)", "found spatial shape (6, 8)", "input_shape=(6, 8)"):
+    with raises(
+        ValueError,
+        "ConvLocal(in_features=3, kernel_size=(3, 3), input_shape=(8, 8)) was built for "
+        "inputs of spatial shape (8, 8)",
+        "found spatial shape (6, 8)",
+        "input_shape=(6, 8)",
+    ):
         local(jnp.ones((2, 6, 8, 3)))
     transpose = build_abstract(lambda: nn.ConvTranspose(3, 4, (3, 3), ctx=nnx.Context(0)))
-    with raises(ValueError, "ConvTranspose(in_features=3, kernel_size=(3, 3)) expects channels-last inputs",
-                "found shape (2, 8, 8, 4)"):
+    with raises(
+        ValueError,
+        "ConvTranspose(in_features=3, kernel_size=(3, 3)) expects channels-last inputs",
+        "found shape (2, 8, 8, 4)",
+    ):
         transpose(jnp.ones((2, 8, 8, 4)))
 
 
 def test_masked_layers_keep_the_mask_in_their_moduledef():
     mask = tril_mask((3, 3, 4))
+
     def build(mask: tp.Any, seed: int = 0) -> nnx.Module:
         return build_abstract(lambda: nn.Conv(3, 4, 3, mask=mask, ctx=nnx.Context(seed)))
 
-    a, b, c = build(mask).partition()[1], build(jnp.asarray(mask), 1).partition()[1], build(1 - mask).partition()[1]
+    a, b, c = (
+        build(mask).partition()[1],
+        build(jnp.asarray(mask), 1).partition()[1],
+        build(1 - mask).partition()[1],
+    )
     assert a == b and hash(a) == hash(b) and a != c
     assert set(nnx.to_variables(build(mask).partition()[0])["params"]) == {"kernel", "bias"}
 
@@ -274,15 +357,26 @@ def test_masked_layers_keep_the_mask_in_their_moduledef():
 # ----------------------------------------------------------------------------------
 MASK = tril_mask((3, 3, 3, 4))
 PROGRAM_CASES = {  # id: (Linen layer, our layer, input shape)
-    "Conv-mask": (linen.Conv(4, (3, 3), mask=MASK), lambda: nn.Conv(3, 4, (3, 3), mask=MASK, ctx=nnx.Context(0)),
-                  (2, 6, 6, 3)),
-    "ConvTranspose-circular": (linen.ConvTranspose(4, (3, 3), strides=(2, 2), padding="CIRCULAR"),
-                               lambda: nn.ConvTranspose(3, 4, (3, 3), 2, padding="CIRCULAR", ctx=nnx.Context(0)),
-                               (2, 5, 5, 3)),
-    "ConvLocal": (linen.ConvLocal(4, (3, 3)), lambda: nn.ConvLocal(3, 4, (3, 3), (6, 6), ctx=nnx.Context(0)),
-                  (2, 6, 6, 3)),
-    "Einsum": (linen.Einsum((3, 2, 5), "abc,cde->abde"),
-               lambda: nn.Einsum("abc,cde->abde", (3, 2, 5), (2, 5), ctx=nnx.Context(0)), (2, 4, 3)),
+    "Conv-mask": (
+        linen.Conv(4, (3, 3), mask=MASK),
+        lambda: nn.Conv(3, 4, (3, 3), mask=MASK, ctx=nnx.Context(0)),
+        (2, 6, 6, 3),
+    ),
+    "ConvTranspose-circular": (
+        linen.ConvTranspose(4, (3, 3), strides=(2, 2), padding="CIRCULAR"),
+        lambda: nn.ConvTranspose(3, 4, (3, 3), 2, padding="CIRCULAR", ctx=nnx.Context(0)),
+        (2, 5, 5, 3),
+    ),
+    "ConvLocal": (
+        linen.ConvLocal(4, (3, 3)),
+        lambda: nn.ConvLocal(3, 4, (3, 3), (6, 6), ctx=nnx.Context(0)),
+        (2, 6, 6, 3),
+    ),
+    "Einsum": (
+        linen.Einsum((3, 2, 5), "abc,cde->abde"),
+        lambda: nn.Einsum("abc,cde->abde", (3, 2, 5), (2, 5), ctx=nnx.Context(0)),
+        (2, 4, 3),
+    ),
     "PReLU": (linen.PReLU(), lambda: nn.PReLU(), (2, 4, 3)),
 }
 
@@ -314,12 +408,24 @@ def _image(x: jax.Array) -> jax.Array:
 
 
 BRIDGED = {  # kind: (factory, args, kwargs, forward pass of the bridged layer on 8x8 digits)
-    "Conv": (nn.Conv, (1, 8, (3, 3)), dict(mask=KernelMask(tril_mask((3, 3, 1, 8)) + 1)),
-             lambda layer, x: nn.max_pool(layer(_image(x)), (2, 2), strides=(2, 2))),
-    "ConvTranspose": (nn.ConvTranspose, (1, 4, (3, 3)), dict(strides=2, padding="CIRCULAR"),
-                      lambda layer, x: nn.avg_pool(layer(_image(x)), (2, 2), strides=(2, 2))),
-    "ConvLocal": (nn.ConvLocal, (1, 4, (3, 3), (8, 8)), dict(padding="VALID"),
-                  lambda layer, x: nn.min_pool(-layer(_image(x)), (2, 2), strides=2)),
+    "Conv": (
+        nn.Conv,
+        (1, 8, (3, 3)),
+        dict(mask=KernelMask(tril_mask((3, 3, 1, 8)) + 1)),
+        lambda layer, x: nn.max_pool(layer(_image(x)), (2, 2), strides=(2, 2)),
+    ),
+    "ConvTranspose": (
+        nn.ConvTranspose,
+        (1, 4, (3, 3)),
+        dict(strides=2, padding="CIRCULAR"),
+        lambda layer, x: nn.avg_pool(layer(_image(x)), (2, 2), strides=(2, 2)),
+    ),
+    "ConvLocal": (
+        nn.ConvLocal,
+        (1, 4, (3, 3), (8, 8)),
+        dict(padding="VALID"),
+        lambda layer, x: nn.min_pool(-layer(_image(x)), (2, 2), strides=2),
+    ),
     "Einsum": (nn.Einsum, ("nhw,wk->nhk", (8, 16), (16,)), {}, lambda layer, x: layer(x.reshape(-1, 8, 8))),
     "PReLU": (nn.PReLU, (0.1,), {}, lambda layer, x: layer(linen.Dense(32)(x))),
 }
@@ -350,8 +456,11 @@ def test_layer_trains_through_to_linen_in_a_train_state_loop(kind, digits):
     # create_state compiled as one program, with an 'rbg' key; every program at XLA's fastest
     # compile setting (the same for each layer, a third less compile time)
     key, batch = rbg_key(0), slice(0, 64)
-    state = jax.jit(create_state, static_argnums=0).lower(model, key, x_train[batch]).compile(FAST_COMPILE)(
-        key, x_train[batch])
+    state = (
+        jax.jit(create_state, static_argnums=0)
+        .lower(model, key, x_train[batch])
+        .compile(FAST_COMPILE)(key, x_train[batch])
+    )
     assert "layer" in state.params and set(state.batch_stats) == {"BatchNorm_0"}
     step = train_step.lower(state, x_train[batch], y_train[batch], key).compile(FAST_COMPILE)
     for i in range(30):

@@ -7,12 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import nnx_bridge as nnx
-from nnx_bridge import nn
 from test_nn_conv import check_layer
 from test_nn_layers import raises
 from test_nn_parity import build_abstract, normal, plain, rbg_key
+
+import nnx_bridge as nnx
+from nnx_bridge import nn
 
 F32, BF16 = jnp.float32, jnp.bfloat16
 
@@ -22,8 +22,14 @@ EINSUM_CASES = {  # id: (einsum_str, kernel_shape, bias_shape or None, input sha
     "kernel-axis-first-in-output": ("bd,dk->kb", (5, 6), (6,), (4, 5), F32, {}),
     "ellipsis-input": ("...d,dk->...k", (5, 6), (6,), (2, 3, 5), F32, {}),
     "ellipsis-kernel": ("bd,...dk->b...k", (3, 5, 6), (3, 6), (4, 5), F32, {}),
-    "spaces-no-bias": ("b t d , d k -> b t k", (4, 3), None, (2, 3, 4), F32,
-                       dict(precision=jax.lax.Precision.HIGHEST)),
+    "spaces-no-bias": (
+        "b t d , d k -> b t k",
+        (4, 3),
+        None,
+        (2, 3, 4),
+        F32,
+        dict(precision=jax.lax.Precision.HIGHEST),
+    ),
     "bf16-compute": ("abc,cd->abd", (3, 4), (4,), (2, 5, 3), F32, dict(dtype=BF16)),
     "bf16-params-and-input": ("abc,cd->abd", (3, 4), (4,), (2, 5, 3), BF16, dict(param_dtype=BF16)),
 }
@@ -32,14 +38,21 @@ EINSUM_CASES = {  # id: (einsum_str, kernel_shape, bias_shape or None, input sha
 @pytest.mark.parametrize("case", list(EINSUM_CASES))
 def test_einsum_matches_linen_bit_for_bit(case):
     einsum_str, kernel_shape, bias_shape, shape, x_dtype, options = EINSUM_CASES[case]
-    check_layer(linen.Einsum(kernel_shape, einsum_str, use_bias=bias_shape is not None, **options),
-                lambda: nn.Einsum(einsum_str, kernel_shape, bias_shape, ctx=nnx.Context(0), **options),
-                normal(shape, x_dtype))
+    check_layer(
+        linen.Einsum(kernel_shape, einsum_str, use_bias=bias_shape is not None, **options),
+        lambda: nn.Einsum(einsum_str, kernel_shape, bias_shape, ctx=nnx.Context(0), **options),
+        normal(shape, x_dtype),
+    )
 
 
 def test_einsum_equation_given_at_call_time():
-    check_layer(linen.Einsum((3, 4)), lambda: nn.Einsum(None, (3, 4), (4,), ctx=nnx.Context(0)),
-                normal((2, 3)), linen_call=dict(einsum_str="ab,bc->ac"), our_call=dict(einsum_str="ab,bc->ac"))
+    check_layer(
+        linen.Einsum((3, 4)),
+        lambda: nn.Einsum(None, (3, 4), (4,), ctx=nnx.Context(0)),
+        normal((2, 3)),
+        linen_call=dict(einsum_str="ab,bc->ac"),
+        our_call=dict(einsum_str="ab,bc->ac"),
+    )
     layer = nn.Einsum("ab,bc->ac", (3, 3), (3,), ctx=nnx.Context(0))
     x = normal((2, 3))
     np.testing.assert_allclose(layer(x, "ab,cb->ac"), x @ layer.kernel.value.T + layer.bias.value, rtol=1e-6)
@@ -83,7 +96,9 @@ def test_prelu_matches_linen_bit_for_bit(case):
 def test_prelu_initial_slope_is_linens(options):
     expected = plain(linen.PReLU(**options).init(rbg_key(0), jnp.ones(3)))
     ours = plain(nnx.to_variables(nn.PReLU(**options).partition()[0]))
-    assert jax.tree.structure(ours) == jax.tree.structure(expected) and list(ours["params"]) == ["negative_slope"]
+    assert jax.tree.structure(ours) == jax.tree.structure(expected) and list(ours["params"]) == [
+        "negative_slope"
+    ]
     np.testing.assert_array_equal(ours["params"]["negative_slope"], expected["params"]["negative_slope"])
     assert ours["params"]["negative_slope"].dtype == expected["params"]["negative_slope"].dtype
 

@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_nn_parity import assert_trees_close, build_abstract, normal, plain, rbg_key, replay
 
 import nnx_bridge as nnx
 from nnx_bridge import nn
-from test_nn_parity import assert_trees_close, build_abstract, normal, plain, rbg_key, replay
 
 F32 = jnp.float32
 
@@ -26,8 +26,13 @@ def fed(init: tp.Callable[..., jax.Array], keys: tp.Iterator[jax.Array]) -> tp.C
     return lambda _key, shape, dtype=F32: init(next(keys), shape, dtype)
 
 
-def linen_params_from_our_keys(make_linen: tp.Callable[..., linen.Module], key: jax.Array, draws: int,
-                               *inputs: jax.Array, **init_names: tp.Any) -> tp.Any:
+def linen_params_from_our_keys(
+    make_linen: tp.Callable[..., linen.Module],
+    key: jax.Array,
+    draws: int,
+    *inputs: jax.Array,
+    **init_names: tp.Any,
+) -> tp.Any:
     """Linen's params when its initialisers get, in Linen's creation order, the keys our
     ``Context(key)`` hands out. ``init_names`` maps each init attribute to Linen's default."""
     keys = iter(replay(key, "params", draws))
@@ -38,20 +43,54 @@ def linen_params_from_our_keys(make_linen: tp.Callable[..., linen.Module], key: 
 
 
 CASES = {
-    "Linear": (lambda **i: linen.Dense(4, **i), lambda ctx: nn.Linear(3, 4, ctx=ctx), 2,
-               (jnp.ones((1, 3)),), ("kernel_init", "bias_init"), linen.Dense),
-    "LinearGeneral": (lambda **i: linen.DenseGeneral((2, 5), **i), lambda ctx: nn.LinearGeneral(3, (2, 5), ctx=ctx),
-                      2, (jnp.ones((1, 3)),), ("kernel_init", "bias_init"), linen.DenseGeneral),
-    "Conv": (lambda **i: linen.Conv(4, (3, 2), **i), lambda ctx: nn.Conv(3, 4, (3, 2), ctx=ctx), 2,
-             (jnp.ones((1, 5, 5, 3)),), ("kernel_init", "bias_init"), linen.Conv),
-    "Embed": (lambda **i: linen.Embed(7, 4, **i), lambda ctx: nn.Embed(7, 4, ctx=ctx), 1,
-              (jnp.ones((2,), jnp.int32),), ("embedding_init",), linen.Embed),
-    "LayerNorm": (lambda **i: linen.LayerNorm(**i), lambda ctx: nn.LayerNorm(4, ctx=ctx), 2,
-                  (jnp.ones((1, 4)),), ("scale_init", "bias_init"), linen.LayerNorm),
+    "Linear": (
+        lambda **i: linen.Dense(4, **i),
+        lambda ctx: nn.Linear(3, 4, ctx=ctx),
+        2,
+        (jnp.ones((1, 3)),),
+        ("kernel_init", "bias_init"),
+        linen.Dense,
+    ),
+    "LinearGeneral": (
+        lambda **i: linen.DenseGeneral((2, 5), **i),
+        lambda ctx: nn.LinearGeneral(3, (2, 5), ctx=ctx),
+        2,
+        (jnp.ones((1, 3)),),
+        ("kernel_init", "bias_init"),
+        linen.DenseGeneral,
+    ),
+    "Conv": (
+        lambda **i: linen.Conv(4, (3, 2), **i),
+        lambda ctx: nn.Conv(3, 4, (3, 2), ctx=ctx),
+        2,
+        (jnp.ones((1, 5, 5, 3)),),
+        ("kernel_init", "bias_init"),
+        linen.Conv,
+    ),
+    "Embed": (
+        lambda **i: linen.Embed(7, 4, **i),
+        lambda ctx: nn.Embed(7, 4, ctx=ctx),
+        1,
+        (jnp.ones((2,), jnp.int32),),
+        ("embedding_init",),
+        linen.Embed,
+    ),
+    "LayerNorm": (
+        lambda **i: linen.LayerNorm(**i),
+        lambda ctx: nn.LayerNorm(4, ctx=ctx),
+        2,
+        (jnp.ones((1, 4)),),
+        ("scale_init", "bias_init"),
+        linen.LayerNorm,
+    ),
     "MultiHeadAttention": (
         lambda **i: linen.MultiHeadDotProductAttention(num_heads=2, qkv_features=6, **i),
-        lambda ctx: nn.MultiHeadAttention(2, 4, qkv_features=6, ctx=ctx), 8,
-        (jnp.ones((1, 3, 4)),), ("kernel_init", "bias_init"), linen.MultiHeadDotProductAttention),
+        lambda ctx: nn.MultiHeadAttention(2, 4, qkv_features=6, ctx=ctx),
+        8,
+        (jnp.ones((1, 3, 4)),),
+        ("kernel_init", "bias_init"),
+        linen.MultiHeadDotProductAttention,
+    ),
 }
 
 
@@ -82,7 +121,8 @@ def test_default_initialisers_are_linens():
 def test_batch_norm_initial_statistics_are_linens():
     bn = nn.BatchNorm(3, param_dtype=jnp.bfloat16, ctx=nnx.Context(0))
     variables = linen.BatchNorm(param_dtype=jnp.bfloat16).init(
-        jax.random.PRNGKey(0), jnp.ones((2, 3)), use_running_average=True)
+        jax.random.PRNGKey(0), jnp.ones((2, 3)), use_running_average=True
+    )
     assert_trees_close(nnx.to_variables(bn.partition()[0]), variables)
 
 
@@ -96,26 +136,40 @@ def shardings(module: nnx.Module) -> dict[str, tp.Any]:
 def test_sharding_names_reach_every_parameter():
     ctx = nnx.Context(0)
     assert shardings(build_abstract(lambda: nn.Linear(3, 4, sharding=("data", "model"), ctx=ctx))) == {
-        "bias": ("model",), "kernel": ("data", "model")}
-    assert shardings(build_abstract(lambda: nn.LinearGeneral(
-        3, (2, 5), sharding=("embed", "heads", None), ctx=ctx))) == {
-        "bias": ("heads", None), "kernel": ("embed", "heads", None)}
-    assert shardings(build_abstract(lambda: nn.Conv(3, 4, (3, 3), sharding=(None, None, "in", "out"), ctx=ctx))) == {
-        "bias": ("out",), "kernel": (None, None, "in", "out")}
+        "bias": ("model",),
+        "kernel": ("data", "model"),
+    }
+    assert shardings(
+        build_abstract(lambda: nn.LinearGeneral(3, (2, 5), sharding=("embed", "heads", None), ctx=ctx))
+    ) == {"bias": ("heads", None), "kernel": ("embed", "heads", None)}
+    assert shardings(
+        build_abstract(lambda: nn.Conv(3, 4, (3, 3), sharding=(None, None, "in", "out"), ctx=ctx))
+    ) == {"bias": ("out",), "kernel": (None, None, "in", "out")}
     assert shardings(build_abstract(lambda: nn.Embed(7, 4, sharding=("vocab", "embed"), ctx=ctx))) == {
-        "embedding": ("vocab", "embed")}
+        "embedding": ("vocab", "embed")
+    }
     assert shardings(build_abstract(lambda: nn.LayerNorm(4, sharding=("embed",), ctx=ctx))) == {
-        "bias": ("embed",), "scale": ("embed",)}
-    assert shardings(build_abstract(lambda: nn.RMSNorm(4, sharding=("embed",), ctx=ctx))) == {"scale": ("embed",)}
-    assert set(shardings(build_abstract(lambda: nn.BatchNorm(4, sharding=("embed",), ctx=ctx))).values()) == {("embed",)}
-    mha = shardings(build_abstract(lambda: nn.MultiHeadAttention(2, 4, sharding=("embed", "heads", "kv"), ctx=ctx)))
+        "bias": ("embed",),
+        "scale": ("embed",),
+    }
+    assert shardings(build_abstract(lambda: nn.RMSNorm(4, sharding=("embed",), ctx=ctx))) == {
+        "scale": ("embed",)
+    }
+    assert set(shardings(build_abstract(lambda: nn.BatchNorm(4, sharding=("embed",), ctx=ctx))).values()) == {
+        ("embed",)
+    }
+    mha = shardings(
+        build_abstract(lambda: nn.MultiHeadAttention(2, 4, sharding=("embed", "heads", "kv"), ctx=ctx))
+    )
     for name in ("query", "key", "value"):
         assert mha[f"{name}/kernel"] == ("embed", "heads", "kv") and mha[f"{name}/bias"] == ("heads", "kv")
     assert mha["out/kernel"] == ("heads", "kv", "embed") and mha["out/bias"] == ("embed",)
 
 
 def test_no_sharding_by_default():
-    assert set(shardings(build_abstract(lambda: nn.MultiHeadAttention(2, 4, ctx=nnx.Context(0)))).values()) == {None}
+    assert set(
+        shardings(build_abstract(lambda: nn.MultiHeadAttention(2, 4, ctx=nnx.Context(0)))).values()
+    ) == {None}
 
 
 # ----------------------------------------------------------------------------------
@@ -164,8 +218,9 @@ def test_layers_run_under_jit_with_the_moduledef_static():
     y, new_state = step(state, x)
     y_eager, (eager_state, _) = moduledef.apply(state)(x, use_running_average=False)
     np.testing.assert_allclose(y, y_eager, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(new_state["layers/1/mean"].value, eager_state["layers/1/mean"].value,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        new_state["layers/1/mean"].value, eager_state["layers/1/mean"].value, rtol=1e-5, atol=1e-6
+    )
     assert not np.allclose(new_state["layers/1/mean"].value, state["layers/1/mean"].value)
 
 
@@ -203,38 +258,69 @@ def abstract(make: tp.Callable[[nnx.Context], nnx.Module]) -> nnx.Module:
 
 
 def test_input_shape_errors():
-    with raises(ValueError, "Linear(in_features=3, out_features=4) expects inputs whose last dimension is 3",
-                "shape (2, 5)", "in_features=5"):
+    with raises(
+        ValueError,
+        "Linear(in_features=3, out_features=4) expects inputs whose last dimension is 3",
+        "shape (2, 5)",
+        "in_features=5",
+    ):
         abstract(lambda ctx: nn.Linear(3, 4, ctx=ctx))(jnp.ones((2, 5)))
-    with raises(ValueError, "LinearGeneral(in_features=(3, 2), axis=(-2, -1)) expects input dimensions (3, 2)",
-                "found (2, 3)", "in_features=(2, 3)"):
+    with raises(
+        ValueError,
+        "LinearGeneral(in_features=(3, 2), axis=(-2, -1)) expects input dimensions (3, 2)",
+        "found (2, 3)",
+        "in_features=(2, 3)",
+    ):
         abstract(lambda ctx: nn.LinearGeneral((3, 2), 4, axis=(-2, -1), ctx=ctx))(jnp.ones((5, 2, 3)))
-    with raises(ValueError, "Conv(in_features=3, kernel_size=(3, 3)) expects channels-last inputs",
-                "found shape (2, 8, 8, 4)", "channels last"):
+    with raises(
+        ValueError,
+        "Conv(in_features=3, kernel_size=(3, 3)) expects channels-last inputs",
+        "found shape (2, 8, 8, 4)",
+        "channels last",
+    ):
         abstract(lambda ctx: nn.Conv(3, 4, (3, 3), ctx=ctx))(jnp.ones((2, 8, 8, 4)))
     with raises(ValueError, "found shape (8, 3)"):
         abstract(lambda ctx: nn.Conv(3, 4, (3, 3), ctx=ctx))(jnp.ones((8, 3)))
-    with raises(ValueError, "Embed expects integer ids; found an input of dtype float32", "astype(jnp.int32)",
-                "attend"):
+    with raises(
+        ValueError,
+        "Embed expects integer ids; found an input of dtype float32",
+        "astype(jnp.int32)",
+        "attend",
+    ):
         abstract(lambda ctx: nn.Embed(5, 3, ctx=ctx))(jnp.ones((2,)))
     with raises(ValueError, "Embed.attend expects a query whose last dimension is features=3", "(2, 4)"):
         abstract(lambda ctx: nn.Embed(5, 3, ctx=ctx)).attend(jnp.ones((2, 4)))
-    with raises(ValueError, "LayerNorm(num_features=4) expects the last axis of its input to have size 4",
-                "shape (2, 5)", "num_features=5"):
+    with raises(
+        ValueError,
+        "LayerNorm(num_features=4) expects the last axis of its input to have size 4",
+        "shape (2, 5)",
+        "num_features=5",
+    ):
         abstract(lambda ctx: nn.LayerNorm(4, ctx=ctx))(jnp.ones((2, 5)))
     with raises(ValueError, "RMSNorm(num_features=4)", "shape (2, 5)"):
         abstract(lambda ctx: nn.RMSNorm(4, ctx=ctx))(jnp.ones((2, 5)))
-    with raises(ValueError, "BatchNorm(num_features=4) normalises axis 2 of its input, but the input has "
-                "shape (2, 4)"):
+    with raises(
+        ValueError, "BatchNorm(num_features=4) normalises axis 2 of its input, but the input has shape (2, 4)"
+    ):
         abstract(lambda ctx: nn.BatchNorm(4, axis=2, ctx=ctx))(jnp.ones((2, 4)), use_running_average=True)
-    with raises(ValueError, "BatchNorm(num_features=4) expects axis 1 of its input to have size 4",
-                "shape (2, 5)", "num_features=5"):
+    with raises(
+        ValueError,
+        "BatchNorm(num_features=4) expects axis 1 of its input to have size 4",
+        "shape (2, 5)",
+        "num_features=5",
+    ):
         abstract(lambda ctx: nn.BatchNorm(4, axis=1, ctx=ctx))(jnp.ones((2, 5)), use_running_average=True)
-    with raises(ValueError, "MultiHeadAttention expects inputs_k of shape (batch..., length, 6); found shape (1, 3, 4)"):
+    with raises(
+        ValueError,
+        "MultiHeadAttention expects inputs_k of shape (batch..., length, 6); found shape (1, 3, 4)",
+    ):
         abstract(lambda ctx: nn.MultiHeadAttention(2, 4, in_kv_features=6, ctx=ctx))(
-            jnp.ones((1, 3, 4)), jnp.ones((1, 3, 4)))
+            jnp.ones((1, 3, 4)), jnp.ones((1, 3, 4))
+        )
     with raises(ValueError, "got inputs_v but no inputs_k"):
-        abstract(lambda ctx: nn.MultiHeadAttention(2, 4, ctx=ctx))(jnp.ones((1, 3, 4)), inputs_v=jnp.ones((1, 3, 4)))
+        abstract(lambda ctx: nn.MultiHeadAttention(2, 4, ctx=ctx))(
+            jnp.ones((1, 3, 4)), inputs_v=jnp.ones((1, 3, 4))
+        )
 
 
 def test_constructor_errors():
@@ -247,11 +333,16 @@ def test_constructor_errors():
         nn.Conv(3, 4, (3, 3), strides=(1, 2, 3), ctx=ctx)
     with raises(ValueError, "Conv: kernel_size must be a positive int", "found (3, 0)"):
         nn.Conv(3, 4, (3, 0), ctx=ctx)
-    with raises(ValueError, "feature_group_count=2 must be a positive divisor of both in_features=3 and out_features=4"):
+    with raises(
+        ValueError,
+        "feature_group_count=2 must be a positive divisor of both in_features=3 and out_features=4",
+    ):
         nn.Conv(3, 4, (3, 3), feature_group_count=2, ctx=ctx)
     with raises(ValueError, "qkv_features=10 must be divisible by num_heads=4"):
         nn.MultiHeadAttention(4, 10, ctx=ctx)
-    with raises(ValueError, "LinearGeneral: axis=(-1,) names 1 input axes but in_features=(3, 2) gives 2 sizes"):
+    with raises(
+        ValueError, "LinearGeneral: axis=(-1,) names 1 input axes but in_features=(3, 2) gives 2 sizes"
+    ):
         nn.LinearGeneral((3, 2), 4, ctx=ctx)
     with raises(ValueError, "Dropout: rate is a probability in [0, 1]; found rate=1.5"):
         nn.Dropout(1.5)
@@ -265,8 +356,11 @@ def test_constructor_errors():
 
 def test_sharding_errors():
     ctx = nnx.Context(0)
-    with raises(ValueError, "Linear: sharding names one axis per dimension of the kernel (in_features, out_features)",
-                "needs 2 entries; found 1: ('model',)"):
+    with raises(
+        ValueError,
+        "Linear: sharding names one axis per dimension of the kernel (in_features, out_features)",
+        "needs 2 entries; found 1: ('model',)",
+    ):
         nn.Linear(3, 4, sharding=("model",), ctx=ctx)
     with raises(TypeError, "Conv: sharding must be a sequence of 4 axis names", "found 'model'"):
         nn.Conv(3, 4, (3, 3), sharding="model", ctx=ctx)
@@ -276,26 +370,44 @@ def test_sharding_errors():
 
 def test_mode_and_randomness_errors():
     x = jnp.ones((2, 4))
-    with raises(ValueError, "BatchNorm needs use_running_average", "use_running_average=False while training",
-                "BatchNorm(..., use_running_average=...)"):
+    with raises(
+        ValueError,
+        "BatchNorm needs use_running_average",
+        "use_running_average=False while training",
+        "BatchNorm(..., use_running_average=...)",
+    ):
         abstract(lambda ctx: nn.BatchNorm(4, ctx=ctx))(x)
-    with raises(ValueError, "Dropout needs deterministic: pass deterministic=True or False to the call",
-                "Dropout(..., deterministic=...)"):
+    with raises(
+        ValueError,
+        "Dropout needs deterministic: pass deterministic=True or False to the call",
+        "Dropout(..., deterministic=...)",
+    ):
         nn.Dropout(0.5)(x)
-    with raises(ValueError, "Dropout is not deterministic and needs randomness, but got no ctx",
-                "ctx=nnx.Context({'dropout': jax.random.PRNGKey(0)})", "deterministic=True"):
+    with raises(
+        ValueError,
+        "Dropout is not deterministic and needs randomness, but got no ctx",
+        "ctx=nnx.Context({'dropout': jax.random.PRNGKey(0)})",
+        "deterministic=True",
+    ):
         nn.Dropout(0.5)(x, deterministic=False)
-    with raises(nnx.MissingRngStreamError, "The Context has no RNG stream 'dropout' (streams available: 'params')",
-                "'dropout': jax.random.PRNGKey(0)"):
+    with raises(
+        nnx.MissingRngStreamError,
+        "The Context has no RNG stream 'dropout' (streams available: 'params')",
+        "'dropout': jax.random.PRNGKey(0)",
+    ):
         nn.Dropout(0.5)(x, deterministic=False, ctx=nnx.Context({"params": jax.random.PRNGKey(0)}))
     with raises(ValueError, "MultiHeadAttention is not deterministic and needs randomness, but got no ctx"):
         abstract(lambda ctx: nn.MultiHeadAttention(2, 4, dropout_rate=0.1, ctx=ctx))(
-            jnp.ones((1, 3, 4)), deterministic=False)
+            jnp.ones((1, 3, 4)), deterministic=False
+        )
     with raises(ValueError, "The computation dtype must be a floating-point or complex dtype; found int32"):
         nn.dtypes.canonicalize_dtype(jnp.ones(2), dtype=jnp.int32)
     model = nn.Sequential(nn.Linear(4, 4, ctx=nnx.Context(0)), nn.Dropout(0.1))
-    with raises(TypeError, "Sequential got keyword argument(s) ['determinstic'] that none of its layers accepts",
-                "(Linear, Dropout)"):
+    with raises(
+        TypeError,
+        "Sequential got keyword argument(s) ['determinstic'] that none of its layers accepts",
+        "(Linear, Dropout)",
+    ):
         model(x, determinstic=True)
 
 
@@ -305,6 +417,11 @@ def test_layers_are_written_on_the_core_alone():
 
     for path in pathlib.Path(nn.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             assert not any(n.split(".")[0] == "flax" for n in names), f"{path.name} imports {names}"

@@ -16,10 +16,10 @@ import optax
 import pytest
 from flax import nnx as fnnx
 from flax.training import train_state
+from test_nn_parity import assert_same_layout, normal, plain, rbg_key, weighted_sum
 
 import nnx_bridge as nnx
 from nnx_bridge import nn
-from test_nn_parity import assert_same_layout, normal, plain, rbg_key, weighted_sum
 
 F32, BF16 = jnp.float32, jnp.bfloat16
 
@@ -43,8 +43,10 @@ def parity_with_flax_nnx(theirs: fnnx.Module, ours: nnx.Module, x: jax.Array) ->
 
     @jax.jit
     def both(their_params: tp.Any, our_params: nnx.State, x: jax.Array) -> tp.Any:
-        return (jax.value_and_grad(their_loss, (0, 1), has_aux=True)(their_params, x),
-                jax.value_and_grad(our_loss, (0, 1), has_aux=True)(our_params, x))
+        return (
+            jax.value_and_grad(their_loss, (0, 1), has_aux=True)(their_params, x),
+            jax.value_and_grad(our_loss, (0, 1), has_aux=True)(our_params, x),
+        )
 
     ((_, y_theirs), g_theirs), ((_, y_ours), g_ours) = both(their_params, params, x)
     assert y_ours.dtype == y_theirs.dtype
@@ -64,12 +66,16 @@ def randomize(module: fnnx.Module) -> None:
             variable.value = jnp.asarray(rng.standard_normal(variable.value.shape), variable.value.dtype)
 
 
-@pytest.mark.parametrize("options,x_dtype", [
-    (dict(), F32),
-    (dict(dtype=BF16), F32),
-    (dict(param_dtype=BF16), F32),
-    (dict(), BF16),
-], ids=str)
+@pytest.mark.parametrize(
+    "options,x_dtype",
+    [
+        (dict(), F32),
+        (dict(dtype=BF16), F32),
+        (dict(param_dtype=BF16), F32),
+        (dict(), BF16),
+    ],
+    ids=str,
+)
 def test_lora_parity_with_flax_nnx_exact(options, x_dtype):
     theirs = fnnx.LoRA(3, 2, 4, rngs=fnnx.Rngs(0), **options)
     randomize(theirs)
@@ -84,13 +90,15 @@ def test_lora_with_a_base_module_parity_exact():
     parity_with_flax_nnx(theirs, ours, normal((2, 5, 3)))
 
 
-@pytest.mark.parametrize("options", [dict(), dict(lora_dtype=BF16, use_bias=False), dict(lora_param_dtype=BF16)],
-                         ids=str)
+@pytest.mark.parametrize(
+    "options", [dict(), dict(lora_dtype=BF16, use_bias=False), dict(lora_param_dtype=BF16)], ids=str
+)
 def test_lora_linear_parity_with_flax_nnx_exact(options):
     theirs = fnnx.LoRALinear(3, 4, lora_rank=2, rngs=fnnx.Rngs(0), **options)
     randomize(theirs)
-    parity_with_flax_nnx(theirs, nn.LoRALinear(3, 4, lora_rank=2, ctx=nnx.Context(0), **options),
-                         normal((5, 3)))
+    parity_with_flax_nnx(
+        theirs, nn.LoRALinear(3, 4, lora_rank=2, ctx=nnx.Context(0), **options), normal((5, 3))
+    )
 
 
 def test_lora_linear_loads_linear_weights_and_starts_as_the_linear_layer():
@@ -142,9 +150,9 @@ def test_lora_linear_trains_through_to_linen_in_a_train_state():
     x, target = normal((8, 3)), normal((8, 4), seed=1)
     variables = model.init(rbg_key(0), x)
     assert jax.tree.map(jnp.shape, variables) == {
-        "params": {"bias": (4,), "kernel": (3, 4), "lora": {"lora_a": (3, 2), "lora_b": (2, 4)}}}
-    state = train_state.TrainState.create(apply_fn=model.apply, params=variables["params"],
-                                          tx=optax.sgd(0.1))
+        "params": {"bias": (4,), "kernel": (3, 4), "lora": {"lora_a": (3, 2), "lora_b": (2, 4)}}
+    }
+    state = train_state.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=optax.sgd(0.1))
 
     @jax.jit
     def step(state: train_state.TrainState) -> tuple[train_state.TrainState, jax.Array]:
@@ -161,12 +169,18 @@ def test_lora_linear_trains_through_to_linen_in_a_train_state():
 
 
 def test_lora_errors():
-    with pytest.raises(TypeError, match=r"LoRA: lora_param_type must be a Variable class with a fixed "
-                       r"collection \(such as nnx\.nn\.LoRAParam or nnx\.Param\); found <class "
-                       r"'nnx_bridge\.variables\.Variable'>\."):
+    with pytest.raises(
+        TypeError,
+        match=r"LoRA: lora_param_type must be a Variable class with a fixed "
+        r"collection \(such as nnx\.nn\.LoRAParam or nnx\.Param\); found <class "
+        r"'nnx_bridge\.variables\.Variable'>\.",
+    ):
         nn.LoRA(3, 2, 4, lora_param_type=nnx.Variable, ctx=nnx.Context(0))
     with pytest.raises(TypeError, match=r"LoRA: base_module must be a callable module; found int\."):
         nn.LoRA(3, 2, 4, base_module=3, ctx=nnx.Context(0))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"LoRA\(in_features=3, lora_rank=2, out_features=4\) expects "
-                       r"inputs whose last dimension is 3; found shape \(2, 5\)\."):
+    with pytest.raises(
+        ValueError,
+        match=r"LoRA\(in_features=3, lora_rank=2, out_features=4\) expects "
+        r"inputs whose last dimension is 3; found shape \(2, 5\)\.",
+    ):
         nn.LoRA(3, 2, 4, ctx=nnx.Context(0))(jnp.ones((2, 5)))

@@ -20,10 +20,10 @@ import flax.linen as linen
 import jax
 import jax.numpy as jnp
 import pytest
+from test_nn_parity import check_parity, normal, rbg_key, replay
 
 import nnx_bridge as nnx
 from nnx_bridge import nn
-from test_nn_parity import check_parity, normal, rbg_key, replay
 
 
 # ----------------------------------------------------------------------------------
@@ -47,23 +47,39 @@ class LinenMLP(linen.Module):
 
 def make_mlp() -> nn.Sequential:
     ctx = nnx.Context(0)
-    return nn.Sequential(nn.Linear(8, 16, ctx=ctx), nn.BatchNorm(16, momentum=0.9, ctx=ctx),
-                         jax.nn.relu, nn.Dropout(0.2), nn.Linear(16, 3, ctx=ctx))
+    return nn.Sequential(
+        nn.Linear(8, 16, ctx=ctx),
+        nn.BatchNorm(16, momentum=0.9, ctx=ctx),
+        jax.nn.relu,
+        nn.Dropout(0.2),
+        nn.Linear(16, 3, ctx=ctx),
+    )
 
 
 def test_mlp_evaluation():
-    check_parity(LinenMLP(), make_mlp, normal((6, 8)), values="init",
-                 linen_call=dict(train=False),
-                 our_call=dict(use_running_average=True, deterministic=True))
+    check_parity(
+        LinenMLP(),
+        make_mlp,
+        normal((6, 8)),
+        values="init",
+        linen_call=dict(train=False),
+        our_call=dict(use_running_average=True, deterministic=True),
+    )
 
 
 def test_mlp_training_with_dropout_and_batch_statistics():
     (key,) = replay(rbg_key(1))
-    check_parity(LinenMLP(), make_mlp, normal((6, 8)),
-                 linen_call=dict(train=True, dropout_rng=key), init_call=dict(train=False),
-                 our_call=dict(use_running_average=False, deterministic=False,
-                               ctx=nnx.Context({"dropout": rbg_key(1)})),
-                 mutable=("batch_stats",))
+    check_parity(
+        LinenMLP(),
+        make_mlp,
+        normal((6, 8)),
+        linen_call=dict(train=True, dropout_rng=key),
+        init_call=dict(train=False),
+        our_call=dict(
+            use_running_average=False, deterministic=False, ctx=nnx.Context({"dropout": rbg_key(1)})
+        ),
+        mutable=("batch_stats",),
+    )
 
 
 # ----------------------------------------------------------------------------------
@@ -95,8 +111,15 @@ class CNN(nnx.Module):
 
 @pytest.mark.parametrize("train,values", [(True, "random"), (False, "init")], ids=["train", "eval"])
 def test_cnn(train, values):
-    check_parity(LinenCNN(), lambda: CNN(ctx=nnx.Context(0)), normal((2, 9, 9, 3)), values=values,
-                 call=dict(train=train), init_call=dict(train=False), mutable=("batch_stats",))
+    check_parity(
+        LinenCNN(),
+        lambda: CNN(ctx=nnx.Context(0)),
+        normal((2, 9, 9, 3)),
+        values=values,
+        call=dict(train=train),
+        init_call=dict(train=False),
+        mutable=("batch_stats",),
+    )
 
 
 # ----------------------------------------------------------------------------------
@@ -122,7 +145,8 @@ class LinenBlock(linen.Module):
         mask = linen.make_causal_mask(jnp.ones(x.shape[:2]))
         h = linen.LayerNorm(name="ln1")(x)
         h = linen.MultiHeadDotProductAttention(num_heads=4, dropout_rate=0.1, name="attn")(
-            h, mask=mask, deterministic=not train, dropout_rng=dropout_rngs[0])
+            h, mask=mask, deterministic=not train, dropout_rng=dropout_rngs[0]
+        )
         x = x + h
         h = linen.LayerNorm(name="ln2")(x)
         return x + LinenFeedForward(name="mlp")(h, train=train, dropout_rng=dropout_rngs[1])
@@ -133,8 +157,12 @@ class Block(nnx.Module):
         self.ln1 = nn.LayerNorm(features, ctx=ctx)
         self.attn = nn.MultiHeadAttention(4, features, dropout_rate=0.1, ctx=ctx)
         self.ln2 = nn.LayerNorm(features, ctx=ctx)
-        self.mlp = nn.Sequential(nn.Linear(features, 2 * features, ctx=ctx), jax.nn.gelu,
-                                 nn.Dropout(0.1), nn.Linear(2 * features, features, ctx=ctx))
+        self.mlp = nn.Sequential(
+            nn.Linear(features, 2 * features, ctx=ctx),
+            jax.nn.gelu,
+            nn.Dropout(0.1),
+            nn.Linear(2 * features, features, ctx=ctx),
+        )
 
     def __call__(self, x: jax.Array, *, train: bool, ctx: nnx.Context | None = None) -> jax.Array:
         mask = jnp.tril(jnp.ones((x.shape[1], x.shape[1]), bool))
@@ -143,13 +171,22 @@ class Block(nnx.Module):
 
 
 def test_transformer_block_evaluation():
-    check_parity(LinenBlock(), lambda: Block(16, ctx=nnx.Context(0)), normal((2, 5, 16)),
-                 values="init", call=dict(train=False))
+    check_parity(
+        LinenBlock(),
+        lambda: Block(16, ctx=nnx.Context(0)),
+        normal((2, 5, 16)),
+        values="init",
+        call=dict(train=False),
+    )
 
 
 def test_transformer_block_training_with_dropout():
     keys = replay(rbg_key(2), draws=2)  # attention draws first, then the MLP's Dropout
-    check_parity(LinenBlock(), lambda: Block(16, ctx=nnx.Context(0)), normal((2, 5, 16)),
-                 init_call=dict(train=False),
-                 linen_call=dict(train=True, dropout_rngs=tuple(keys)),
-                 our_call=dict(train=True, ctx=nnx.Context({"dropout": rbg_key(2)})))
+    check_parity(
+        LinenBlock(),
+        lambda: Block(16, ctx=nnx.Context(0)),
+        normal((2, 5, 16)),
+        init_call=dict(train=False),
+        linen_call=dict(train=True, dropout_rngs=tuple(keys)),
+        our_call=dict(train=True, ctx=nnx.Context({"dropout": rbg_key(2)})),
+    )

@@ -49,7 +49,9 @@ def assert_same_layout(ours: tp.Any, theirs: tp.Any) -> None:
     """Same tree structure, and leaves of the same shape and dtype."""
     ours, theirs = plain(ours), plain(theirs)
     assert jax.tree.structure(ours) == jax.tree.structure(theirs), (
-        jax.tree.map(jnp.shape, ours), jax.tree.map(jnp.shape, theirs))
+        jax.tree.map(jnp.shape, ours),
+        jax.tree.map(jnp.shape, theirs),
+    )
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
         assert (jnp.shape(a), jnp.result_type(a)) == (jnp.shape(b), jnp.result_type(b))
 
@@ -57,8 +59,9 @@ def assert_same_layout(ours: tp.Any, theirs: tp.Any) -> None:
 def assert_trees_close(ours: tp.Any, theirs: tp.Any) -> None:
     assert_same_layout(ours, theirs)
     for a, b in zip(jax.tree.leaves(plain(ours)), jax.tree.leaves(plain(theirs))):
-        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
-                                   **tolerance(jnp.result_type(b)))
+        np.testing.assert_allclose(
+            np.asarray(a, np.float32), np.asarray(b, np.float32), **tolerance(jnp.result_type(b))
+        )
 
 
 def random_like(shapes: tp.Any, seed: int = 1) -> tp.Any:
@@ -67,9 +70,13 @@ def random_like(shapes: tp.Any, seed: int = 1) -> tp.Any:
     return {
         collection: jax.tree.map(
             lambda leaf: jnp.asarray(
-                rng.uniform(0.5, 1.5, leaf.shape) if collection == "batch_stats"
-                else 0.5 * rng.standard_normal(leaf.shape), leaf.dtype),
-            tree)
+                rng.uniform(0.5, 1.5, leaf.shape)
+                if collection == "batch_stats"
+                else 0.5 * rng.standard_normal(leaf.shape),
+                leaf.dtype,
+            ),
+            tree,
+        )
         for collection, tree in plain(shapes).items()
     }
 
@@ -102,12 +109,20 @@ def weighted_sum(y: jax.Array) -> jax.Array:
     return jnp.sum(y.astype(F32) * cotangent)
 
 
-def check_parity(linen_layer: linen.Module, make_ours: tp.Callable[[], nnx.Module], *inputs: tp.Any,
-                 call: dict[str, tp.Any] | None = None, linen_call: dict[str, tp.Any] | None = None,
-                 our_call: dict[str, tp.Any] | None = None, init_call: dict[str, tp.Any] | None = None,
-                 mutable: tuple[str, ...] = (), method: str | None = None,
-                 init_inputs: tuple[tp.Any, ...] | None = None, exact: bool = False,
-                 values: str = "random") -> None:
+def check_parity(
+    linen_layer: linen.Module,
+    make_ours: tp.Callable[[], nnx.Module],
+    *inputs: tp.Any,
+    call: dict[str, tp.Any] | None = None,
+    linen_call: dict[str, tp.Any] | None = None,
+    our_call: dict[str, tp.Any] | None = None,
+    init_call: dict[str, tp.Any] | None = None,
+    mutable: tuple[str, ...] = (),
+    method: str | None = None,
+    init_inputs: tuple[tp.Any, ...] | None = None,
+    exact: bool = False,
+    values: str = "random",
+) -> None:
     """Layout, outputs, gradients (params and float inputs) and mutated collections agree.
 
     Linen's variables are loaded into ``make_ours()`` with ``nnx.from_variables``
@@ -122,6 +137,7 @@ def check_parity(linen_layer: linen.Module, make_ours: tp.Callable[[], nnx.Modul
     init_call = linen_call if init_call is None else init_call
     linen_method = None if method is None else getattr(type(linen_layer), method)
     init_method = None if init_inputs is not None else linen_method
+
     def init(key: jax.Array, *args: tp.Any) -> tp.Any:
         return linen_layer.init(key, *args, method=init_method, **init_call)
 
@@ -138,8 +154,13 @@ def check_parity(linen_layer: linen.Module, make_ours: tp.Callable[[], nnx.Modul
     linen_rest = {c: v for c, v in variables.items() if c != "params"}
 
     def linen_loss(p: tp.Any, *args: tp.Any) -> tp.Any:
-        out = linen_layer.apply({"params": p, **linen_rest}, *args, method=linen_method,
-                                mutable=list(mutable) if mutable else False, **linen_call)
+        out = linen_layer.apply(
+            {"params": p, **linen_rest},
+            *args,
+            method=linen_method,
+            mutable=list(mutable) if mutable else False,
+            **linen_call,
+        )
         y, updates = out if mutable else (out, {})
         return weighted_sum(y), (y, plain(updates))
 
@@ -148,13 +169,16 @@ def check_parity(linen_layer: linen.Module, make_ours: tp.Callable[[], nnx.Modul
         y, (state, _) = (getattr(apply, method) if method else apply)(*args, **our_call)
         return weighted_sum(y), (y, nnx.to_variables(state.filter(*mutable)) if mutable else {})
 
-    argnums = (0,) + tuple(1 + i for i, x in enumerate(inputs)
-                           if jnp.issubdtype(jnp.result_type(x), jnp.inexact))
+    argnums = (0,) + tuple(
+        1 + i for i, x in enumerate(inputs) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+    )
 
     @jax.jit  # one compilation for both sides, instead of one per primitive
     def both(linen_params: tp.Any, our_params: nnx.State, *args: tp.Any) -> tp.Any:
-        return (jax.value_and_grad(linen_loss, argnums, has_aux=True)(linen_params, *args),
-                jax.value_and_grad(our_loss, argnums, has_aux=True)(our_params, *args))
+        return (
+            jax.value_and_grad(linen_loss, argnums, has_aux=True)(linen_params, *args),
+            jax.value_and_grad(our_loss, argnums, has_aux=True)(our_params, *args),
+        )
 
     args = (variables.get("params", {}), params, *inputs)
     compiled = both.lower(*args).compile(FAST_COMPILE)
@@ -196,20 +220,27 @@ def test_linear(x_dtype, dtype, param_dtype):
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_linear_options(use_bias):
     precision = jax.lax.Precision.HIGHEST
-    check_parity(linen.Dense(4, use_bias=use_bias, precision=precision),
-                 lambda: nn.Linear(6, 4, use_bias=use_bias, precision=precision, ctx=nnx.Context(0)),
-                 normal((6,)))
+    check_parity(
+        linen.Dense(4, use_bias=use_bias, precision=precision),
+        lambda: nn.Linear(6, 4, use_bias=use_bias, precision=precision, ctx=nnx.Context(0)),
+        normal((6,)),
+    )
 
 
-@pytest.mark.parametrize("in_features,out_features,axis,shape", [
-    (3, (2, 5), -1, (4, 3)),
-    ((4, 3), 6, (-2, -1), (2, 4, 3)),
-    (4, 6, 1, (2, 4, 3)),
-])
+@pytest.mark.parametrize(
+    "in_features,out_features,axis,shape",
+    [
+        (3, (2, 5), -1, (4, 3)),
+        ((4, 3), 6, (-2, -1), (2, 4, 3)),
+        (4, 6, 1, (2, 4, 3)),
+    ],
+)
 def test_linear_general(in_features, out_features, axis, shape):
-    check_parity(linen.DenseGeneral(out_features, axis=axis),
-                 lambda: nn.LinearGeneral(in_features, out_features, axis=axis, ctx=nnx.Context(0)),
-                 normal(shape))
+    check_parity(
+        linen.DenseGeneral(out_features, axis=axis),
+        lambda: nn.LinearGeneral(in_features, out_features, axis=axis, ctx=nnx.Context(0)),
+        normal(shape),
+    )
 
 
 # ----------------------------------------------------------------------------------
@@ -220,7 +251,13 @@ CONV_CASES = {  # id: (in, out, kernel_size, options, input shape)
     "1d-causal-dilated": (3, 4, (3,), dict(padding="CAUSAL", kernel_dilation=2), (2, 9, 3)),
     "2d-valid-stride2": (3, 5, (3, 3), dict(padding="VALID", strides=2), (2, 9, 8, 3)),
     "2d-explicit-groups": (4, 6, (3, 2), dict(padding=((1, 0), (2, 1)), feature_group_count=2), (2, 7, 6, 4)),
-    "2d-int-padding-dilations": (2, 3, (3, 3), dict(padding=1, kernel_dilation=2, input_dilation=(1, 2)), (1, 8, 5, 2)),
+    "2d-int-padding-dilations": (
+        2,
+        3,
+        (3, 3),
+        dict(padding=1, kernel_dilation=2, input_dilation=(1, 2)),
+        (1, 8, 5, 2),
+    ),
     "2d-mixed-padding": (2, 3, (3, 3), dict(padding=(1, (0, 2))), (1, 6, 6, 2)),
     "2d-circular": (3, 4, (3, 3), dict(padding="CIRCULAR"), (2, 6, 5, 3)),
     "2d-reflect-strides": (3, 4, (3, 3), dict(padding="REFLECT", strides=(2, 1)), (2, 6, 5, 3)),
@@ -234,17 +271,21 @@ CONV_CASES = {  # id: (in, out, kernel_size, options, input shape)
 @pytest.mark.parametrize("case", list(CONV_CASES))
 def test_conv(case):
     in_features, out_features, kernel_size, options, shape = CONV_CASES[case]
-    check_parity(linen.Conv(out_features, kernel_size, **options),
-                 lambda: nn.Conv(in_features, out_features, kernel_size, ctx=nnx.Context(0), **options),
-                 normal(shape))
+    check_parity(
+        linen.Conv(out_features, kernel_size, **options),
+        lambda: nn.Conv(in_features, out_features, kernel_size, ctx=nnx.Context(0), **options),
+        normal(shape),
+    )
 
 
 @pytest.mark.parametrize("x_dtype,dtype,param_dtype", SHORT_DTYPE_CASES[1:])
 def test_conv_dtypes(x_dtype, dtype, param_dtype):
     options = dict(dtype=dtype, param_dtype=param_dtype, strides=2)
-    check_parity(linen.Conv(4, (3, 3), **options),
-                 lambda: nn.Conv(3, 4, (3, 3), ctx=nnx.Context(0), **options),
-                 normal((2, 6, 6, 3), x_dtype))
+    check_parity(
+        linen.Conv(4, (3, 3), **options),
+        lambda: nn.Conv(3, 4, (3, 3), ctx=nnx.Context(0), **options),
+        normal((2, 6, 6, 3), x_dtype),
+    )
 
 
 # ----------------------------------------------------------------------------------
@@ -255,8 +296,13 @@ def test_embed_lookup_and_attend(dtype, param_dtype):
     ids = jnp.array([[0, 3, 6], [6, 1, 1]])
     options = dict(dtype=dtype, param_dtype=param_dtype)
     check_parity(linen.Embed(7, 4, **options), lambda: nn.Embed(7, 4, ctx=nnx.Context(0), **options), ids)
-    check_parity(linen.Embed(7, 4, **options), lambda: nn.Embed(7, 4, ctx=nnx.Context(0), **options),
-                 normal((2, 5, 4)), method="attend", init_inputs=(ids,))
+    check_parity(
+        linen.Embed(7, 4, **options),
+        lambda: nn.Embed(7, 4, ctx=nnx.Context(0), **options),
+        normal((2, 5, 4)),
+        method="attend",
+        init_inputs=(ids,),
+    )
 
 
 def test_embed_single_row_broadcasts():
@@ -269,69 +315,111 @@ def test_embed_single_row_broadcasts():
 @pytest.mark.parametrize("x_dtype,dtype,param_dtype", SHORT_DTYPE_CASES)
 def test_layer_norm_dtypes(x_dtype, dtype, param_dtype):
     options = dict(dtype=dtype, param_dtype=param_dtype)
-    check_parity(linen.LayerNorm(**options), lambda: nn.LayerNorm(6, ctx=nnx.Context(0), **options),
-                 normal((3, 4, 6), x_dtype) * 3 + 1)
+    check_parity(
+        linen.LayerNorm(**options),
+        lambda: nn.LayerNorm(6, ctx=nnx.Context(0), **options),
+        normal((3, 4, 6), x_dtype) * 3 + 1,
+    )
 
 
-@pytest.mark.parametrize("options", [
-    dict(use_bias=False),
-    dict(use_scale=False, epsilon=1e-3),
-    dict(use_bias=False, use_scale=False),
-    dict(reduction_axes=(1, 2)),
-    dict(use_fast_variance=False),
-], ids=str)
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(use_bias=False),
+        dict(use_scale=False, epsilon=1e-3),
+        dict(use_bias=False, use_scale=False),
+        dict(reduction_axes=(1, 2)),
+        dict(use_fast_variance=False),
+    ],
+    ids=str,
+)
 def test_layer_norm_options(options):
-    check_parity(linen.LayerNorm(**options), lambda: nn.LayerNorm(6, ctx=nnx.Context(0), **options),
-                 normal((3, 4, 6)) * 2 - 1)
+    check_parity(
+        linen.LayerNorm(**options),
+        lambda: nn.LayerNorm(6, ctx=nnx.Context(0), **options),
+        normal((3, 4, 6)) * 2 - 1,
+    )
 
 
 def test_layer_norm_mask():
     mask = np.random.default_rng(3).random((3, 4, 6)) < 0.7
-    check_parity(linen.LayerNorm(), lambda: nn.LayerNorm(6, ctx=nnx.Context(0)), normal((3, 4, 6)),
-                 call=dict(mask=mask))
+    check_parity(
+        linen.LayerNorm(),
+        lambda: nn.LayerNorm(6, ctx=nnx.Context(0)),
+        normal((3, 4, 6)),
+        call=dict(mask=mask),
+    )
 
 
-@pytest.mark.parametrize("x_dtype,dtype,param_dtype,use_scale", [
-    (*SHORT_DTYPE_CASES[0], True), (*SHORT_DTYPE_CASES[1], False), (*SHORT_DTYPE_CASES[2], True)])
+@pytest.mark.parametrize(
+    "x_dtype,dtype,param_dtype,use_scale",
+    [(*SHORT_DTYPE_CASES[0], True), (*SHORT_DTYPE_CASES[1], False), (*SHORT_DTYPE_CASES[2], True)],
+)
 def test_rms_norm(x_dtype, dtype, param_dtype, use_scale):
     options = dict(dtype=dtype, param_dtype=param_dtype, use_scale=use_scale)
-    check_parity(linen.RMSNorm(**options), lambda: nn.RMSNorm(5, ctx=nnx.Context(0), **options),
-                 normal((2, 3, 5), x_dtype) + 0.5)
+    check_parity(
+        linen.RMSNorm(**options),
+        lambda: nn.RMSNorm(5, ctx=nnx.Context(0), **options),
+        normal((2, 3, 5), x_dtype) + 0.5,
+    )
 
 
 def test_rms_norm_reduction_axes():
-    check_parity(linen.RMSNorm(reduction_axes=(1, 2)),
-                 lambda: nn.RMSNorm(5, reduction_axes=(1, 2), ctx=nnx.Context(0)), normal((2, 3, 5)))
+    check_parity(
+        linen.RMSNorm(reduction_axes=(1, 2)),
+        lambda: nn.RMSNorm(5, reduction_axes=(1, 2), ctx=nnx.Context(0)),
+        normal((2, 3, 5)),
+    )
 
 
 # ----------------------------------------------------------------------------------
 # BatchNorm
 # ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("train,x_dtype,dtype,param_dtype", [
-    (True, *case) for case in DTYPE_CASES] + [(False, *case) for case in SHORT_DTYPE_CASES[:2]])
+@pytest.mark.parametrize(
+    "train,x_dtype,dtype,param_dtype",
+    [(True, *case) for case in DTYPE_CASES] + [(False, *case) for case in SHORT_DTYPE_CASES[:2]],
+)
 def test_batch_norm(train, x_dtype, dtype, param_dtype):
     options = dict(dtype=dtype, param_dtype=param_dtype, momentum=0.9)
-    check_parity(linen.BatchNorm(**options), lambda: nn.BatchNorm(4, ctx=nnx.Context(0), **options),
-                 normal((8, 3, 4), x_dtype) * 2 + 1,
-                 call=dict(use_running_average=not train), mutable=("batch_stats",))
+    check_parity(
+        linen.BatchNorm(**options),
+        lambda: nn.BatchNorm(4, ctx=nnx.Context(0), **options),
+        normal((8, 3, 4), x_dtype) * 2 + 1,
+        call=dict(use_running_average=not train),
+        mutable=("batch_stats",),
+    )
 
 
-@pytest.mark.parametrize("options", [
-    dict(axis=1),
-    dict(use_fast_variance=False, epsilon=1e-3),
-    dict(use_bias=False, use_scale=False),
-    dict(use_running_average=False),
-], ids=str)
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(axis=1),
+        dict(use_fast_variance=False, epsilon=1e-3),
+        dict(use_bias=False, use_scale=False),
+        dict(use_running_average=False),
+    ],
+    ids=str,
+)
 def test_batch_norm_options(options):
     call = {} if "use_running_average" in options else dict(use_running_average=False)
-    check_parity(linen.BatchNorm(**options), lambda: nn.BatchNorm(4, ctx=nnx.Context(0), **options),
-                 normal((5, 4, 4)) * 3, call=call, mutable=("batch_stats",))
+    check_parity(
+        linen.BatchNorm(**options),
+        lambda: nn.BatchNorm(4, ctx=nnx.Context(0), **options),
+        normal((5, 4, 4)) * 3,
+        call=call,
+        mutable=("batch_stats",),
+    )
 
 
 def test_batch_norm_mask():
     mask = np.random.default_rng(3).random((6, 1)) < 0.6
-    check_parity(linen.BatchNorm(), lambda: nn.BatchNorm(4, ctx=nnx.Context(0)), normal((6, 4)),
-                 call=dict(use_running_average=False, mask=mask), mutable=("batch_stats",))
+    check_parity(
+        linen.BatchNorm(),
+        lambda: nn.BatchNorm(4, ctx=nnx.Context(0)),
+        normal((6, 4)),
+        call=dict(use_running_average=False, mask=mask),
+        mutable=("batch_stats",),
+    )
 
 
 def test_batch_norm_training_updates_statistics_in_place():
@@ -346,11 +434,14 @@ def test_batch_norm_training_updates_statistics_in_place():
 
 def test_batch_norm_cross_replica_statistics_under_vmap():
     x = normal((2, 5, 3)) * 2 + 1  # 2 "devices" of 5 examples each
-    variables = linen.BatchNorm(axis_name="batch").init(jax.random.PRNGKey(0), x[0], use_running_average=False)
+    variables = linen.BatchNorm(axis_name="batch").init(
+        jax.random.PRNGKey(0), x[0], use_running_average=False
+    )
 
     def run_linen(xi):
         return linen.BatchNorm(axis_name="batch").apply(
-            variables, xi, use_running_average=False, mutable=["batch_stats"])
+            variables, xi, use_running_average=False, mutable=["batch_stats"]
+        )
 
     ours = load(nn.BatchNorm(3, axis_name="batch", ctx=nnx.Context(0)), variables)
     state, moduledef = ours.partition()
@@ -359,8 +450,7 @@ def test_batch_norm_cross_replica_statistics_under_vmap():
         y, (new_state, _) = moduledef.apply(state)(xi, use_running_average=False)
         return y, nnx.to_variables(new_state.filter("batch_stats"))
 
-    assert_trees_close(jax.vmap(run_ours, axis_name="batch")(x),
-                       jax.vmap(run_linen, axis_name="batch")(x))
+    assert_trees_close(jax.vmap(run_ours, axis_name="batch")(x), jax.vmap(run_linen, axis_name="batch")(x))
 
 
 # ----------------------------------------------------------------------------------
@@ -372,19 +462,24 @@ def replay(key: jax.Array, stream: str = "dropout", draws: int = 1) -> list[jax.
     return [ctx.make_rng(stream) for _ in range(draws)]
 
 
-@pytest.mark.parametrize("rate,broadcast_dims,dtype,default", [
-    (0.5, (), F32, None),
-    (0.3, (0, 2), BF16, None),
-    (0.7, (-1,), F32, True),  # ours: the call's False overrides the constructor (Linen raises)
-])
+@pytest.mark.parametrize(
+    "rate,broadcast_dims,dtype,default",
+    [
+        (0.5, (), F32, None),
+        (0.3, (0, 2), BF16, None),
+        (0.7, (-1,), F32, True),  # ours: the call's False overrides the constructor (Linen raises)
+    ],
+)
 def test_dropout_matches_linen_bit_for_bit(rate, broadcast_dims, dtype, default):
     (key,) = replay(rbg_key(7))
-    check_parity(linen.Dropout(rate, broadcast_dims=broadcast_dims),
-                 lambda: nn.Dropout(rate, broadcast_dims=broadcast_dims, deterministic=default),
-                 normal((4, 5, 6), dtype),
-                 linen_call=dict(deterministic=False, rng=key),
-                 our_call=dict(deterministic=False, ctx=nnx.Context({"dropout": rbg_key(7)})),
-                 exact=True)
+    check_parity(
+        linen.Dropout(rate, broadcast_dims=broadcast_dims),
+        lambda: nn.Dropout(rate, broadcast_dims=broadcast_dims, deterministic=default),
+        normal((4, 5, 6), dtype),
+        linen_call=dict(deterministic=False, rng=key),
+        our_call=dict(deterministic=False, ctx=nnx.Context({"dropout": rbg_key(7)})),
+        exact=True,
+    )
 
 
 def test_dropout_with_default_prng_keys_matches_linen_bit_for_bit():
@@ -414,35 +509,60 @@ def causal_mask(length: int) -> jax.Array:
 @pytest.mark.parametrize("x_dtype,dtype,param_dtype", [DTYPE_CASES[3]])  # float32: the other tests
 def test_attention_self(x_dtype, dtype, param_dtype):
     options = dict(dtype=dtype, param_dtype=param_dtype)
-    check_parity(linen.MultiHeadDotProductAttention(num_heads=2, **options),
-                 lambda: nn.MultiHeadAttention(2, 8, ctx=nnx.Context(0), **options),
-                 normal((2, 5, 8), x_dtype), call=dict(mask=causal_mask(5)))
+    check_parity(
+        linen.MultiHeadDotProductAttention(num_heads=2, **options),
+        lambda: nn.MultiHeadAttention(2, 8, ctx=nnx.Context(0), **options),
+        normal((2, 5, 8), x_dtype),
+        call=dict(mask=causal_mask(5)),
+    )
 
 
-@pytest.mark.parametrize("options", [
-    dict(qkv_features=12, out_features=6, use_bias=False, normalize_qk=True, dropout_rate=0.5,
-         deterministic=True),
-    dict(force_fp32_for_softmax=True, dtype=BF16),
-], ids=str)
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(
+            qkv_features=12,
+            out_features=6,
+            use_bias=False,
+            normalize_qk=True,
+            dropout_rate=0.5,
+            deterministic=True,
+        ),
+        dict(force_fp32_for_softmax=True, dtype=BF16),
+    ],
+    ids=str,
+)
 def test_attention_options(options):
-    check_parity(linen.MultiHeadDotProductAttention(num_heads=3, **options),
-                 lambda: nn.MultiHeadAttention(3, 9, ctx=nnx.Context(0), **options), normal((2, 4, 9)))
+    check_parity(
+        linen.MultiHeadDotProductAttention(num_heads=3, **options),
+        lambda: nn.MultiHeadAttention(3, 9, ctx=nnx.Context(0), **options),
+        normal((2, 4, 9)),
+    )
 
 
 def test_attention_cross_with_separate_key_and_value():
     q, k, v = normal((2, 3, 8), seed=1), normal((2, 6, 5), seed=2), normal((2, 6, 5), seed=3)
     mask = np.random.default_rng(4).random((2, 1, 3, 6)) < 0.8
-    check_parity(linen.MultiHeadDotProductAttention(num_heads=4),
-                 lambda: nn.MultiHeadAttention(4, 8, in_kv_features=5, ctx=nnx.Context(0)),
-                 q, k, v, call=dict(mask=mask))
+    check_parity(
+        linen.MultiHeadDotProductAttention(num_heads=4),
+        lambda: nn.MultiHeadAttention(4, 8, in_kv_features=5, ctx=nnx.Context(0)),
+        q,
+        k,
+        v,
+        call=dict(mask=mask),
+    )
 
 
 @pytest.mark.parametrize("broadcast_dropout", [True, False])
 def test_attention_dropout_in_training(broadcast_dropout):
     (key,) = replay(rbg_key(5))
     options = dict(dropout_rate=0.3, broadcast_dropout=broadcast_dropout)
-    check_parity(linen.MultiHeadDotProductAttention(num_heads=2, **options),
-                 lambda: nn.MultiHeadAttention(2, 6, ctx=nnx.Context(0), **options), normal((3, 4, 6)),
-                 linen_call=dict(deterministic=False, dropout_rng=key),
-                 our_call=dict(deterministic=False, ctx=nnx.Context({"dropout": rbg_key(5)})),
-                 init_call=dict(deterministic=True), exact=True)
+    check_parity(
+        linen.MultiHeadDotProductAttention(num_heads=2, **options),
+        lambda: nn.MultiHeadAttention(2, 6, ctx=nnx.Context(0), **options),
+        normal((3, 4, 6)),
+        linen_call=dict(deterministic=False, dropout_rng=key),
+        our_call=dict(deterministic=False, ctx=nnx.Context({"dropout": rbg_key(5)})),
+        init_call=dict(deterministic=True),
+        exact=True,
+    )

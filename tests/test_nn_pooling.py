@@ -3,35 +3,61 @@
 from __future__ import annotations
 
 import flax.linen as linen
-from flax.linen import pooling as linen_pooling
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax.linen import pooling as linen_pooling
 from jax import lax
+from test_nn_layers import raises
+from test_nn_parity import FAST_COMPILE, normal, weighted_sum
 
 import nnx_bridge as nnx
 from nnx_bridge import nn
-from test_nn_layers import raises
-from test_nn_parity import FAST_COMPILE, normal, weighted_sum
 
 F32, BF16 = jnp.float32, jnp.bfloat16
 
 CASES = {  # id: (function name, input shape, dtype, keyword arguments)
     "avg-2d-valid-strides": ("avg_pool", (2, 6, 5, 3), F32, dict(window_shape=(2, 2), strides=(2, 2))),
-    "avg-2d-same-no-pad-count": ("avg_pool", (2, 5, 5, 2), F32,
-                                 dict(window_shape=(3, 3), strides=(1, 2), padding="SAME", count_include_pad=False)),
-    "avg-1d-pairs": ("avg_pool", (3, 7, 2), F32,
-                     dict(window_shape=(3,), padding=((1, 2),), count_include_pad=False)),
-    "avg-1d-same-two-batch-dims": ("avg_pool", (2, 3, 7, 2), F32,
-                                   dict(window_shape=(3,), padding="SAME", count_include_pad=False)),
-    "avg-unbatched-same": ("avg_pool", (5, 4, 3), F32,
-                           dict(window_shape=(2, 3), padding="SAME", count_include_pad=False)),
+    "avg-2d-same-no-pad-count": (
+        "avg_pool",
+        (2, 5, 5, 2),
+        F32,
+        dict(window_shape=(3, 3), strides=(1, 2), padding="SAME", count_include_pad=False),
+    ),
+    "avg-1d-pairs": (
+        "avg_pool",
+        (3, 7, 2),
+        F32,
+        dict(window_shape=(3,), padding=((1, 2),), count_include_pad=False),
+    ),
+    "avg-1d-same-two-batch-dims": (
+        "avg_pool",
+        (2, 3, 7, 2),
+        F32,
+        dict(window_shape=(3,), padding="SAME", count_include_pad=False),
+    ),
+    "avg-unbatched-same": (
+        "avg_pool",
+        (5, 4, 3),
+        F32,
+        dict(window_shape=(2, 3), padding="SAME", count_include_pad=False),
+    ),
     "avg-bf16-pad-counted": ("avg_pool", (2, 6, 6, 3), BF16, dict(window_shape=(3, 3), padding="SAME")),
-    "max-2d-same-strides": ("max_pool", (2, 7, 6, 3), F32, dict(window_shape=(3, 3), strides=(2, 2), padding="SAME")),
+    "max-2d-same-strides": (
+        "max_pool",
+        (2, 7, 6, 3),
+        F32,
+        dict(window_shape=(3, 3), strides=(2, 2), padding="SAME"),
+    ),
     "max-3d-valid": ("max_pool", (1, 4, 5, 4, 2), F32, dict(window_shape=(2, 2, 2), strides=(2, 1, 2))),
     "max-bf16-pairs": ("max_pool", (2, 6, 3), BF16, dict(window_shape=(2,), padding=((1, 1),))),
-    "min-1d-unbatched-pairs": ("min_pool", (7, 3), F32, dict(window_shape=(3,), strides=(2,), padding=((2, 0),))),
+    "min-1d-unbatched-pairs": (
+        "min_pool",
+        (7, 3),
+        F32,
+        dict(window_shape=(3,), strides=(2,), padding=((2, 0),)),
+    ),
     "min-2d-two-batch-dims": ("min_pool", (2, 2, 5, 5, 1), F32, dict(window_shape=(2, 2), padding="SAME")),
 }
 
@@ -44,8 +70,12 @@ def test_pooling_matches_linen_bit_for_bit(case):
 
     @jax.jit
     def both(x):
-        return (jax.value_and_grad(lambda x: weighted_sum(ours(x, **kwargs)))(x), ours(x, **kwargs),
-                jax.value_and_grad(lambda x: weighted_sum(theirs(x, **kwargs)))(x), theirs(x, **kwargs))
+        return (
+            jax.value_and_grad(lambda x: weighted_sum(ours(x, **kwargs)))(x),
+            ours(x, **kwargs),
+            jax.value_and_grad(lambda x: weighted_sum(theirs(x, **kwargs)))(x),
+            theirs(x, **kwargs),
+        )
 
     (_, g_ours), y_ours, (_, g_linen), y_linen = both.lower(x).compile(FAST_COMPILE)(x)
     assert y_ours.shape == y_linen.shape and y_ours.dtype == y_linen.dtype == dtype
@@ -80,14 +110,17 @@ def test_pooling_is_exported_at_the_top_level():
 def test_average_without_padding_divides_by_real_entries():
     x = jnp.ones((1, 3, 3, 1))
     counted = nn.avg_pool(x, (3, 3), padding="SAME")[0, :, :, 0]
-    np.testing.assert_allclose(counted, [[4 / 9, 6 / 9, 4 / 9], [6 / 9, 1, 6 / 9], [4 / 9, 6 / 9, 4 / 9]], rtol=1e-6)
+    np.testing.assert_allclose(
+        counted, [[4 / 9, 6 / 9, 4 / 9], [6 / 9, 1, 6 / 9], [4 / 9, 6 / 9, 4 / 9]], rtol=1e-6
+    )
     np.testing.assert_array_equal(nn.avg_pool(x, (3, 3), padding="SAME", count_include_pad=False), x)
 
 
 def test_pooling_errors():
     x = jnp.ones((2, 6, 6, 3))
-    with raises(ValueError, "max_pool: inputs must be (batch..., 2 window dims..., features)",
-                "found shape (6,)"):
+    with raises(
+        ValueError, "max_pool: inputs must be (batch..., 2 window dims..., features)", "found shape (6,)"
+    ):
         nn.max_pool(jnp.ones(6), (2, 2))
     with raises(ValueError, "pool: strides must be an int or 2 ints", "found (1, 2, 1)"):
         nn.pool(x, 0.0, lax.add, (2, 2), (1, 2, 1), "VALID")
@@ -95,5 +128,7 @@ def test_pooling_errors():
         nn.avg_pool(x, (2, 2), padding="CIRCULAR")
     with raises(ValueError, "min_pool: padding must be a string", "or 2 entries", "found ((1, 1),)"):
         nn.min_pool(x, (2, 2), padding=((1, 1),))
-    with raises(ValueError, "avg_pool: window_shape must be a positive int or a non-empty tuple", "found (2, 0)"):
+    with raises(
+        ValueError, "avg_pool: window_shape must be a positive int or a non-empty tuple", "found (2, 0)"
+    ):
         nn.avg_pool(x, (2, 0))

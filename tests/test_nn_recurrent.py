@@ -59,11 +59,13 @@ def assert_bitwise(ours: tp.Any, theirs: tp.Any) -> None:
 # ----------------------------------------------------------------------------------
 # cells: one step
 # ----------------------------------------------------------------------------------
-def check_cell(linen_cell: linen.Module, make_ours: tp.Callable[[], nn.RNNCellBase], x: jax.Array,
-               carry_seed: int = 3) -> None:
+def check_cell(
+    linen_cell: linen.Module, make_ours: tp.Callable[[], nn.RNNCellBase], x: jax.Array, carry_seed: int = 3
+) -> None:
     """Layout equal to Linen's; step outputs and gradients bit for bit equal."""
-    carry = jax.tree.map(lambda c: normal(c.shape, c.dtype, carry_seed),
-                         linen_cell.initialize_carry(rbg_key(1), x.shape))
+    carry = jax.tree.map(
+        lambda c: normal(c.shape, c.dtype, carry_seed), linen_cell.initialize_carry(rbg_key(1), x.shape)
+    )
     variables = random_like(jax.eval_shape(linen_cell.init, rbg_key(0), carry, x))
     ours = build_abstract(make_ours)
     assert_same_layout(nnx.to_variables(ours.partition()[0]), variables)
@@ -93,32 +95,54 @@ CELL_CASES = {  # id: (Linen cell, our cell factory, step input shape); dtype ca
     "simple": (linen.SimpleCell(4), lambda: nn.SimpleCell(3, 4, ctx=nnx.Context(0)), (2, 3)),
     "simple-residual-relu-bf16": (
         linen.SimpleCell(3, residual=True, activation_fn=jax.nn.relu, dtype=BF16),
-        lambda: nn.SimpleCell(3, 3, residual=True, activation_fn=jax.nn.relu, dtype=BF16,
-                              ctx=nnx.Context(0)), (2, 3)),
+        lambda: nn.SimpleCell(3, 3, residual=True, activation_fn=jax.nn.relu, dtype=BF16, ctx=nnx.Context(0)),
+        (2, 3),
+    ),
     "lstm": (linen.LSTMCell(5), lambda: nn.LSTMCell(3, 5, ctx=nnx.Context(0)), (2, 3)),
-    "lstm-bf16-params": (linen.LSTMCell(4, param_dtype=BF16),
-                         lambda: nn.LSTMCell(3, 4, param_dtype=BF16, ctx=nnx.Context(0)), (2, 3)),
+    "lstm-bf16-params": (
+        linen.LSTMCell(4, param_dtype=BF16),
+        lambda: nn.LSTMCell(3, 4, param_dtype=BF16, ctx=nnx.Context(0)),
+        (2, 3),
+    ),
     "lstm-gates-unbatched": (
         linen.LSTMCell(4, gate_fn=jax.nn.hard_sigmoid, activation_fn=jax.nn.gelu),
-        lambda: nn.LSTMCell(2, 4, gate_fn=jax.nn.hard_sigmoid, activation_fn=jax.nn.gelu,
-                            ctx=nnx.Context(0)), (2,)),
-    "optimized-lstm": (linen.OptimizedLSTMCell(5),
-                       lambda: nn.OptimizedLSTMCell(3, 5, ctx=nnx.Context(0)), (2, 2, 3)),
-    "optimized-lstm-bf16": (linen.OptimizedLSTMCell(4, dtype=BF16),
-                            lambda: nn.OptimizedLSTMCell(3, 4, dtype=BF16, ctx=nnx.Context(0)), (2, 3)),
+        lambda: nn.LSTMCell(2, 4, gate_fn=jax.nn.hard_sigmoid, activation_fn=jax.nn.gelu, ctx=nnx.Context(0)),
+        (2,),
+    ),
+    "optimized-lstm": (
+        linen.OptimizedLSTMCell(5),
+        lambda: nn.OptimizedLSTMCell(3, 5, ctx=nnx.Context(0)),
+        (2, 2, 3),
+    ),
+    "optimized-lstm-bf16": (
+        linen.OptimizedLSTMCell(4, dtype=BF16),
+        lambda: nn.OptimizedLSTMCell(3, 4, dtype=BF16, ctx=nnx.Context(0)),
+        (2, 3),
+    ),
     "gru": (linen.GRUCell(5), lambda: nn.GRUCell(3, 5, ctx=nnx.Context(0)), (2, 3)),
-    "gru-bf16": (linen.GRUCell(4, dtype=BF16, param_dtype=BF16),
-                 lambda: nn.GRUCell(3, 4, dtype=BF16, param_dtype=BF16, ctx=nnx.Context(0)), (2, 3)),
+    "gru-bf16": (
+        linen.GRUCell(4, dtype=BF16, param_dtype=BF16),
+        lambda: nn.GRUCell(3, 4, dtype=BF16, param_dtype=BF16, ctx=nnx.Context(0)),
+        (2, 3),
+    ),
     "mgu": (linen.MGUCell(5), lambda: nn.MGUCell(3, 5, ctx=nnx.Context(0)), (2, 3)),
-    "mgu-no-reset-bf16": (linen.MGUCell(4, reset_gate=False, dtype=BF16),
-                          lambda: nn.MGUCell(3, 4, reset_gate=False, dtype=BF16, ctx=nnx.Context(0)),
-                          (2, 3)),
-    "conv-lstm-2d": (linen.ConvLSTMCell(4, (3, 3)),
-                     lambda: nn.ConvLSTMCell(3, 4, (3, 3), ctx=nnx.Context(0)), (2, 5, 5, 3)),
+    "mgu-no-reset-bf16": (
+        linen.MGUCell(4, reset_gate=False, dtype=BF16),
+        lambda: nn.MGUCell(3, 4, reset_gate=False, dtype=BF16, ctx=nnx.Context(0)),
+        (2, 3),
+    ),
+    "conv-lstm-2d": (
+        linen.ConvLSTMCell(4, (3, 3)),
+        lambda: nn.ConvLSTMCell(3, 4, (3, 3), ctx=nnx.Context(0)),
+        (2, 5, 5, 3),
+    ),
     "conv-lstm-1d-valid-bf16": (
         linen.ConvLSTMCell(3, (2,), padding=((1, 0),), use_bias=False, dtype=BF16),
-        lambda: nn.ConvLSTMCell(2, 3, (2,), padding=((1, 0),), use_bias=False, dtype=BF16,
-                                ctx=nnx.Context(0)), (2, 6, 2)),
+        lambda: nn.ConvLSTMCell(
+            2, 3, (2,), padding=((1, 0),), use_bias=False, dtype=BF16, ctx=nnx.Context(0)
+        ),
+        (2, 6, 2),
+    ),
 }
 
 
@@ -156,11 +180,15 @@ def test_initialize_carry_matches_linen_and_takes_both_argument_orders():
     assert out["gru_ctx"].shape == (5, 4) and float(jnp.std(out["gru_ctx"])) > 0.1
     assert not np.array_equal(out["gru_ctx"], out["gru"])  # a key drawn from the Context's stream
     assert_bitwise(out["gru_ctx_keyword"], out["gru_ctx"])
-    assert [(z.shape, z.dtype, float(jnp.abs(z).max())) for z in out["lstm_zeros"]] == [((5, 4), BF16, 0.0)] * 2
+    assert [(z.shape, z.dtype, float(jnp.abs(z).max())) for z in out["lstm_zeros"]] == [
+        ((5, 4), BF16, 0.0)
+    ] * 2
 
 
 def test_initialize_carry_errors():
-    cell = build_abstract(lambda: nn.LSTMCell(3, 4, carry_init=jax.nn.initializers.normal(), ctx=nnx.Context(0)))
+    cell = build_abstract(
+        lambda: nn.LSTMCell(3, 4, carry_init=jax.nn.initializers.normal(), ctx=nnx.Context(0))
+    )
     with pytest.raises(ValueError, match=r"LSTMCell.initialize_carry: the carry initialiser .* no RNG"):
         cell.initialize_carry((2, 3))
     with pytest.raises(TypeError, match=r"expected an input shape .* found"):
@@ -173,8 +201,11 @@ def test_initialize_carry_errors():
 
 def test_cell_errors_name_the_sizes():
     cell = build_abstract(lambda: nn.GRUCell(3, 4, ctx=nnx.Context(0)))  # the checks come first
-    with pytest.raises(ValueError, match=r"GRUCell\(in_features=3, hidden_features=4\) expects inputs .* "
-                                         r"found an input of shape \(2, 5\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"GRUCell\(in_features=3, hidden_features=4\) expects inputs .* "
+        r"found an input of shape \(2, 5\)",
+    ):
         cell(jnp.zeros((2, 4)), jnp.zeros((2, 5)))
     with pytest.raises(ValueError, match=r"got a carry of shape \(2, 3\); its last dimension must be 4"):
         cell(jnp.zeros((2, 3)), jnp.zeros((2, 3)))
@@ -185,20 +216,29 @@ def test_cell_errors_name_the_sizes():
 # ----------------------------------------------------------------------------------
 # RNN and Bidirectional through to_linen, in a jitted TrainState step
 # ----------------------------------------------------------------------------------
-def sequence(cell_type: type, cell_args: tuple[tp.Any, ...], *, ctx: nnx.Context,
-             cell_options: tuple[tuple[str, tp.Any], ...] = (), **rnn_options: tp.Any) -> nn.RNN:
+def sequence(
+    cell_type: type,
+    cell_args: tuple[tp.Any, ...],
+    *,
+    ctx: nnx.Context,
+    cell_options: tuple[tuple[str, tp.Any], ...] = (),
+    **rnn_options: tp.Any,
+) -> nn.RNN:
     """An RNN over ``cell_type(*cell_args, ...)``: the factory given to ``nnx.to_linen``."""
     return nn.RNN(cell_type(*cell_args, ctx=ctx, **dict(cell_options)), **rnn_options)
 
 
-def bidirectional(cell_type: type, cell_args: tuple[tp.Any, ...], *, ctx: nnx.Context,
-                  **options: tp.Any) -> nn.Bidirectional:
-    return nn.Bidirectional(nn.RNN(cell_type(*cell_args, ctx=ctx)), nn.RNN(cell_type(*cell_args, ctx=ctx)),
-                            **options)
+def bidirectional(
+    cell_type: type, cell_args: tuple[tp.Any, ...], *, ctx: nnx.Context, **options: tp.Any
+) -> nn.Bidirectional:
+    return nn.Bidirectional(
+        nn.RNN(cell_type(*cell_args, ctx=ctx)), nn.RNN(cell_type(*cell_args, ctx=ctx)), **options
+    )
 
 
-def check_train_step(linen_model: linen.Module, bridged: linen.Module, x: jax.Array,
-                     call: dict[str, tp.Any] | None = None) -> None:
+def check_train_step(
+    linen_model: linen.Module, bridged: linen.Module, x: jax.Array, call: dict[str, tp.Any] | None = None
+) -> None:
     """Same layout; outputs, loss and SGD-updated parameters bit for bit equal."""
     call = call or {}
     shapes = jax.eval_shape(lambda k: linen_model.init(k, x, **call), rbg_key(0))
@@ -213,8 +253,10 @@ def check_train_step(linen_model: linen.Module, bridged: linen.Module, x: jax.Ar
         (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         return state.apply_gradients(grads=grads).params, loss, out
 
-    states = [train_state.TrainState.create(apply_fn=m.apply, params=params, tx=optax.sgd(0.1))
-              for m in (linen_model, bridged)]
+    states = [
+        train_state.TrainState.create(apply_fn=m.apply, params=params, tx=optax.sgd(0.1))
+        for m in (linen_model, bridged)
+    ]
     both = jax.jit(lambda a, b, xs: (step(a, xs), step(b, xs)))
     theirs, ours = both.lower(*states, x).compile(FAST_COMPILE)(*states, x)
     assert_bitwise(ours, theirs)
@@ -224,23 +266,47 @@ CARRY_INIT = jax.nn.initializers.normal(0.3)
 LENGTHS = jnp.array([5, 2])
 RNN_CASES = {  # id: (Linen cell, our cell type and args, RNN options, call options, input shape)
     "gru-time-major-reverse-keep-order-carry": (
-        linen.GRUCell(4), (nn.GRUCell, (3, 4)),
-        dict(time_major=True, reverse=True, keep_order=True, return_carry=True), {}, (5, 2, 3)),
+        linen.GRUCell(4),
+        (nn.GRUCell, (3, 4)),
+        dict(time_major=True, reverse=True, keep_order=True, return_carry=True),
+        {},
+        (5, 2, 3),
+    ),
     "simple-reverse-seq-lengths-carry": (
-        linen.SimpleCell(4), (nn.SimpleCell, (3, 4)), dict(reverse=True, return_carry=True),
-        dict(seq_lengths=LENGTHS), (2, 5, 3)),
+        linen.SimpleCell(4),
+        (nn.SimpleCell, (3, 4)),
+        dict(reverse=True, return_carry=True),
+        dict(seq_lengths=LENGTHS),
+        (2, 5, 3),
+    ),
     "optimized-lstm-seq-lengths-carry-init-key": (
         linen.OptimizedLSTMCell(4, carry_init=CARRY_INIT),
-        (nn.OptimizedLSTMCell, (3, 4), (("carry_init", CARRY_INIT),)), dict(return_carry=True),
-        dict(seq_lengths=LENGTHS, init_key=jax.random.key(3)), (2, 5, 3)),
+        (nn.OptimizedLSTMCell, (3, 4), (("carry_init", CARRY_INIT),)),
+        dict(return_carry=True),
+        dict(seq_lengths=LENGTHS, init_key=jax.random.key(3)),
+        (2, 5, 3),
+    ),
     "mgu-unroll-call-overrides": (
-        linen.MGUCell(4), (nn.MGUCell, (3, 4)), dict(unroll=2),
-        dict(return_carry=True, reverse=True, keep_order=True), (2, 5, 3)),
+        linen.MGUCell(4),
+        (nn.MGUCell, (3, 4)),
+        dict(unroll=2),
+        dict(return_carry=True, reverse=True, keep_order=True),
+        (2, 5, 3),
+    ),
     "conv-lstm-1d-initial-carry": (
-        linen.ConvLSTMCell(3, (3,)), (nn.ConvLSTMCell, (2, 3, (3,))), {},
-        dict(initial_carry=(normal((2, 6, 3), seed=4), normal((2, 6, 3), seed=5))), (2, 4, 6, 2)),
-    "lstm-bf16": (linen.LSTMCell(4, param_dtype=BF16), (nn.LSTMCell, (3, 4), (("param_dtype", BF16),)),
-                  {}, {}, (2, 5, 3)),
+        linen.ConvLSTMCell(3, (3,)),
+        (nn.ConvLSTMCell, (2, 3, (3,))),
+        {},
+        dict(initial_carry=(normal((2, 6, 3), seed=4), normal((2, 6, 3), seed=5))),
+        (2, 4, 6, 2),
+    ),
+    "lstm-bf16": (
+        linen.LSTMCell(4, param_dtype=BF16),
+        (nn.LSTMCell, (3, 4), (("param_dtype", BF16),)),
+        {},
+        {},
+        (2, 5, 3),
+    ),
 }
 
 
@@ -257,10 +323,14 @@ def add(a: jax.Array, b: jax.Array) -> jax.Array:
     return a + b
 
 
-@pytest.mark.parametrize("options,call,shape", [
-    ({}, dict(seq_lengths=LENGTHS, return_carry=True), (2, 5, 3)),
-    (dict(merge_fn=add, time_major=True), {}, (5, 2, 3)),
-], ids=["seq-lengths-carry", "merge-fn-time-major"])
+@pytest.mark.parametrize(
+    "options,call,shape",
+    [
+        ({}, dict(seq_lengths=LENGTHS, return_carry=True), (2, 5, 3)),
+        (dict(merge_fn=add, time_major=True), {}, (5, 2, 3)),
+    ],
+    ids=["seq-lengths-carry", "merge-fn-time-major"],
+)
 def test_bidirectional_through_to_linen_train_step(options, call, shape):
     linen_model = linen.Bidirectional(linen.RNN(linen.GRUCell(4)), linen.RNN(linen.GRUCell(4)), **options)
     bridged = nnx.to_linen(bidirectional, nn.GRUCell, (3, 4), **options)
@@ -322,18 +392,47 @@ class CountingCell(nn.SimpleCell):
         return super().__call__(carry, inputs)
 
 
-@pytest.mark.parametrize("make,x,call,error,match", [
-    (lambda: nn.RNN(CountingCell(ctx=nnx.Context(0))), (2, 4, 2), {}, ValueError,
-     r"RNN: the CountingCell updated its Variable 'calls' \(collection 'counts'\) during the scan"),
-    (lambda: nn.RNN(nn.GRUCell(2, 3, ctx=nnx.Context(0))), (2, 4, 2), dict(seq_lengths=jnp.ones((3,), int)),
-     ValueError, r"seq_lengths must have the batch shape \(2,\) .* found shape \(3,\)"),
-    (lambda: nn.RNN(nn.ConvLSTMCell(2, 3, (3, 3), ctx=nnx.Context(0))), (4, 5, 2), {}, ValueError,
-     r"RNN\(ConvLSTMCell\) expects inputs with a time axis and 3 feature axis\(es\)"),
-    (lambda: nn.RNN(nn.Linear(2, 3, ctx=nnx.Context(0))), (2, 4, 2), {}, TypeError,
-     r"RNN: cell must be a recurrent cell Module with initialize_carry .* found Linear"),
-    (lambda: nn.RNN(nn.GRUCell(2, 3, ctx=nnx.Context(0)), unroll=0), (2, 4, 2), {}, ValueError,
-     r"RNN: unroll must be a positive int; found 0"),
-], ids=["variable-update", "seq-lengths-shape", "rank", "not-a-cell", "unroll"])
+@pytest.mark.parametrize(
+    "make,x,call,error,match",
+    [
+        (
+            lambda: nn.RNN(CountingCell(ctx=nnx.Context(0))),
+            (2, 4, 2),
+            {},
+            ValueError,
+            r"RNN: the CountingCell updated its Variable 'calls' \(collection 'counts'\) during the scan",
+        ),
+        (
+            lambda: nn.RNN(nn.GRUCell(2, 3, ctx=nnx.Context(0))),
+            (2, 4, 2),
+            dict(seq_lengths=jnp.ones((3,), int)),
+            ValueError,
+            r"seq_lengths must have the batch shape \(2,\) .* found shape \(3,\)",
+        ),
+        (
+            lambda: nn.RNN(nn.ConvLSTMCell(2, 3, (3, 3), ctx=nnx.Context(0))),
+            (4, 5, 2),
+            {},
+            ValueError,
+            r"RNN\(ConvLSTMCell\) expects inputs with a time axis and 3 feature axis\(es\)",
+        ),
+        (
+            lambda: nn.RNN(nn.Linear(2, 3, ctx=nnx.Context(0))),
+            (2, 4, 2),
+            {},
+            TypeError,
+            r"RNN: cell must be a recurrent cell Module with initialize_carry .* found Linear",
+        ),
+        (
+            lambda: nn.RNN(nn.GRUCell(2, 3, ctx=nnx.Context(0)), unroll=0),
+            (2, 4, 2),
+            {},
+            ValueError,
+            r"RNN: unroll must be a positive int; found 0",
+        ),
+    ],
+    ids=["variable-update", "seq-lengths-shape", "rank", "not-a-cell", "unroll"],
+)
 def test_rnn_errors(make, x, call, error, match):
     with pytest.raises(error, match=match):  # traced only: nothing is compiled
         jax.eval_shape(lambda xs: make()(xs, **call), jax.ShapeDtypeStruct(x, F32))
@@ -341,6 +440,9 @@ def test_rnn_errors(make, x, call, error, match):
 
 def test_bidirectional_rejects_a_non_module():
     rnn = build_abstract(lambda: nn.RNN(nn.GRUCell(2, 3, ctx=nnx.Context(0))))
-    with pytest.raises(TypeError, match=r"Bidirectional: backward_rnn must be an nnx_bridge Module .* found "
-                                        r"function"):
+    with pytest.raises(
+        TypeError,
+        match=r"Bidirectional: backward_rnn must be an nnx_bridge Module .* found "
+        r"function",
+    ):
         nn.Bidirectional(rnn, lambda x: x)

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from bridge_models import MLP
 
 import nnx_bridge as nnx
-from bridge_models import MLP
 
 KEY = jax.random.PRNGKey(0)
 X = jnp.linspace(-1.0, 1.0, 6).reshape(2, 3)
@@ -47,8 +47,11 @@ def test_full_variables_dict_uses_top_level_collections(bridged):
 
 def test_labels_without_default_must_cover_everything(bridged):
     _, variables = bridged
-    with pytest.raises(ValueError, match=r"labels: 6 variable\(s\) matched none of the filters for labels "
-                                         r"\['frozen'\]: 'layers/0/bias', 'layers/0/kernel'"):
+    with pytest.raises(
+        ValueError,
+        match=r"labels: 6 variable\(s\) matched none of the filters for labels "
+        r"\['frozen'\]: 'layers/0/bias', 'layers/0/kernel'",
+    ):
         nnx.labels(variables["params"], {"frozen": nnx.PathContains("encoder")})
 
 
@@ -78,7 +81,9 @@ def test_weight_decay_masked_to_kernels_only(bridged):
     updates, _ = tx.update(zero_grads, tx.init(params), params)
     for layer in params["layers"]:
         np.testing.assert_array_equal(updates["layers"][layer]["bias"], 0.0)
-        np.testing.assert_allclose(updates["layers"][layer]["kernel"], 0.5 * params["layers"][layer]["kernel"])
+        np.testing.assert_allclose(
+            updates["layers"][layer]["kernel"], 0.5 * params["layers"][layer]["kernel"]
+        )
     masked = optax.masked(optax.sgd(1.0), nnx.mask(params, nnx.PathContains("kernel")))
     updates, _ = masked.update(jax.tree.map(jnp.ones_like, params), masked.init(params), params)
     assert updates["layers"]["0"]["kernel"].min() == -1.0
@@ -96,7 +101,7 @@ def test_labels_on_a_state_drive_optax_partition():
 
     def loss(p):
         y, _ = moduledef.apply(p, counts)(X)
-        return jnp.sum(y ** 2)
+        return jnp.sum(y**2)
 
     grads = jax.grad(loss)(params)
     updates, _ = tx.update(grads, state, params)

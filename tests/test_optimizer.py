@@ -78,7 +78,9 @@ def test_wrt_filters_select_the_differentiated_variables():
     frozen = nnx.All("params", nnx.Not(nnx.PathContains("encoder")))
     assert list(nnx.grad(loss_fn, wrt=frozen)(model)) == ["head/bias", "head/kernel"]
     assert list(nnx.grad(loss_fn, wrt=nnx.PathContains("kernel"))(model)) == [
-        "encoder/lin/kernel", "head/kernel"]
+        "encoder/lin/kernel",
+        "head/kernel",
+    ]
     stats = nnx.grad(lambda m: m.encoder.bn.var.value.sum(), wrt="batch_stats")(model)
     assert list(stats) == ["encoder/bn/mean", "encoder/bn/var"]
 
@@ -105,7 +107,7 @@ def test_grad_creates_lazy_variables_with_plain_values():
         def __call__(self):
             seen = self.variable("stats", "seen", jnp.zeros, (3,))
             seen.value = seen.value + self.w.value
-            return (self.w.value ** 2).sum()
+            return (self.w.value**2).sum()
 
     m = Lazy()
     grads = nnx.grad(lambda m: m())(m)
@@ -234,8 +236,10 @@ def test_fifty_steps_equal_linens_trainstate_bit_for_bit_on_digits(tmp_path):
     assert int(optimizer.step.value) == int(state.step) == 50
 
     # Orbax round trip of model + Optimizer; training resumes exactly.
-    checkpoint = {"model": nnx.to_variables(model.partition()[0]),
-                  "optimizer": nnx.to_variables(optimizer.partition()[0])}
+    checkpoint = {
+        "model": nnx.to_variables(model.partition()[0]),
+        "optimizer": nnx.to_variables(optimizer.partition()[0]),
+    }
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(tmp_path / "ckpt", checkpoint)
     checkpointer.wait_until_finished()
@@ -248,8 +252,11 @@ def test_fifty_steps_equal_linens_trainstate_bit_for_bit_on_digits(tmp_path):
     idx = rng.choice(len(x_train), 64, replace=False)
     expected = nnx_step(model, optimizer, x_train[idx], y_train[idx])
     np.testing.assert_array_equal(nnx_step(fresh, fresh_optimizer, x_train[idx], y_train[idx]), expected)
-    jax.tree.map(np.testing.assert_array_equal, nnx.to_variables(fresh.partition()[0]),
-                 nnx.to_variables(model.partition()[0]))
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        nnx.to_variables(fresh.partition()[0]),
+        nnx.to_variables(model.partition()[0]),
+    )
 
 
 def test_train_step_traces_once_with_dropout_context():
@@ -324,13 +331,18 @@ MESH_SCRIPT = textwrap.dedent("""
 
 
 def test_train_step_on_a_simulated_8_device_mesh(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
-    done = subprocess.run([sys.executable, "-c", MESH_SCRIPT], check=False, env=env, capture_output=True, text=True,
-                          timeout=300)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", MESH_SCRIPT], check=False, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     line = next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))
-    report = json.loads(line[len("RESULT "):])
+    report = json.loads(line[len("RESULT ") :])
     np.testing.assert_allclose(report["mesh"], report["single"], rtol=1e-5)
     assert report["kernel_spec"] == [None, "model"] and report["kernel_shards"] == [[8, 4]]
     assert report["down_spec"] == ["model"]  # PartitionSpec drops trailing Nones

@@ -189,7 +189,7 @@ def variable_specs(draw):
     return kind, value, sharding, tag
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def value_trees(n_modules, n_variables):
     leaves = [
         st.tuples(st.just("static"), statics),
@@ -222,8 +222,10 @@ def graph_plans(draw):
     variables = draw(st.lists(variable_specs(), min_size=1, max_size=6))
     trees = value_trees(n_modules, len(variables))
     modules = [
-        (draw(st.sampled_from(MODULE_TYPES)),
-         draw(st.dictionaries(st.sampled_from(ATTRIBUTE_NAMES), trees, max_size=3)))
+        (
+            draw(st.sampled_from(MODULE_TYPES)),
+            draw(st.dictionaries(st.sampled_from(ATTRIBUTE_NAMES), trees, max_size=3)),
+        )
         for _ in range(n_modules)
     ]
     placements = [("module", i, draw(st.integers(0, i - 1))) for i in range(1, n_modules)]
@@ -281,12 +283,26 @@ def build(plan):
 
 # --- random filters ---------------------------------------------------------------------
 
-base_filters = st.sampled_from([
-    "params", "batch_stats", "counts", "prop_cache", "tagged", "missing",
-    nnx.Param, nnx.BatchStat, nnx.Variable, Tagged, PropCache,
-    nnx.PathContains("a"), nnx.PathContains("0"), nnx.PathContains("layers"),
-    nnx.Everything(), nnx.Nothing(),
-])
+base_filters = st.sampled_from(
+    [
+        "params",
+        "batch_stats",
+        "counts",
+        "prop_cache",
+        "tagged",
+        "missing",
+        nnx.Param,
+        nnx.BatchStat,
+        nnx.Variable,
+        Tagged,
+        PropCache,
+        nnx.PathContains("a"),
+        nnx.PathContains("0"),
+        nnx.PathContains("layers"),
+        nnx.Everything(),
+        nnx.Nothing(),
+    ]
+)
 filters_strategy = st.recursive(
     base_filters,
     lambda inner: st.one_of(
@@ -445,7 +461,9 @@ def flat_paths(tree, prefix=()):
 def test_state_order_is_path_parts_level_by_level(tree, random):
     paths = list(flat_paths(tree))
     random.shuffle(paths)
-    jax_order = ["/".join(k.key for k in keypath) for keypath, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    jax_order = [
+        "/".join(k.key for k in keypath) for keypath, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
+    ]
     assert sorted(paths, key=path_key) == jax_order
     half = len(paths) // 2
     built = [

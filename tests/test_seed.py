@@ -44,14 +44,18 @@ SEED_COUNTS = "counts={'count': Variable(value=2, collection=counts, sharding=No
 
 
 def seed_params_repr(name, w):
-    return (f"{name}={{'b': Variable(value=[0. 0.], collection=params, sharding=None), "
-            f"'w': Variable(value={w}, collection=params, sharding=None)}}")
+    return (
+        f"{name}={{'b': Variable(value=[0. 0.], collection=params, sharding=None), "
+        f"'w': Variable(value={w}, collection=params, sharding=None)}}"
+    )
 
 
 def seed_state_repr(w):
-    return (f"state={{'b': Variable(value=[0. 0.], collection=params, sharding=None), "
-            f"'count': Variable(value=2, collection=counts, sharding=None), "
-            f"'w': Variable(value={w}, collection=params, sharding=None)}}")
+    return (
+        f"state={{'b': Variable(value=[0. 0.], collection=params, sharding=None), "
+        f"'count': Variable(value=2, collection=counts, sharding=None), "
+        f"'w': Variable(value={w}, collection=params, sharding=None)}}"
+    )
 
 
 @pytest.fixture
@@ -90,7 +94,7 @@ def test_seed_notebook_cells(old_rng):
 def test_seed_values_are_deterministic_and_distinct(old_rng):
     module = Linear(2, 2, ctx=Context(random.PRNGKey(0)))
     w = np.asarray(module.w.value)
-    assert w.shape == (2, 2) and w.dtype == np.float32 and ((0 <= w) & (w < 1)).all()
+    assert w.shape == (2, 2) and w.dtype == np.float32 and ((w >= 0) & (w < 1)).all()
     np.testing.assert_array_equal(module.b.value, np.zeros(2, np.float32))
     again = Linear(2, 2, ctx=Context(random.PRNGKey(0)))
     np.testing.assert_array_equal(again.w.value, w)  # same key, same weights

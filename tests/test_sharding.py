@@ -18,13 +18,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+import sharding_worker as worker
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jax.sharding import PartitionSpec as P
 
 import nnx_bridge as nnx
 from nnx_bridge import sharding
 from nnx_bridge.scan import Scan, stack, unstack
-import sharding_worker as worker
 
 WORKER = pathlib.Path(__file__).with_name("sharding_worker.py")
 KEY = jax.random.PRNGKey(0)
@@ -34,11 +35,19 @@ RULES = (("batch", "data"), ("embed", None), ("mlp", "model"))
 
 def run_worker(*args, devices):
     """Starts the worker with `devices` simulated CPU devices; returns the Popen."""
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           "JAX_PLATFORMS": "cpu"}
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+    }
     env.pop("PYTHONPATH", None)
-    return subprocess.Popen([sys.executable, str(WORKER), *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def result_of(process, timeout):
@@ -50,13 +59,14 @@ def result_of(process, timeout):
         pytest.fail(f"worker timed out after {timeout}s:\n{output[-3000:]}")
     assert process.returncode == 0, output[-3000:]
     line = next(l for l in output.splitlines() if l.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 class Tanh(nnx.Module):
     def __init__(self, d, *, ctx):
-        self.kernel = nnx.Param(jax.random.normal(ctx.make_rng("params"), (d, d)) * 0.5,
-                                sharding=("embed", "mlp"))
+        self.kernel = nnx.Param(
+            jax.random.normal(ctx.make_rng("params"), (d, d)) * 0.5, sharding=("embed", "mlp")
+        )
         self.calls = nnx.Variable("counts", jnp.array(0))
 
     def __call__(self, x):
@@ -78,7 +88,10 @@ def test_partition_spec_of_a_state_keeps_its_structure():
     specs = sharding.get_partition_spec(state)
     assert jax.tree.structure(specs) == jax.tree.structure(state)
     assert {p: v.value for p, v in specs.items()} == {
-        "bias": P("mlp"), "count": P(), "kernel": P("embed", "mlp")}
+        "bias": P("mlp"),
+        "count": P(),
+        "kernel": P("embed", "mlp"),
+    }
     mapped = sharding.get_partition_spec(state, rules=RULES)
     assert mapped["kernel"].value == P(None, "model") and mapped["bias"].value == P("model")
     with nn.logical_axis_rules(RULES):
@@ -107,10 +120,15 @@ def test_bridge_boxes_logical_names_and_specs_match_linen():
     assert type(variables["params"]["kernel"]) is nn.LogicallyPartitioned
     specs = sharding.get_partition_spec(variables, rules=RULES)
     assert specs["params"]["kernel"] == P(None, "model") and specs["counts"]["calls"] == P()
-    assert specs["params"]["kernel"] == nn.logical_to_mesh(nn.get_partition_spec(variables), RULES)["params"]["kernel"]
+    assert (
+        specs["params"]["kernel"]
+        == nn.logical_to_mesh(nn.get_partition_spec(variables), RULES)["params"]["kernel"]
+    )
     assert sharding.get_partition_spec(plain, rules=RULES)["params"]["kernel"] == P("embed", "mlp")
-    np.testing.assert_array_equal(model.apply(variables, X, mutable=["counts"])[0],
-                                  model.apply(nn.unbox(variables), X, mutable=["counts"])[0])
+    np.testing.assert_array_equal(
+        model.apply(variables, X, mutable=["counts"])[0],
+        model.apply(nn.unbox(variables), X, mutable=["counts"])[0],
+    )
 
 
 def test_sharded_init_equals_eager_build_and_plain_jax_does_the_same():
@@ -160,13 +178,19 @@ class Leaves(nnx.Module):
 
 
 @settings(max_examples=25)
-@given(layers=st.integers(1, 4), shapes=st.lists(st.lists(st.integers(1, 3), max_size=2), min_size=1, max_size=3),
-       named=st.booleans(), axis_name=st.sampled_from(["layers", None]), seed=st.integers(0, 2**16))
+@given(
+    layers=st.integers(1, 4),
+    shapes=st.lists(st.lists(st.integers(1, 3), max_size=2), min_size=1, max_size=3),
+    named=st.booleans(),
+    axis_name=st.sampled_from(["layers", None]),
+    seed=st.integers(0, 2**16),
+)
 def test_unstack_inverts_stack(assert_states_equal, layers, shapes, named, axis_name, seed):
     rng = np.random.default_rng(seed)
     names = [tuple(f"a{i}" for i in range(len(s))) if named else None for s in shapes]
-    blocks = [Leaves([jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes], names)
-              for _ in range(layers)]
+    blocks = [
+        Leaves([jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes], names) for _ in range(layers)
+    ]
     stacked = stack(blocks, axis_name=axis_name)
     for original, back in zip(blocks, unstack(stacked), strict=True):
         assert_states_equal(back.partition()[0], original.partition()[0])
@@ -175,15 +199,24 @@ def test_unstack_inverts_stack(assert_states_equal, layers, shapes, named, axis_
 
 
 def test_scan_through_the_bridge_has_nn_scans_layout():
-    Stack = nn.scan(nnx.ToLinen, variable_axes={"params": 0, "counts": 0}, split_rngs={"params": True},
-                    length=3, metadata_params={nn.PARTITION_NAME: "layers"})
+    Stack = nn.scan(
+        nnx.ToLinen,
+        variable_axes={"params": 0, "counts": 0},
+        split_rngs={"params": True},
+        length=3,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
     linen = Stack(TanhStep, args=(3,))
     linen_variables = linen.init(KEY, X, None)
     ours = nnx.to_linen(Scan, Tanh, 3, 3)
     variables = ours.init(KEY, X)
-    assert jax.tree.map(jnp.shape, nn.unbox(variables["params"]["block"])) == \
-        jax.tree.map(jnp.shape, nn.unbox(linen_variables["params"]))
-    assert nn.get_partition_spec(variables)["params"]["block"] == nn.get_partition_spec(linen_variables)["params"]
+    assert jax.tree.map(jnp.shape, nn.unbox(variables["params"]["block"])) == jax.tree.map(
+        jnp.shape, nn.unbox(linen_variables["params"])
+    )
+    assert (
+        nn.get_partition_spec(variables)["params"]["block"]
+        == nn.get_partition_spec(linen_variables)["params"]
+    )
     assert nn.get_partition_spec(variables)["params"]["block"]["kernel"] == P("layers", "embed", "mlp")
     # nn.scan's parameters run in our Scan and give nn.scan's outputs.
     moved = {"params": {"block": linen_variables["params"]}, "counts": {"block": linen_variables["counts"]}}
@@ -200,8 +233,10 @@ def workers():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    started = {"mesh": run_worker("mesh", devices=8),
-               "processes": [run_worker("process", i, port, devices=4) for i in range(2)]}
+    started = {
+        "mesh": run_worker("mesh", devices=8),
+        "processes": [run_worker("process", i, port, devices=4) for i in range(2)],
+    }
     yield started
     for p in [started["mesh"], *started["processes"]]:
         if p.poll() is None:

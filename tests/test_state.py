@@ -36,8 +36,7 @@ def test_order_matches_jax_flattening_of_the_nested_dict():
             node = node.setdefault(part, {})
         node[leaf] = 0
     jax_order = [
-        "/".join(k.key for k in keypath)
-        for keypath, _ in jax.tree_util.tree_flatten_with_path(nested)[0]
+        "/".join(k.key for k in keypath) for keypath, _ in jax.tree_util.tree_flatten_with_path(nested)[0]
     ]
     assert list(nnx.State({p: P() for p in paths})) == jax_order
 
@@ -116,12 +115,14 @@ def test_repr_is_the_dict_repr_in_path_order():
 
 @pytest.fixture
 def mixed():
-    return nnx.State({
-        "l1/kernel": nnx.Param(1.0),
-        "l1/bias": nnx.Param(2.0),
-        "bn/mean": nnx.BatchStat(3.0),
-        "steps": nnx.Variable("counts", 4),
-    })
+    return nnx.State(
+        {
+            "l1/kernel": nnx.Param(1.0),
+            "l1/bias": nnx.Param(2.0),
+            "bn/mean": nnx.BatchStat(3.0),
+            "steps": nnx.Variable("counts", 4),
+        }
+    )
 
 
 def test_filter_selects_the_union_in_path_order(mixed):
@@ -238,12 +239,14 @@ def test_equal_states_have_equal_treedefs():
 
 
 def test_to_variables_nests_by_collection_and_path():
-    state = nnx.State({
-        "l1/kernel": nnx.Param(1.0),
-        "l1/bias": nnx.Param(2.0),
-        "bn/mean": nnx.BatchStat(3.0),
-        "steps": nnx.Variable("counts", 4),
-    })
+    state = nnx.State(
+        {
+            "l1/kernel": nnx.Param(1.0),
+            "l1/bias": nnx.Param(2.0),
+            "bn/mean": nnx.BatchStat(3.0),
+            "steps": nnx.Variable("counts", 4),
+        }
+    )
     variables = nnx.to_variables(state)
     assert variables == {
         "batch_stats": {"bn": {"mean": 3.0}},
@@ -264,11 +267,13 @@ def test_to_variables_allows_one_path_prefix_in_different_collections():
 
 
 def test_from_variables_builds_canonical_types():
-    state = nnx.from_variables({
-        "params": {"l1": {"kernel": 1.0}},
-        "batch_stats": {"bn": {"mean": 0.0}},
-        "test_state_misc": {"k": 5},
-    })
+    state = nnx.from_variables(
+        {
+            "params": {"l1": {"kernel": 1.0}},
+            "batch_stats": {"bn": {"mean": 0.0}},
+            "test_state_misc": {"k": 5},
+        }
+    )
     assert list(state) == ["bn/mean", "k", "l1/kernel"]
     assert type(state["l1/kernel"]) is nnx.Param
     assert type(state["bn/mean"]) is nnx.BatchStat
@@ -277,8 +282,10 @@ def test_from_variables_builds_canonical_types():
 
 
 def test_from_variables_inverts_to_variables():
-    variables = {"params": {"dense": {"kernel": jnp.ones((2, 3)), "bias": jnp.zeros(3)}},
-                 "batch_stats": {"bn": {"mean": jnp.zeros(3), "var": jnp.ones(3)}}}
+    variables = {
+        "params": {"dense": {"kernel": jnp.ones((2, 3)), "bias": jnp.zeros(3)}},
+        "batch_stats": {"bn": {"mean": jnp.zeros(3), "var": jnp.ones(3)}},
+    }
     again = nnx.to_variables(nnx.from_variables(variables))
     assert jax.tree.structure(again) == jax.tree.structure(variables)
     assert all(a is b for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(variables)))
@@ -287,10 +294,14 @@ def test_from_variables_inverts_to_variables():
 def test_to_variables_errors():
     with pytest.raises(TypeError, match=r"to_variables: expected a Variable at path 'w', found float"):
         nnx.to_variables(nnx.State({"w": 1.0}))
-    with pytest.raises(ValueError, match=r"to_variables: path 'a/b' goes through 'a', which is itself a variable"):
+    with pytest.raises(
+        ValueError, match=r"to_variables: path 'a/b' goes through 'a', which is itself a variable"
+    ):
         nnx.to_variables(nnx.State({"a": nnx.Param(1.0), "a/b": nnx.Param(2.0)}))
     # a dict value is not a leaf, so the prefix check sees it from the other side
-    with pytest.raises(ValueError, match=r"to_variables: path 'a' of collection 'params' is both a variable and a prefix"):
+    with pytest.raises(
+        ValueError, match=r"to_variables: path 'a' of collection 'params' is both a variable and a prefix"
+    ):
         nnx.to_variables({"a/b": nnx.Param(2.0), "a": nnx.Param(1.0)})
 
 

@@ -43,16 +43,28 @@ def test_join_and_split_are_inverses(names):
 
 
 def nested(keys: tp.Any) -> tp.Any:
-    return st.recursive(st.floats(-1, 1, width=32), lambda children: st.dictionaries(keys, children, min_size=1, max_size=3), max_leaves=6)
+    return st.recursive(
+        st.floats(-1, 1, width=32),
+        lambda children: st.dictionaries(keys, children, min_size=1, max_size=3),
+        max_leaves=6,
+    )
 
 
 @FAST
-@given(st.dictionaries(st.sampled_from(["params", "batch_stats"]), st.dictionaries(NAMES, nested(NAMES), min_size=1, max_size=3), min_size=1))
+@given(
+    st.dictionaries(
+        st.sampled_from(["params", "batch_stats"]),
+        st.dictionaries(NAMES, nested(NAMES), min_size=1, max_size=3),
+        min_size=1,
+    )
+)
 def test_linen_variables_round_trip_and_keep_jax_order(variables):
     # The two collections must not share paths (nnx paths leave the collection out).
     if "batch_stats" in variables and "params" in variables:
-        variables = {"params": variables["params"],
-                     "batch_stats": {f"s{k}": v for k, v in variables["batch_stats"].items()}}
+        variables = {
+            "params": variables["params"],
+            "batch_stats": {f"s{k}": v for k, v in variables["batch_stats"].items()},
+        }
     state = nnx.from_variables(variables)
     assert nnx.to_variables(state) == {c: variables[c] for c in sorted(variables)}
     # The State's order is the order in which JAX flattens the nested dicts.
@@ -62,7 +74,9 @@ def test_linen_variables_round_trip_and_keep_jax_order(variables):
 
 
 @FAST
-@given(st.lists(NAMES, min_size=1, max_size=5, unique=True), st.lists(NAMES, min_size=1, max_size=3, unique=True))
+@given(
+    st.lists(NAMES, min_size=1, max_size=5, unique=True), st.lists(NAMES, min_size=1, max_size=3, unique=True)
+)
 def test_modules_with_such_attribute_names_and_dict_keys_round_trip(attributes, keys):
     module = nnx.Module()
     for i, name in enumerate(attributes):
@@ -71,8 +85,10 @@ def test_modules_with_such_attribute_names_and_dict_keys_round_trip(attributes, 
     if "table" in attributes:
         return  # the dict replaced that attribute
     state, moduledef = module.partition()
-    assert nnx.to_variables(state) == {"counts": {"table": {k: i for i, k in enumerate(keys)}},
-                                       "params": {n: float(i) for i, n in enumerate(attributes)}}
+    assert nnx.to_variables(state) == {
+        "counts": {"table": {k: i for i, k in enumerate(keys)}},
+        "params": {n: float(i) for i, n in enumerate(attributes)},
+    }
     rebuilt = moduledef.merge(state)
     rebuilt.update_state(plus_one(state))
     assert [getattr(rebuilt, n).value for n in attributes] == [i + 1.0 for i in range(len(attributes))]
@@ -84,8 +100,9 @@ def plus_one(state: nnx.State) -> nnx.State:
 
 
 def test_a_linen_weight_norm_key_is_one_segment():
-    variables = {"params": {"layer_instance": {"kernel": 1.0, "bias": 2.0},
-                            "layer_instance/kernel/scale": 3.0}}
+    variables = {
+        "params": {"layer_instance": {"kernel": 1.0, "bias": 2.0}, "layer_instance/kernel/scale": 3.0}
+    }
     state = nnx.from_variables(variables)
     assert list(state) == ["layer_instance/bias", "layer_instance/kernel", "layer_instance~1kernel~1scale"]
     assert nnx.to_variables(state) == variables
@@ -101,9 +118,12 @@ def test_sort_key_compares_the_names_themselves():
 
 @pytest.mark.parametrize("path", ["a~b", "a~", "x/y~2", "~"])
 def test_a_bad_escape_is_an_error(path):
-    with pytest.raises(ValueError, match=rf"State path {path!r} has '~' not followed by '0' or '1'\. "
-                       r"In State paths '~' starts an escape: '~0' stands for '~' and '~1' for a '/' "
-                       r"inside one name .* Write names with nnx\.state\.escape_name\(name\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"State path {path!r} has '~' not followed by '0' or '1'\. "
+        r"In State paths '~' starts an escape: '~0' stands for '~' and '~1' for a '/' "
+        r"inside one name .* Write names with nnx\.state\.escape_name\(name\)",
+    ):
         nnx.State({path: nnx.Param(1.0)})
 
 
@@ -129,14 +149,26 @@ def test_module_partition_merge_and_update_state_with_escaped_names():
     assert getattr(rebuilt, "inner/kernel/scale").value.tolist() == [2.0, 2.0]
     assert nnx.to_variables(state) == {
         "counts": {"table": {"a/b~c": state["table/a~1b~0c"].value}},
-        "params": {"inner": {"kernel": state["inner/kernel"].value},
-                   "inner/kernel/scale": state["inner~1kernel~1scale"].value}}
-    rebuilt.update_state(nnx.State({"inner~1kernel~1scale": nnx.Param(jnp.full((2,), 5.0)),
-                                    "table/a~1b~0c": nnx.Variable("counts", jnp.ones(()))}))
+        "params": {
+            "inner": {"kernel": state["inner/kernel"].value},
+            "inner/kernel/scale": state["inner~1kernel~1scale"].value,
+        },
+    }
+    rebuilt.update_state(
+        nnx.State(
+            {
+                "inner~1kernel~1scale": nnx.Param(jnp.full((2,), 5.0)),
+                "table/a~1b~0c": nnx.Variable("counts", jnp.ones(())),
+            }
+        )
+    )
     assert getattr(rebuilt, "inner/kernel/scale").value.tolist() == [5.0, 5.0]
     assert float(rebuilt.table["a/b~c"].value) == 1.0
-    with pytest.raises(KeyError, match=r"unknown path 'inner~1bias~1scale': Holder at the root has no "
-                       r"attribute 'inner/bias/scale'"):
+    with pytest.raises(
+        KeyError,
+        match=r"unknown path 'inner~1bias~1scale': Holder at the root has no "
+        r"attribute 'inner/bias/scale'",
+    ):
         rebuilt.update_state(nnx.State({"inner~1bias~1scale": nnx.Param(jnp.ones(2))}))
 
 
@@ -146,14 +178,16 @@ def test_to_linen_init_and_apply_keep_keys_with_a_slash():
     variables = model.init(jax.random.key(0), x)
     assert jax.tree.map(jnp.shape, variables) == {
         "counts": {"table": {"a/b~c": ()}},
-        "params": {"inner": {"kernel": (2,)}, "inner/kernel/scale": (2,)}}
+        "params": {"inner": {"kernel": (2,)}, "inner/kernel/scale": (2,)},
+    }
     params = {"inner": {"kernel": jnp.array([1.0, 3.0])}, "inner/kernel/scale": jnp.array([2.0, 2.0])}
     y, updates = model.apply({"params": params, "counts": variables["counts"]}, x, mutable=["counts"])
     np.testing.assert_array_equal(y, [0.0, 6.0])
     # init returns the counter as constructed (0); this apply is its first update.
     assert jax.tree.map(float, updates) == {"counts": {"table": {"a/b~c": 1.0}}}
-    grads = jax.grad(lambda p: model.apply({"params": p, "counts": variables["counts"]}, x,
-                                           mutable=["counts"])[0].sum())(params)
+    grads = jax.grad(
+        lambda p: model.apply({"params": p, "counts": variables["counts"]}, x, mutable=["counts"])[0].sum()
+    )(params)
     assert jax.tree.structure(grads) == jax.tree.structure(params)
     np.testing.assert_array_equal(grads["inner/kernel/scale"], [0.0, 3.0])
 

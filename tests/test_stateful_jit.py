@@ -149,19 +149,27 @@ def test_structure_changed_outside_between_calls_is_picked_up():
     assert step(seq, X).shape == (1, 4)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda m: setattr(m, "extra", nnx.Linear(1, 1, ctx=nnx.Context(0))), "a new attribute 'extra' holding a Linear"),
-    (lambda m: setattr(m.lin, "in_features", 7), "attribute 'lin/in_features' was replaced"),
-    (lambda m: setattr(m, "n", nnx.Variable("counts", jnp.array(3))), "attribute 'n' was replaced"),
-    (lambda m: delattr(m, "lin"), "attribute 'lin' was deleted"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda m: setattr(m, "extra", nnx.Linear(1, 1, ctx=nnx.Context(0))),
+            "a new attribute 'extra' holding a Linear",
+        ),
+        (lambda m: setattr(m.lin, "in_features", 7), "attribute 'lin/in_features' was replaced"),
+        (lambda m: setattr(m, "n", nnx.Variable("counts", jnp.array(3))), "attribute 'n' was replaced"),
+        (lambda m: delattr(m, "lin"), "attribute 'lin' was deleted"),
+    ],
+)
 def test_structure_changes_inside_are_errors(change, message):
     m = Counter()
 
     def fn(m):
         change(m)
 
-    with pytest.raises(ValueError, match=rf"jit\(fn\): the function changed the structure of an argument: {message}"):
+    with pytest.raises(
+        ValueError, match=rf"jit\(fn\): the function changed the structure of an argument: {message}"
+    ):
         nnx.jit(fn)(m)
     assert isinstance(m.lin, nnx.Linear) and int(m.n.value) == 0
 
@@ -180,8 +188,9 @@ def test_new_modules_can_be_returned():
     model, extra = create(jax.random.PRNGKey(0))
     assert isinstance(model, nnx.Linear) and model.kernel.value.shape == (2, 3)
     assert int(extra["n"].value) == 4
-    np.testing.assert_array_equal(model.kernel.value,
-                                  nnx.Linear(2, 3, ctx=nnx.Context(jax.random.PRNGKey(0))).kernel.value)
+    np.testing.assert_array_equal(
+        model.kernel.value, nnx.Linear(2, 3, ctx=nnx.Context(jax.random.PRNGKey(0))).kernel.value
+    )
 
 
 def test_a_new_module_sharing_an_arguments_variable_is_an_error():
@@ -342,7 +351,9 @@ def test_batchnorm_and_dropout_train_and_eval():
     y1 = step(net, x, ctx, train=True)
     mean_after_one = net.bn.mean.value
     y2 = step(net, x, ctx, train=True)
-    assert not np.array_equal(mean_after_one, np.zeros(4)) and not np.array_equal(net.bn.mean.value, mean_after_one)
+    assert not np.array_equal(mean_after_one, np.zeros(4)) and not np.array_equal(
+        net.bn.mean.value, mean_after_one
+    )
     assert not np.array_equal(y1 == 0, y2 == 0)  # new dropout mask
     mean = net.bn.mean.value
     e1, e2 = step(net, x, ctx, train=False), step(net, x, ctx, train=False)

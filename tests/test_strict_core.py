@@ -43,21 +43,27 @@ class Slotted:
 # --- Variables and Modules hidden in static values are errors naming the path -------------
 
 
-@pytest.mark.parametrize("value,where", [
-    (Config(0.1, nnx.Param(1.0)), r"cfg\.weight"),
-    (frozenset({nnx.Param(1.0)}), r"cfg\{\.\.\.\}"),
-    (functools.partial(max, nnx.BatchStat(0.0)), r"cfg\.args\[0\]"),
-    (Holder(nnx.Variable("counts", 0)), r"cfg\.item"),
-    (Slotted(nnx.Param(2.0)), r"cfg\.item"),
-    (Holder(Bag()), r"cfg\.item"),
-    (Config(0.1, frozenset({(1, nnx.Param(1.0))})), r"cfg\.weight\{\.\.\.\}\[1\]"),
-])
+@pytest.mark.parametrize(
+    "value,where",
+    [
+        (Config(0.1, nnx.Param(1.0)), r"cfg\.weight"),
+        (frozenset({nnx.Param(1.0)}), r"cfg\{\.\.\.\}"),
+        (functools.partial(max, nnx.BatchStat(0.0)), r"cfg\.args\[0\]"),
+        (Holder(nnx.Variable("counts", 0)), r"cfg\.item"),
+        (Slotted(nnx.Param(2.0)), r"cfg\.item"),
+        (Holder(Bag()), r"cfg\.item"),
+        (Config(0.1, frozenset({(1, nnx.Param(1.0))})), r"cfg\.weight\{\.\.\.\}\[1\]"),
+    ],
+)
 def test_state_hidden_in_a_static_attribute_is_an_error(value, where):
     kind = "Module" if isinstance(value, Holder) and isinstance(value.item, nnx.Module) else "Variable"
-    with pytest.raises(TypeError, match=rf"Bag has a \w+ inside the static attribute at path 'cfg' "
-                                        rf"\(a \w+\), at {where}\. partition\(\) keeps such values as static "
-                                        rf"fields, so this {kind} would be neither in the State nor trained "
-                                        rf"nor saved\. Hold it directly in a Module attribute"):
+    with pytest.raises(
+        TypeError,
+        match=rf"Bag has a \w+ inside the static attribute at path 'cfg' "
+        rf"\(a \w+\), at {where}\. partition\(\) keeps such values as static "
+        rf"fields, so this {kind} would be neither in the State nor trained "
+        rf"nor saved\. Hold it directly in a Module attribute",
+    ):
         Bag(cfg=value).partition()
 
 
@@ -100,16 +106,22 @@ def test_slot_variables_are_partitioned_and_merged():
 def test_merge_rejects_another_variable_type():
     _, moduledef = Bag(w=nnx.Param(jnp.ones(2))).partition()
     state = nnx.State({"w": nnx.BatchStat(jnp.ones(2))})
-    with pytest.raises(TypeError, match=r"merge: path 'w' was partitioned as a Param of collection 'params', "
-                                        r"but the State holds a BatchStat of collection 'batch_stats' there\. "
-                                        r"Merge the State this module's partition\(\) produced"):
+    with pytest.raises(
+        TypeError,
+        match=r"merge: path 'w' was partitioned as a Param of collection 'params', "
+        r"but the State holds a BatchStat of collection 'batch_stats' there\. "
+        r"Merge the State this module's partition\(\) produced",
+    ):
         moduledef.merge(state)
 
 
 def test_merge_rejects_another_collection_of_plain_variables():
     _, moduledef = Bag(n=nnx.Variable("counts", 0)).partition()
-    with pytest.raises(TypeError, match=r"path 'n' was partitioned as a Variable of collection 'counts', "
-                                        r"but the State holds a Variable of collection 'cache'"):
+    with pytest.raises(
+        TypeError,
+        match=r"path 'n' was partitioned as a Variable of collection 'counts', "
+        r"but the State holds a Variable of collection 'cache'",
+    ):
         moduledef.merge(nnx.State({"n": nnx.Variable("cache", 0)}))
 
 
@@ -127,24 +139,54 @@ def test_moduledef_records_the_variable_types():
 # --- layers check their Variables against their configuration when called -------------------
 
 LAYERS = {
-    "Linear": (lambda: nn.Linear(2, 2, ctx=nnx.Context(0)), lambda: nn.Linear(2, 1, ctx=nnx.Context(0)),
-               jnp.ones((1, 2)), r"Linear: kernel has shape \(2, 1\) but in_features=2, out_features=2 need \(2, 2\)"),
-    "LinearGeneral": (lambda: nn.LinearGeneral(2, (2, 3), ctx=nnx.Context(0)),
-                      lambda: nn.LinearGeneral(2, (3, 2), ctx=nnx.Context(0)), jnp.ones((1, 2)),
-                      (r"LinearGeneral: kernel has shape \(2, 3, 2\) but in_features=\(2,\), "
-                       r"out_features=\(2, 3\) need \(2, 2, 3\)")),
-    "Conv": (lambda: nn.Conv(2, 3, 3, ctx=nnx.Context(0)), lambda: nn.Conv(2, 3, 2, ctx=nnx.Context(0)),
-             jnp.ones((1, 4, 2)), (r"Conv: kernel has shape \(2, 2, 3\) but in_features=2, out_features=3, "
-                                   r"kernel_size=\(3,\), feature_group_count=1 need \(3, 2, 3\)")),
-    "Embed": (lambda: nn.Embed(5, 2, ctx=nnx.Context(0)), lambda: nn.Embed(4, 2, ctx=nnx.Context(0)),
-              jnp.array([1]), r"Embed: embedding has shape \(4, 2\) but num_embeddings=5, features=2 need \(5, 2\)"),
-    "LayerNorm": (lambda: nn.LayerNorm(3, ctx=nnx.Context(0)), lambda: nn.LayerNorm(2, ctx=nnx.Context(0)),
-                  jnp.ones((1, 3)), r"LayerNorm: \w+ has shape \(2,\) but num_features=3 need \(3,\)"),
-    "RMSNorm": (lambda: nn.RMSNorm(3, ctx=nnx.Context(0)), lambda: nn.RMSNorm(2, ctx=nnx.Context(0)),
-                jnp.ones((1, 3)), r"RMSNorm: scale has shape \(2,\) but num_features=3 need \(3,\)"),
-    "BatchNorm": (lambda: nn.BatchNorm(3, use_running_average=True, ctx=nnx.Context(0)),
-                  lambda: nn.BatchNorm(2, use_running_average=True, ctx=nnx.Context(0)),
-                  jnp.ones((1, 3)), r"BatchNorm: \w+ has shape \(2,\) but num_features=3 need \(3,\)"),
+    "Linear": (
+        lambda: nn.Linear(2, 2, ctx=nnx.Context(0)),
+        lambda: nn.Linear(2, 1, ctx=nnx.Context(0)),
+        jnp.ones((1, 2)),
+        r"Linear: kernel has shape \(2, 1\) but in_features=2, out_features=2 need \(2, 2\)",
+    ),
+    "LinearGeneral": (
+        lambda: nn.LinearGeneral(2, (2, 3), ctx=nnx.Context(0)),
+        lambda: nn.LinearGeneral(2, (3, 2), ctx=nnx.Context(0)),
+        jnp.ones((1, 2)),
+        (
+            r"LinearGeneral: kernel has shape \(2, 3, 2\) but in_features=\(2,\), "
+            r"out_features=\(2, 3\) need \(2, 2, 3\)"
+        ),
+    ),
+    "Conv": (
+        lambda: nn.Conv(2, 3, 3, ctx=nnx.Context(0)),
+        lambda: nn.Conv(2, 3, 2, ctx=nnx.Context(0)),
+        jnp.ones((1, 4, 2)),
+        (
+            r"Conv: kernel has shape \(2, 2, 3\) but in_features=2, out_features=3, "
+            r"kernel_size=\(3,\), feature_group_count=1 need \(3, 2, 3\)"
+        ),
+    ),
+    "Embed": (
+        lambda: nn.Embed(5, 2, ctx=nnx.Context(0)),
+        lambda: nn.Embed(4, 2, ctx=nnx.Context(0)),
+        jnp.array([1]),
+        r"Embed: embedding has shape \(4, 2\) but num_embeddings=5, features=2 need \(5, 2\)",
+    ),
+    "LayerNorm": (
+        lambda: nn.LayerNorm(3, ctx=nnx.Context(0)),
+        lambda: nn.LayerNorm(2, ctx=nnx.Context(0)),
+        jnp.ones((1, 3)),
+        r"LayerNorm: \w+ has shape \(2,\) but num_features=3 need \(3,\)",
+    ),
+    "RMSNorm": (
+        lambda: nn.RMSNorm(3, ctx=nnx.Context(0)),
+        lambda: nn.RMSNorm(2, ctx=nnx.Context(0)),
+        jnp.ones((1, 3)),
+        r"RMSNorm: scale has shape \(2,\) but num_features=3 need \(3,\)",
+    ),
+    "BatchNorm": (
+        lambda: nn.BatchNorm(3, use_running_average=True, ctx=nnx.Context(0)),
+        lambda: nn.BatchNorm(2, use_running_average=True, ctx=nnx.Context(0)),
+        jnp.ones((1, 3)),
+        r"BatchNorm: \w+ has shape \(2,\) but num_features=3 need \(3,\)",
+    ),
 }
 
 
@@ -154,8 +196,11 @@ def test_a_state_for_another_configuration_fails_when_called(name):
     _, moduledef = make().partition()
     other_state, _ = make_other().partition()
     layer = moduledef.merge(other_state)  # same paths and types: merge cannot tell
-    with pytest.raises(ValueError, match=message + r"\. Its value \(a merged State or a restored checkpoint\) "
-                                                   r"was made for another configuration"):
+    with pytest.raises(
+        ValueError,
+        match=message + r"\. Its value \(a merged State or a restored checkpoint\) "
+        r"was made for another configuration",
+    ):
         layer(x)
     with pytest.raises(ValueError, match=message):  # under jit too, at trace time
         jax.jit(lambda s, x: moduledef.apply(s)(x)[0])(other_state, x)
@@ -177,16 +222,22 @@ def test_per_layer_slices_of_a_stacked_state_still_merge_and_run():
 
 def test_update_state_rejects_a_scalar_for_an_array():
     model = Bag(w=nnx.Param(jnp.zeros((2, 2))))
-    with pytest.raises(ValueError, match=r"update_state: shape mismatch at path 'w': the module has \(2, 2\), "
-                                         r"the State has \(\)\. Check that the State"):
+    with pytest.raises(
+        ValueError,
+        match=r"update_state: shape mismatch at path 'w': the module has \(2, 2\), "
+        r"the State has \(\)\. Check that the State",
+    ):
         model.update_state(nnx.State({"w": nnx.Param(1.0)}))
 
 
 def test_update_state_rejects_another_dtype():
     model = Bag(w=nnx.Param(jnp.zeros((2, 2))))
-    with pytest.raises(TypeError, match=r"update_state: dtype mismatch at path 'w': the module has dtype "
-                                        r"float32, the State has dtype int32\. Cast it first, e\.g\. "
-                                        r"value\.astype\('float32'\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"update_state: dtype mismatch at path 'w': the module has dtype "
+        r"float32, the State has dtype int32\. Cast it first, e\.g\. "
+        r"value\.astype\('float32'\)",
+    ):
         model.update_state(nnx.State({"w": nnx.Param(jnp.zeros((2, 2), jnp.int32))}))
     assert model.w.value.dtype == jnp.float32
 
@@ -263,8 +314,11 @@ def indirect_list():
 
 @pytest.mark.parametrize("make", [self_list, self_dict, indirect_list])
 def test_a_container_cycle_is_an_error(make):
-    with pytest.raises(ValueError, match=r"partition: the (list|dict) at path 'items(/\w+)*' contains itself "
-                                         r"\(a container cycle\), so it has no finite State path\. Break the cycle"):
+    with pytest.raises(
+        ValueError,
+        match=r"partition: the (list|dict) at path 'items(/\w+)*' contains itself "
+        r"\(a container cycle\), so it has no finite State path\. Break the cycle",
+    ):
         Bag(items=make()).partition()
 
 
@@ -282,8 +336,11 @@ def test_containers_nested_too_deeply_name_the_path_and_the_fix():
     nested = []
     for _ in range(5000):
         nested = [nested]
-    with pytest.raises(ValueError, match=r"partition: the containers at path 'deep' are nested hundreds of levels "
-                                         r"deep .* hold the deeper levels in Modules"):
+    with pytest.raises(
+        ValueError,
+        match=r"partition: the containers at path 'deep' are nested hundreds of levels "
+        r"deep .* hold the deeper levels in Modules",
+    ):
         Bag(deep=nested).partition()
     chain_of_lists = root = Bag()
     for _ in range(3000):  # a chain through containers, one level per Module: fine
@@ -293,8 +350,11 @@ def test_containers_nested_too_deeply_name_the_path_and_the_fix():
 
 
 def test_state_as_a_dict_key_is_an_error():
-    with pytest.raises(TypeError, match=r"The dict at path 'table' has a Param as a key\. Keys are kept as static "
-                                        r"parts of the ModuleDef"):
+    with pytest.raises(
+        TypeError,
+        match=r"The dict at path 'table' has a Param as a key\. Keys are kept as static "
+        r"parts of the ModuleDef",
+    ):
         Bag(table={nnx.Param(1.0): 1}).partition()
     with pytest.raises(TypeError, match=r"has a Param inside the static attribute at path 'table\[Config"):
         Bag(table={Config(1.0, nnx.Param(1.0)): 1}).partition()
@@ -302,5 +362,7 @@ def test_state_as_a_dict_key_is_an_error():
 
 def test_repr_of_a_deep_chain():
     text = repr(chain(3000).partition()[1])
-    assert text.startswith("ModuleDef(type=<class 'test_strict_core.Bag'>, index=0, submodules={'c': ModuleDef(")
+    assert text.startswith(
+        "ModuleDef(type=<class 'test_strict_core.Bag'>, index=0, submodules={'c': ModuleDef("
+    )
     assert text.count("ModuleDef(") == 3001

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from linen_loop import create_state, load_digits_split, predict, train
 
 import nnx_bridge as nnx
-from linen_loop import create_state, load_digits_split, predict, train
 from nnx_bridge.linen import config
 
 
@@ -30,8 +30,9 @@ class LinenMLP(nn.Module):
 
 
 class BridgedMLP(nnx.Module):
-    def __init__(self, features: int, hidden: int = 64, classes: int = 10, dropout: float = 0.2, *,
-                 ctx: nnx.Context):
+    def __init__(
+        self, features: int, hidden: int = 64, classes: int = 10, dropout: float = 0.2, *, ctx: nnx.Context
+    ):
         self.l1 = nnx.Linear(features, hidden, ctx=ctx)
         self.bn = nnx.BatchNorm(hidden, momentum=0.9, ctx=ctx)
         self.drop = nnx.Dropout(dropout)
@@ -61,8 +62,9 @@ def test_batch_stats_update_only_through_mutable(digits):
     model = nnx.to_linen(BridgedMLP, 64)
     x = digits[0][:32]
     variables = model.init(jax.random.PRNGKey(0), x, train=False)
-    _, updates = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)},
-                             mutable=["batch_stats"])
+    _, updates = model.apply(
+        variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)}, mutable=["batch_stats"]
+    )
     assert not np.allclose(updates["batch_stats"]["bn"]["mean"], variables["batch_stats"]["bn"]["mean"])
     with pytest.raises(ValueError, match=r"collection 'batch_stats' is not mutable"):
         model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})

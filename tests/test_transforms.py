@@ -130,8 +130,9 @@ def test_vmap_over_stacked_states():
 def test_vmap_with_a_state_prefix_for_in_axes(linear):
     params, counts, moduledef = linear.partition("params", "counts")
     batched_counts = nnx.State({"count": nnx.Variable("counts", jnp.arange(3))})
-    out = jax.vmap(lambda p, c: moduledef.apply(p, c)(jnp.ones((1, 3)))[1][0].filter("counts"),
-                   in_axes=(None, 0))(params, batched_counts)
+    out = jax.vmap(
+        lambda p, c: moduledef.apply(p, c)(jnp.ones((1, 3)))[1][0].filter("counts"), in_axes=(None, 0)
+    )(params, batched_counts)
     np.testing.assert_array_equal(out["count"].value, jnp.arange(3) + 1)
 
 

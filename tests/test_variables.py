@@ -116,7 +116,7 @@ def test_tree_map_keeps_subclass_and_metadata(variable):
 def test_value_is_the_only_leaf_keyed_by_attribute(variable):
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(variable)
     assert len(leaves_with_path) == 1
-    (path, leaf), = leaves_with_path
+    ((path, leaf),) = leaves_with_path
     assert path == (jax.tree_util.GetAttrKey("value"),)
     assert leaf is variable.value
     rebuilt = jax.tree_util.tree_unflatten(treedef, [leaf])

@@ -72,7 +72,10 @@ def check_factory(factory: tp.Any, kwargs: tp.Mapping[str, tp.Any]) -> None:
         return
     takes_ctx = any(
         p.kind is inspect.Parameter.VAR_KEYWORD
-        or (p.name == "ctx" and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD))
+        or (
+            p.name == "ctx"
+            and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        )
         for p in parameters
     )
     if not takes_ctx:
@@ -109,8 +112,8 @@ def check_method(wrapper: tp.Any, name: str) -> None:
         )
     raise AttributeError(
         f"{owner}: method={name!r} is not a method of {target.__name__}; its methods are: "
-        f"{methods or 'none'}. Pass method= one of them. (\"{target.__name__}\" object has no "
-        f"attribute \"{name}\": it is neither a method nor a configuration argument.)"
+        f'{methods or "none"}. Pass method= one of them. ("{target.__name__}" object has no '
+        f'attribute "{name}": it is neither a method nor a configuration argument.)'
     )
 
 
@@ -133,13 +136,14 @@ def abstract_build(build: tp.Callable[[jax.Array], tp.Any], factory: tp.Any) -> 
         ) from error
 
 
-def check_sample_inputs(owner: str, module: tp.Any, sample_inputs: tuple[tp.Any, ...],
-                        kwargs: tp.Mapping[str, tp.Any]) -> None:
+def check_sample_inputs(
+    owner: str, module: tp.Any, sample_inputs: tuple[tp.Any, ...], kwargs: tp.Mapping[str, tp.Any]
+) -> None:
     """Checks that `from_linen`'s sample inputs fit the Linen method ``init`` will run.
 
     Example:
         >>> import flax.linen as nn
-        >>> from nnx_bridge.linen.checks import check_sample_inputs
+        >>> from nnx_bridge.linen.arguments import check_sample_inputs
         >>> check_sample_inputs("from_linen(Dense)", nn.Dense(2), (), {})
         Traceback (most recent call last):
         ...
@@ -162,9 +166,16 @@ def check_sample_inputs(owner: str, module: tp.Any, sample_inputs: tuple[tp.Any,
     try:
         signature.bind(module, *sample_inputs, **call_kwargs)
     except TypeError as error:
-        shown = str(signature.replace(return_annotation=inspect.Signature.empty)).replace(
-            "(self, ", "(").replace("(self)", "()")
-        what = "needs sample inputs" if not sample_inputs and not call_kwargs else "got sample inputs that do not fit"
+        shown = (
+            str(signature.replace(return_annotation=inspect.Signature.empty))
+            .replace("(self, ", "(")
+            .replace("(self)", "()")
+        )
+        what = (
+            "needs sample inputs"
+            if not sample_inputs and not call_kwargs
+            else "got sample inputs that do not fit"
+        )
         raise TypeError(
             f"{owner}: init {what} for {type(module).__name__}.{getattr(function, '__name__', 'method')}"
             f"{shown}: {error}. Pass them after the module, e.g. from_linen(module, x, ctx=ctx) with "

@@ -10,15 +10,17 @@ from flax.core import meta
 from nnx_bridge.state import State, escape_name, to_variables
 
 
-def boxed_variables(state: State, box: type[meta.Partitioned] = meta.Partitioned
-                    ) -> dict[str, dict[str, tp.Any]]:
+def boxed_variables(
+    state: State, box: type[meta.Partitioned] = meta.Partitioned
+) -> dict[str, dict[str, tp.Any]]:
     """Linen's ``{collection: nested dict}``, sharded Variables boxed as `box` (`nn.Partitioned`).
 
     A Variable with its own ``sharding_rules`` is boxed as ``nn.LogicallyPartitioned``
     carrying them, whatever `box` is.
     """
-    boxed = State._from_sorted((path, v.replace(_box(v, box)) if v.sharding is not None else v)
-                               for path, v in state.items())
+    boxed = State._from_sorted(
+        (path, v.replace(_box(v, box)) if v.sharding is not None else v) for path, v in state.items()
+    )
     return to_variables(boxed)
 
 
@@ -40,8 +42,9 @@ def flat_leaves(variables: tp.Mapping[str, tp.Any]) -> dict[tuple[str, str], tp.
     return flat
 
 
-def _walk(tree: tp.Mapping[str, tp.Any], collection: str, prefix: str,
-          flat: dict[tuple[str, str], tp.Any]) -> None:
+def _walk(
+    tree: tp.Mapping[str, tp.Any], collection: str, prefix: str, flat: dict[tuple[str, str], tp.Any]
+) -> None:
     for key, value in tree.items():
         path = f"{prefix}{escape_name(key)}"  # a Linen key with "/" is one State path segment
         if isinstance(value, tp.Mapping):

@@ -22,9 +22,16 @@ from nnx_bridge.module import Module, ModuleDef
 from nnx_bridge.state import State
 
 
-def state_after_call(module: Module, before: ModuleDef[tp.Any], before_values: tp.Mapping[str, tp.Any],
-                     phase: BridgePhase, *, owner: str, method: str,
-                     full_path: tp.Callable[[str, str], str]) -> State:
+def state_after_call(
+    module: Module,
+    before: ModuleDef[tp.Any],
+    before_values: tp.Mapping[str, tp.Any],
+    phase: BridgePhase,
+    *,
+    owner: str,
+    method: str,
+    full_path: tp.Callable[[str, str], str],
+) -> State:
     """The module's State after a call, once the call's changes are checked.
 
     Args:

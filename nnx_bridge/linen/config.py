@@ -56,8 +56,12 @@ class Structure(tp.NamedTuple):
 _structures: "collections.OrderedDict[tp.Hashable, Structure]" = collections.OrderedDict()
 
 
-def build(factory: tp.Callable[..., tp.Any], args: tp.Sequence[tp.Any],
-          kwargs: tp.Mapping[str, tp.Any], ctx: Context) -> Module:
+def build(
+    factory: tp.Callable[..., tp.Any],
+    args: tp.Sequence[tp.Any],
+    kwargs: tp.Mapping[str, tp.Any],
+    ctx: Context,
+) -> Module:
     """Calls ``factory(*args, ctx=ctx, **kwargs)`` and checks that it made a Module."""
     module = factory(*args, ctx=ctx, **kwargs)
     if not isinstance(module, Module):
@@ -82,8 +86,12 @@ def remember(key: tp.Hashable, structure: Structure) -> None:
         _structures.popitem(last=False)
 
 
-def structure_of(key: tp.Hashable, factory: tp.Callable[..., tp.Any],
-                 args: tp.Sequence[tp.Any], kwargs: tp.Mapping[str, tp.Any]) -> Structure:
+def structure_of(
+    key: tp.Hashable,
+    factory: tp.Callable[..., tp.Any],
+    args: tp.Sequence[tp.Any],
+    kwargs: tp.Mapping[str, tp.Any],
+) -> Structure:
     """The cached structure of a configuration, computed abstractly on a miss.
 
     On a miss the module is built under `jax.eval_shape`, so no initialiser runs
@@ -122,8 +130,9 @@ def _name(factory: tp.Any) -> str:
     return getattr(factory, "__qualname__", None) or repr(factory)
 
 
-def named_configuration(factory: tp.Callable[..., tp.Any], args: tp.Sequence[tp.Any],
-                        kwargs: tp.Mapping[str, tp.Any]) -> dict[str, tp.Any]:
+def named_configuration(
+    factory: tp.Callable[..., tp.Any], args: tp.Sequence[tp.Any], kwargs: tp.Mapping[str, tp.Any]
+) -> dict[str, tp.Any]:
     """The configuration by parameter name: keywords, positionals named by the factory's signature, defaults.
 
     ``ctx`` is left out. Without a readable signature, or when the arguments do

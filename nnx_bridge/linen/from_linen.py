@@ -61,8 +61,13 @@ class FromLinen(Module):
         [0.5, 1.0, 1.5]
     """
 
-    def __init__(self, module: nn.Module, variables: tp.Mapping[str, tp.Mapping[str, tp.Any]], *,
-                 rng_streams: tp.Sequence[str] = ("dropout",)):
+    def __init__(
+        self,
+        module: nn.Module,
+        variables: tp.Mapping[str, tp.Mapping[str, tp.Any]],
+        *,
+        rng_streams: tp.Sequence[str] = ("dropout",),
+    ):
         """Wraps an unbound Linen `module` and the `variables` its ``init`` returned.
 
         Prefer `from_linen`, which runs the ``init``; use this constructor to
@@ -98,8 +103,9 @@ class FromLinen(Module):
             node[leaf] = variable.value
         return {collection: variables[collection] for collection in sorted(variables)}
 
-    def __call__(self, *args: tp.Any, ctx: Context | None = None, method: tp.Any = None,
-                 **kwargs: tp.Any) -> tp.Any:
+    def __call__(
+        self, *args: tp.Any, ctx: Context | None = None, method: tp.Any = None, **kwargs: tp.Any
+    ) -> tp.Any:
         """Runs ``linen_module.apply(variables, *args, **kwargs)`` and updates the Variables.
 
         Args:
@@ -211,8 +217,13 @@ class FromLinen(Module):
         raise error  # pragma: no cover - make_rng raises when has_rng is False
 
 
-def from_linen(linen_module: nn.Module, *sample_inputs: tp.Any, ctx: Context,
-               rng_streams: tp.Sequence[str] = ("dropout",), **kwargs: tp.Any) -> FromLinen:
+def from_linen(
+    linen_module: nn.Module,
+    *sample_inputs: tp.Any,
+    ctx: Context,
+    rng_streams: tp.Sequence[str] = ("dropout",),
+    **kwargs: tp.Any,
+) -> FromLinen:
     """Initialises a Linen module now and returns it as an nnx_bridge `FromLinen` module.
 
     Runs ``linen_module.init(rngs, *sample_inputs, **kwargs)`` with a
@@ -313,7 +324,9 @@ def _reserved_names() -> frozenset[str]:
 
 def _attributes(variables: tp.Any, owner: str) -> dict[str, tp.Any]:
     """Nested dicts of Variables, one tree for all collections, keyed by Linen names."""
-    if not isinstance(variables, tp.Mapping) or not all(isinstance(t, tp.Mapping) for t in variables.values()):
+    if not isinstance(variables, tp.Mapping) or not all(
+        isinstance(t, tp.Mapping) for t in variables.values()
+    ):
         raise TypeError(
             f"{owner}: expected Linen variables {{collection: {{name: ...}}}} as init returns them; "
             f"found {type(variables).__name__}."
@@ -359,8 +372,11 @@ def _attributes(variables: tp.Any, owner: str) -> dict[str, tp.Any]:
     return tree
 
 
-def _clash(path: tuple[str, ...], leaves: dict[tuple[str, ...], str],
-           prefixes: dict[tuple[str, ...], tuple[str, tuple[str, ...]]]) -> tuple[str, tuple[str, ...]] | None:
+def _clash(
+    path: tuple[str, ...],
+    leaves: dict[tuple[str, ...], str],
+    prefixes: dict[tuple[str, ...], tuple[str, tuple[str, ...]]],
+) -> tuple[str, tuple[str, ...]] | None:
     """A variable already placed whose path equals, contains or lies inside `path`."""
     if path in leaves:
         return leaves[path], path
@@ -390,8 +406,12 @@ def _variable(collection: str, leaf: tp.Any, full: str, owner: str) -> Variable[
         raise TypeError(f"{owner}: the Linen variable {full!r}: {error}") from None
 
 
-def _collect(value: tp.Any, path: tuple[str, ...],
-             leaves: dict[tuple[str, tuple[str, ...]], Variable[tp.Any]], owner: str) -> None:
+def _collect(
+    value: tp.Any,
+    path: tuple[str, ...],
+    leaves: dict[tuple[str, tuple[str, ...]], Variable[tp.Any]],
+    owner: str,
+) -> None:
     if isinstance(value, Variable):
         leaves[(value.collection, path)] = value
     elif type(value) is dict:

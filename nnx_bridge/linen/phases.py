@@ -92,8 +92,9 @@ class BridgePhase(Phase):
         self.made.append((module, name))
 
     # -- given variables the merged module lacks --------------------------------------------
-    def place(self, root: Module, extra: tp.Mapping[tuple[str, str], tp.Any]
-              ) -> tuple[dict[str, Variable[tp.Any]], list[tuple[str, str]]]:
+    def place(
+        self, root: Module, extra: tp.Mapping[tuple[str, str], tp.Any]
+    ) -> tuple[dict[str, Variable[tp.Any]], list[tuple[str, str]]]:
         """Puts each given ``(collection, path) -> leaf`` in place as an attribute of its module.
 
         Returns ``(placed, unplaceable)``: ``path -> a copy of the Variable placed``

@@ -18,7 +18,7 @@ class LinenRngs(Context):
     exactly as they split a Linen module's.
     """
 
-    def __init__(self, module: tp.Any, owner: str):  # noqa: D107 - built by ToLinen only
+    def __init__(self, module: tp.Any, owner: str):
         self.key = None
         self.count = 0
         self.count_path = ()

@@ -8,13 +8,12 @@ import types
 import typing as tp
 
 import flax.linen as nn
-from flax.core import FrozenDict
 import jax.numpy as jnp
+from flax.core import FrozenDict
 
 from nnx_bridge import phase as phaselib
-from nnx_bridge.linen import boxes, checks, config
+from nnx_bridge.linen import arguments, boxes, checks, config
 from nnx_bridge.linen.phases import BridgePhase
-from nnx_bridge.linen import arguments
 from nnx_bridge.linen.rngs import LinenRngs
 from nnx_bridge.module import Module, ModuleDef
 from nnx_bridge.state import State, split_path, unescape_name
@@ -81,8 +80,12 @@ class ToLinen(nn.Module):
     def __reduce_ex__(self, protocol: tp.SupportsIndex) -> tp.Any:
         # A class made by `linen_class` is not importable by name: pickle the factory instead.
         reduced = super().__reduce_ex__(protocol)
-        if (type(self) is not ToLinen and isinstance(reduced, tuple) and len(reduced) > 2
-                and reduced[1][:1] == (type(self),)):
+        if (
+            type(self) is not ToLinen
+            and isinstance(reduced, tuple)
+            and len(reduced) > 2
+            and reduced[1][:1] == (type(self),)
+        ):
             return (_instance_of, (self.factory,), *reduced[2:])
         return reduced
 
@@ -100,6 +103,7 @@ class ToLinen(nn.Module):
                 return configuration[name]
             target = self._wrapped_type()
             if callable(getattr(target, name, None)):
+
                 def forward(module: ToLinen, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
                     return module._bridged_call(name, args, kwargs)
 
@@ -122,8 +126,9 @@ class ToLinen(nn.Module):
         return super().init(rngs, *args, method=self._linen_method(method), **kwargs)
 
     @nn.nowrap
-    def init_with_output(self, rngs: tp.Any, *args: tp.Any, method: tp.Any = None,
-                         **kwargs: tp.Any) -> tp.Any:
+    def init_with_output(
+        self, rngs: tp.Any, *args: tp.Any, method: tp.Any = None, **kwargs: tp.Any
+    ) -> tp.Any:
         return super().init_with_output(rngs, *args, method=self._linen_method(method), **kwargs)
 
     @nn.nowrap
@@ -177,8 +182,9 @@ class ToLinen(nn.Module):
         with phaselib.active(phase):
             module = config.build(self.factory, tuple(self.args), dict(self.kwargs), ctx)
             constructed, moduledef = module.partition()
-            config.remember(self._config_key(),
-                            config.Structure(moduledef, config.abstract_state(constructed)))
+            config.remember(
+                self._config_key(), config.Structure(moduledef, config.abstract_state(constructed))
+            )
             phase.made.clear()  # Variables made while constructing are part of the structure
             phase.root = module
             out = _call_method(module, method, args, kwargs, ctx)
@@ -188,8 +194,13 @@ class ToLinen(nn.Module):
         return out
 
     @nn.nowrap
-    def _apply(self, incoming: dict[tuple[str, str], tp.Any], method: str,
-               args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any]) -> tp.Any:
+    def _apply(
+        self,
+        incoming: dict[tuple[str, str], tp.Any],
+        method: str,
+        args: tuple[tp.Any, ...],
+        kwargs: dict[str, tp.Any],
+    ) -> tp.Any:
         """Merges the given variables into the cached structure, runs the call, writes back.
 
         Given variables that the structure lacks (created lazily by ``init``) are put
@@ -221,18 +232,21 @@ class ToLinen(nn.Module):
         return out
 
     @nn.nowrap
-    def _state_from(self, incoming: dict[tuple[str, str], tp.Any], abstract: State
-                    ) -> tuple[State, dict[str, tp.Any]]:
+    def _state_from(
+        self, incoming: dict[tuple[str, str], tp.Any], abstract: State
+    ) -> tuple[State, dict[str, tp.Any]]:
         """The State of the constructed structure's paths; they are removed from `incoming`."""
         items, leaves = [], {}
         for path, expected in abstract.items():
             leaf = incoming.pop((expected.collection, path), _MISSING)
             if leaf is _MISSING:
-                raise KeyError(_Message(
-                    f"{self._owner()}: variable {self._full(expected.collection, path)!r} is missing "
-                    f"(expected shape {tuple(expected.value.shape)}). Pass every collection that "
-                    f"init returned, e.g. apply({{'params': ..., 'batch_stats': ...}}, ...)."
-                ))
+                raise KeyError(
+                    _Message(
+                        f"{self._owner()}: variable {self._full(expected.collection, path)!r} is missing "
+                        f"(expected shape {tuple(expected.value.shape)}). Pass every collection that "
+                        f"init returned, e.g. apply({{'params': ..., 'batch_stats': ...}}, ...)."
+                    )
+                )
             value = boxes.unbox(leaf)
             if tuple(jnp.shape(value)) != tuple(expected.value.shape):
                 raise ValueError(
@@ -248,17 +262,26 @@ class ToLinen(nn.Module):
     def _raise_unexpected(self, found: list[tuple[str, str]]) -> tp.NoReturn:
         unexpected = sorted(self._full(c, p) for c, p in found)
         shown = ", ".join(repr(p) for p in unexpected[:10])
-        raise KeyError(_Message(
-            f"{self._owner()}: unexpected variable(s) {shown}"
-            f"{f' and {len(unexpected) - 10} more' if len(unexpected) > 10 else ''}: the module "
-            f"has no such variable. Pass the variables that this model's init returned."
-        ))
+        raise KeyError(
+            _Message(
+                f"{self._owner()}: unexpected variable(s) {shown}"
+                f"{f' and {len(unexpected) - 10} more' if len(unexpected) > 10 else ''}: the module "
+                f"has no such variable. Pass the variables that this model's init returned."
+            )
+        )
 
     @nn.nowrap
-    def _checked_state(self, module: Module, moduledef: ModuleDef[tp.Any], before: tp.Mapping[str, tp.Any],
-                       phase: BridgePhase, method: str) -> State:
-        return checks.state_after_call(module, moduledef, before, phase, owner=self._owner(),
-                                       method=method, full_path=self._full)
+    def _checked_state(
+        self,
+        module: Module,
+        moduledef: ModuleDef[tp.Any],
+        before: tp.Mapping[str, tp.Any],
+        phase: BridgePhase,
+        method: str,
+    ) -> State:
+        return checks.state_after_call(
+            module, moduledef, before, phase, owner=self._owner(), method=method, full_path=self._full
+        )
 
     @nn.nowrap
     def _store(self, state: State) -> None:
@@ -350,8 +373,9 @@ class ToLinenFunction:
     def __init__(self, *, logical_axes: bool = False):
         self._logical_axes = logical_axes
 
-    def __call__(self, factory: tp.Callable[..., Module], /, *args: tp.Any, name: str | None = None,
-                 **kwargs: tp.Any) -> ToLinen:
+    def __call__(
+        self, factory: tp.Callable[..., Module], /, *args: tp.Any, name: str | None = None, **kwargs: tp.Any
+    ) -> ToLinen:
         """Wraps ``factory(*args, ctx=ctx, **kwargs)`` as a Linen module named `name`.
 
         A class factory gives a Linen module class of the same name (a subclass of
@@ -377,8 +401,9 @@ class ToLinenFunction:
             >>> type(nnx.to_linen(Scale, 3)).__name__, nnx.to_linen(Scale, 3).n
             ('Scale', 3)
         """
-        return linen_class(factory)(factory, args, FrozenDict(kwargs), logical_axes=self._logical_axes,
-                                    name=name)
+        return linen_class(factory)(
+            factory, args, FrozenDict(kwargs), logical_axes=self._logical_axes, name=name
+        )
 
     def options(self, *, logical_axes: bool = False) -> ToLinenFunction:
         """A `to_linen` with these bridge options (they never reach the factory).
@@ -426,7 +451,8 @@ def linen_class(factory: tp.Any) -> type[ToLinen]:
     cls = _classes.get(factory)
     if cls is None:
         namespace = {
-            "__hash__": ToLinen.__hash__, "__module__": ToLinen.__module__,
+            "__hash__": ToLinen.__hash__,
+            "__module__": ToLinen.__module__,
             "__qualname__": factory.__name__,
             "__doc__": f"{factory.__name__} (an nnx_bridge Module) as a Linen module; see ToLinen.",
         }
@@ -435,8 +461,9 @@ def linen_class(factory: tp.Any) -> type[ToLinen]:
     return cls
 
 
-def _call_method(module: Module, method: str, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any],
-                 ctx: LinenRngs) -> tp.Any:
+def _call_method(
+    module: Module, method: str, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any], ctx: LinenRngs
+) -> tp.Any:
     function = getattr(module, method, None)
     if not callable(function):
         raise AttributeError(
@@ -448,11 +475,14 @@ def _call_method(module: Module, method: str, args: tuple[tp.Any, ...], kwargs: 
     return function(*args, **kwargs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _takes_ctx(module_type: type, method: str) -> bool:
     try:
         parameters = inspect.signature(getattr(module_type, method)).parameters
     except (TypeError, ValueError):
         return False
     ctx = parameters.get("ctx")
-    return ctx is not None and ctx.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return ctx is not None and ctx.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    )

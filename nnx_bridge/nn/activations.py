@@ -33,8 +33,14 @@ class PReLU(Module):
         [-0.2..., 3.0]
     """
 
-    def __init__(self, negative_slope_init: float = 0.01, *, dtype: tp.Any = None,
-                 param_dtype: tp.Any = jnp.float32, ctx: Context | None = None):
+    def __init__(
+        self,
+        negative_slope_init: float = 0.01,
+        *,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
+        ctx: Context | None = None,
+    ):
         del ctx  # the initial slope is a constant
         self.dtype = dtypes.as_dtype(dtype)
         self.negative_slope = Param(jnp.asarray(negative_slope_init, dtypes.as_dtype(param_dtype)))

@@ -89,28 +89,44 @@ class MultiHeadAttention(Module):
         ((2, 1, 16), 1)
     """
 
-    def __init__(self, num_heads: int, in_features: int, qkv_features: int | None = None,
-                 out_features: int | None = None, *, ctx: Context,
-                 in_kv_features: int | None = None, dropout_rate: float = 0.0,
-                 broadcast_dropout: bool = True, deterministic: bool | None = None,
-                 use_bias: bool = True, normalize_qk: bool = False, dtype: tp.Any = None,
-                 param_dtype: tp.Any = jnp.float32, precision: tp.Any = None,
-                 force_fp32_for_softmax: bool = False,
-                 attention_fn: tp.Callable[..., jax.Array] = dot_product_attention,
-                 decode: bool = False,
-                 kernel_init: Initializer = default_kernel_init,
-                 out_kernel_init: Initializer | None = None,
-                 bias_init: Initializer = default_bias_init,
-                 out_bias_init: Initializer | None = None,
-                 sharding: tp.Sequence[str | None] | None = None):
+    def __init__(
+        self,
+        num_heads: int,
+        in_features: int,
+        qkv_features: int | None = None,
+        out_features: int | None = None,
+        *,
+        ctx: Context,
+        in_kv_features: int | None = None,
+        dropout_rate: float = 0.0,
+        broadcast_dropout: bool = True,
+        deterministic: bool | None = None,
+        use_bias: bool = True,
+        normalize_qk: bool = False,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
+        precision: tp.Any = None,
+        force_fp32_for_softmax: bool = False,
+        attention_fn: tp.Callable[..., jax.Array] = dot_product_attention,
+        decode: bool = False,
+        kernel_init: Initializer = default_kernel_init,
+        out_kernel_init: Initializer | None = None,
+        bias_init: Initializer = default_bias_init,
+        out_bias_init: Initializer | None = None,
+        sharding: tp.Sequence[str | None] | None = None,
+    ):
         qkv_features = in_features if qkv_features is None else qkv_features
         if num_heads < 1 or qkv_features % num_heads:
             raise ValueError(
                 f"MultiHeadAttention: qkv_features={qkv_features} must be divisible by "
                 f"num_heads={num_heads}; choose qkv_features as a multiple of num_heads."
             )
-        sharding = check_sharding(sharding, 3, layer="MultiHeadAttention",
-                                  what="query/key/value kernels (in_features, num_heads, head_dim)")
+        sharding = check_sharding(
+            sharding,
+            3,
+            layer="MultiHeadAttention",
+            what="query/key/value kernels (in_features, num_heads, head_dim)",
+        )
         self.num_heads = int(num_heads)
         self.in_features = int(in_features)
         self.in_kv_features = self.in_features if in_kv_features is None else int(in_kv_features)
@@ -134,29 +150,54 @@ class MultiHeadAttention(Module):
         self.attention_fn = None if attention_fn is dot_product_attention else attention_fn
 
         heads = (self.num_heads, self.head_dim)
-        common = dict(ctx=ctx, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-                      precision=precision)
-        self.query = LinearGeneral(self.in_features, heads, kernel_init=kernel_init,
-                                   bias_init=bias_init, sharding=sharding, **common)
-        self.key = LinearGeneral(self.in_kv_features, heads, kernel_init=kernel_init,
-                                 bias_init=bias_init, sharding=sharding, **common)
-        self.value = LinearGeneral(self.in_kv_features, heads, kernel_init=kernel_init,
-                                   bias_init=bias_init, sharding=sharding, **common)
+        common = dict(ctx=ctx, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, precision=precision)
+        self.query = LinearGeneral(
+            self.in_features, heads, kernel_init=kernel_init, bias_init=bias_init, sharding=sharding, **common
+        )
+        self.key = LinearGeneral(
+            self.in_kv_features,
+            heads,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            sharding=sharding,
+            **common,
+        )
+        self.value = LinearGeneral(
+            self.in_kv_features,
+            heads,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            sharding=sharding,
+            **common,
+        )
         if self.normalize_qk:
             norm = dict(ctx=ctx, use_bias=False, dtype=dtype, param_dtype=param_dtype)
             self.query_ln = LayerNorm(self.head_dim, **norm)
             self.key_ln = LayerNorm(self.head_dim, **norm)
         out_sharding = None if sharding is None else (sharding[1], sharding[2], sharding[0])
-        self.out = LinearGeneral(heads, self.out_features, axis=(-2, -1),
-                                 kernel_init=out_kernel_init or kernel_init,
-                                 bias_init=out_bias_init or bias_init, sharding=out_sharding,
-                                 **common)
+        self.out = LinearGeneral(
+            heads,
+            self.out_features,
+            axis=(-2, -1),
+            kernel_init=out_kernel_init or kernel_init,
+            bias_init=out_bias_init or bias_init,
+            sharding=out_sharding,
+            **common,
+        )
 
-    def __call__(self, inputs_q: jax.Array, inputs_k: jax.Array | None = None,
-                 inputs_v: jax.Array | None = None, *, mask: jax.Array | None = None,
-                 deterministic: bool | None = None, dropout_rng: jax.Array | None = None,
-                 sow_weights: bool = False, decode: bool | None = None,
-                 ctx: Context | None = None) -> jax.Array:
+    def __call__(
+        self,
+        inputs_q: jax.Array,
+        inputs_k: jax.Array | None = None,
+        inputs_v: jax.Array | None = None,
+        *,
+        mask: jax.Array | None = None,
+        deterministic: bool | None = None,
+        dropout_rng: jax.Array | None = None,
+        sow_weights: bool = False,
+        decode: bool | None = None,
+        ctx: Context | None = None,
+    ) -> jax.Array:
         """Attends from ``inputs_q`` to ``inputs_k``/``inputs_v`` (both default to the previous one).
 
         Args:
@@ -178,9 +219,11 @@ class MultiHeadAttention(Module):
           ``(batch..., q_length, out_features)``.
         """
         inputs_k, inputs_v = _keys_and_values(inputs_q, inputs_k, inputs_v)
-        for name, x, size in (("inputs_q", inputs_q, self.in_features),
-                              ("inputs_k", inputs_k, self.in_kv_features),
-                              ("inputs_v", inputs_v, self.in_kv_features)):
+        for name, x, size in (
+            ("inputs_q", inputs_q, self.in_features),
+            ("inputs_k", inputs_k, self.in_kv_features),
+            ("inputs_v", inputs_v, self.in_kv_features),
+        ):
             if jnp.ndim(x) < 2 or jnp.shape(x)[-1] != size:
                 raise ValueError(
                     f"MultiHeadAttention expects {name} of shape (batch..., length, {size}); found "
@@ -198,10 +241,20 @@ class MultiHeadAttention(Module):
             query, key = self.query_ln(query), self.key_ln(key)
         if self.decode if decode is None else decode:
             key, value, mask = self._decode_step(query, key, value, mask)
-        x = self._attend(query, key, value, sow_weights, mask=mask, dropout_rng=dropout_rng,
-                         dropout_rate=self.dropout_rate, broadcast_dropout=self.broadcast_dropout,
-                         deterministic=deterministic, dtype=self.dtype, precision=self.precision,
-                         force_fp32_for_softmax=self.force_fp32_for_softmax)
+        x = self._attend(
+            query,
+            key,
+            value,
+            sow_weights,
+            mask=mask,
+            dropout_rng=dropout_rng,
+            dropout_rate=self.dropout_rate,
+            broadcast_dropout=self.broadcast_dropout,
+            deterministic=deterministic,
+            dtype=self.dtype,
+            precision=self.precision,
+            force_fp32_for_softmax=self.force_fp32_for_softmax,
+        )
         return self.out(x)
 
     def init_cache(self, input_shape: tp.Sequence[int], dtype: tp.Any = jnp.float32) -> None:
@@ -233,8 +286,9 @@ class MultiHeadAttention(Module):
             self.variable("cache", name, jnp.zeros, shape, dtype).value = jnp.zeros(shape, dtype)
         self.variable("cache", "cache_index", _zero_index).value = _zero_index()
 
-    def _decode_step(self, query: jax.Array, key: jax.Array, value: jax.Array,
-                     mask: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    def _decode_step(
+        self, query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array | None
+    ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
         """Linen's decode cache: created by the first call, advanced one token per later call."""
         created_before = self.has_variable("cache", "cached_key")
         cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
@@ -263,8 +317,9 @@ class MultiHeadAttention(Module):
         written = jnp.broadcast_to(jnp.arange(max_length) <= index, (*batch, 1, 1, max_length))
         return key, value, combine_masks(mask, written)
 
-    def _attend(self, query: jax.Array, key: jax.Array, value: jax.Array, sow_weights: bool,
-                **options: tp.Any) -> jax.Array:
+    def _attend(
+        self, query: jax.Array, key: jax.Array, value: jax.Array, sow_weights: bool, **options: tp.Any
+    ) -> jax.Array:
         """Calls ``attention_fn`` with the options it has parameters for, as Linen does."""
         function = dot_product_attention if self.attention_fn is None else self.attention_fn
         accepted = _parameter_names(function)
@@ -281,8 +336,9 @@ class MultiHeadAttention(Module):
         return function(query, key, value, module=self, **options)
 
 
-def _keys_and_values(inputs_q: jax.Array, inputs_k: jax.Array | None,
-                     inputs_v: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+def _keys_and_values(
+    inputs_q: jax.Array, inputs_k: jax.Array | None, inputs_v: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
     if inputs_k is None:
         if inputs_v is not None:
             raise ValueError(

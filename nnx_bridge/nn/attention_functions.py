@@ -25,8 +25,11 @@ class _Sower(tp.Protocol):
 
 
 def _einsum(precision: tp.Any, dot_general: tp.Callable[..., Array] | None) -> Einsum:
-    return functools.partial(jnp.einsum, precision=precision,
-                             _dot_general=jax.lax.dot_general if dot_general is None else dot_general)
+    return functools.partial(
+        jnp.einsum,
+        precision=precision,
+        _dot_general=jax.lax.dot_general if dot_general is None else dot_general,
+    )
 
 
 def _check_same(what: str, function: str, **shapes: tuple[int, ...]) -> None:
@@ -39,11 +42,20 @@ def _check_same(what: str, function: str, **shapes: tuple[int, ...]) -> None:
 
 
 def dot_product_attention_weights(
-    query: Array, key: Array, bias: Array | None = None, mask: Array | None = None,
-    broadcast_dropout: bool = True, dropout_rng: Array | None = None, dropout_rate: float = 0.0,
-    deterministic: bool = False, dtype: tp.Any = None, precision: tp.Any = None,
-    module: _Sower | None = None, force_fp32_for_softmax: bool = False,
-    einsum_dot_general: tp.Callable[..., Array] | None = None, einsum: Einsum | None = None,
+    query: Array,
+    key: Array,
+    bias: Array | None = None,
+    mask: Array | None = None,
+    broadcast_dropout: bool = True,
+    dropout_rng: Array | None = None,
+    dropout_rate: float = 0.0,
+    deterministic: bool = False,
+    dtype: tp.Any = None,
+    precision: tp.Any = None,
+    module: _Sower | None = None,
+    force_fp32_for_softmax: bool = False,
+    einsum_dot_general: tp.Callable[..., Array] | None = None,
+    einsum: Einsum | None = None,
 ) -> Array:
     """The attention weights ``softmax(q k^T / sqrt(depth) + bias)``, masked, with dropout.
 
@@ -87,8 +99,12 @@ def dot_product_attention_weights(
     query, key = dtypes.promote_dtype(query, key, dtype=dtype)
     dtype = query.dtype
     _check_same("ranks", "dot_product_attention_weights", query=(query.ndim,), key=(key.ndim,))
-    _check_same("batch dimensions, heads and depths", "dot_product_attention_weights",
-                query=query.shape[:-3] + query.shape[-2:], key=key.shape[:-3] + key.shape[-2:])
+    _check_same(
+        "batch dimensions, heads and depths",
+        "dot_product_attention_weights",
+        query=query.shape[:-3] + query.shape[-2:],
+        key=key.shape[:-3] + key.shape[-2:],
+    )
 
     scaled = query / jnp.sqrt(query.shape[-1]).astype(dtype)
     logits = einsum("...qhd,...khd->...hqk", scaled, key)
@@ -121,12 +137,22 @@ def dot_product_attention_weights(
 
 
 def dot_product_attention(
-    query: Array, key: Array, value: Array, bias: Array | None = None,
-    mask: Array | None = None, broadcast_dropout: bool = True, dropout_rng: Array | None = None,
-    dropout_rate: float = 0.0, deterministic: bool = False, dtype: tp.Any = None,
-    precision: tp.Any = None, module: _Sower | None = None, force_fp32_for_softmax: bool = False,
+    query: Array,
+    key: Array,
+    value: Array,
+    bias: Array | None = None,
+    mask: Array | None = None,
+    broadcast_dropout: bool = True,
+    dropout_rng: Array | None = None,
+    dropout_rate: float = 0.0,
+    deterministic: bool = False,
+    dtype: tp.Any = None,
+    precision: tp.Any = None,
+    module: _Sower | None = None,
+    force_fp32_for_softmax: bool = False,
     einsum_dot_general: tp.Callable[..., Array] | None = None,
-    qk_attn_weights_einsum: Einsum | None = None, attn_weights_value_einsum: Einsum | None = None,
+    qk_attn_weights_einsum: Einsum | None = None,
+    attn_weights_value_einsum: Einsum | None = None,
 ) -> Array:
     """Attention of ``query`` over ``key``/``value``: the weights (see
     `dot_product_attention_weights`) times the values, per head.
@@ -163,16 +189,30 @@ def dot_product_attention(
         )
     query, key, value = dtypes.promote_dtype(query, key, value, dtype=dtype)
     dtype = query.dtype
-    _check_same("ranks", "dot_product_attention", query=(query.ndim,), key=(key.ndim,),
-                value=(value.ndim,))
-    _check_same("batch dimensions and heads", "dot_product_attention",
-                query=query.shape[:-3] + query.shape[-2:-1], key=key.shape[:-3] + key.shape[-2:-1],
-                value=value.shape[:-3] + value.shape[-2:-1])
+    _check_same("ranks", "dot_product_attention", query=(query.ndim,), key=(key.ndim,), value=(value.ndim,))
+    _check_same(
+        "batch dimensions and heads",
+        "dot_product_attention",
+        query=query.shape[:-3] + query.shape[-2:-1],
+        key=key.shape[:-3] + key.shape[-2:-1],
+        value=value.shape[:-3] + value.shape[-2:-1],
+    )
     _check_same("lengths", "dot_product_attention", key=key.shape[-3:-2], value=value.shape[-3:-2])
 
     weights = dot_product_attention_weights(
-        query, key, bias, mask, broadcast_dropout, dropout_rng, dropout_rate, deterministic,
-        dtype, precision, module, force_fp32_for_softmax, einsum_dot_general=einsum_dot_general,
+        query,
+        key,
+        bias,
+        mask,
+        broadcast_dropout,
+        dropout_rng,
+        dropout_rate,
+        deterministic,
+        dtype,
+        precision,
+        module,
+        force_fp32_for_softmax,
+        einsum_dot_general=einsum_dot_general,
         einsum=qk_attn_weights_einsum,
     )
     if attn_weights_value_einsum is None:
@@ -180,9 +220,13 @@ def dot_product_attention(
     return attn_weights_value_einsum("...hqk,...khd->...qhd", weights, value)
 
 
-def make_attention_mask(query_input: Array, key_input: Array,
-                        pairwise_fn: tp.Callable[..., tp.Any] = jnp.multiply,
-                        extra_batch_dims: int = 0, dtype: tp.Any = jnp.float32) -> Array:
+def make_attention_mask(
+    query_input: Array,
+    key_input: Array,
+    pairwise_fn: tp.Callable[..., tp.Any] = jnp.multiply,
+    extra_batch_dims: int = 0,
+    dtype: tp.Any = jnp.float32,
+) -> Array:
     """``pairwise_fn(query_input[..., :, None], key_input[..., None, :])`` with a head axis.
 
     Args:
@@ -226,8 +270,9 @@ def make_causal_mask(x: Array, extra_batch_dims: int = 0, dtype: tp.Any = jnp.fl
         [[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
     """
     positions = jnp.broadcast_to(jnp.arange(x.shape[-1], dtype=jnp.int32), x.shape)
-    return make_attention_mask(positions, positions, jnp.greater_equal,
-                               extra_batch_dims=extra_batch_dims, dtype=dtype)
+    return make_attention_mask(
+        positions, positions, jnp.greater_equal, extra_batch_dims=extra_batch_dims, dtype=dtype
+    )
 
 
 def combine_masks(*masks: Array | None, dtype: tp.Any = jnp.float32) -> Array | None:

@@ -11,8 +11,14 @@ from jax import lax
 from nnx_bridge.context import Context
 from nnx_bridge.module import Module
 from nnx_bridge.nn import dtypes, spatial
-from nnx_bridge.nn.params import Initializer, check_sharding, default_bias_init, default_kernel_init, make_param
-from nnx_bridge.nn.params import check_shapes
+from nnx_bridge.nn.params import (
+    Initializer,
+    check_shapes,
+    check_sharding,
+    default_bias_init,
+    default_kernel_init,
+    make_param,
+)
 from nnx_bridge.nn.spatial import Padding
 
 
@@ -57,15 +63,27 @@ class Conv(Module):
         ((3, 3, 3, 8), (2, 8, 8, 8))
     """
 
-    def __init__(self, in_features: int, out_features: int, kernel_size: int | tp.Sequence[int],
-                 strides: int | tp.Sequence[int] | None = 1, *, ctx: Context, padding: Padding = "SAME",
-                 input_dilation: int | tp.Sequence[int] | None = 1,
-                 kernel_dilation: int | tp.Sequence[int] | None = 1, feature_group_count: int = 1,
-                 use_bias: bool = True, mask: tp.Any = None, dtype: tp.Any = None,
-                 param_dtype: tp.Any = jnp.float32, precision: tp.Any = None,
-                 kernel_init: Initializer = default_kernel_init,
-                 bias_init: Initializer = default_bias_init,
-                 sharding: tp.Sequence[str | None] | None = None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | tp.Sequence[int],
+        strides: int | tp.Sequence[int] | None = 1,
+        *,
+        ctx: Context,
+        padding: Padding = "SAME",
+        input_dilation: int | tp.Sequence[int] | None = 1,
+        kernel_dilation: int | tp.Sequence[int] | None = 1,
+        feature_group_count: int = 1,
+        use_bias: bool = True,
+        mask: tp.Any = None,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
+        precision: tp.Any = None,
+        kernel_init: Initializer = default_kernel_init,
+        bias_init: Initializer = default_bias_init,
+        sharding: tp.Sequence[str | None] | None = None,
+    ):
         kernel_size = spatial.kernel_size_tuple(kernel_size, layer="Conv")
         rank = len(kernel_size)
         groups = int(feature_group_count)
@@ -87,21 +105,35 @@ class Conv(Module):
         self.precision = precision
         kernel_shape = self.kernel_size + (self.in_features // groups, self.out_features)
         self.mask = spatial.kernel_mask(mask, kernel_shape, layer="Conv")
-        sharding = check_sharding(sharding, rank + 2, layer="Conv",
-                                  what=f"kernel (*kernel_size, in_features // groups, out_features) {kernel_shape}")
+        sharding = check_sharding(
+            sharding,
+            rank + 2,
+            layer="Conv",
+            what=f"kernel (*kernel_size, in_features // groups, out_features) {kernel_shape}",
+        )
         self.kernel = make_param(ctx, kernel_init, kernel_shape, param_dtype, sharding)
         self.bias = (
-            make_param(ctx, bias_init, (self.out_features,), param_dtype,
-                       None if sharding is None else sharding[-1:])
-            if self.use_bias else None
+            make_param(
+                ctx, bias_init, (self.out_features,), param_dtype, None if sharding is None else sharding[-1:]
+            )
+            if self.use_bias
+            else None
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Convolves ``x`` of shape ``(batch..., spatial..., in_features)``."""
-        check_shapes(self, "in_features out_features kernel_size feature_group_count", kernel=self.kernel_size + (self.in_features // self.feature_group_count, self.out_features), bias=(self.out_features,))
+        check_shapes(
+            self,
+            "in_features out_features kernel_size feature_group_count",
+            kernel=self.kernel_size + (self.in_features // self.feature_group_count, self.out_features),
+            bias=(self.out_features,),
+        )
         batch_shape = spatial.check_input(
-            x, len(self.kernel_size), self.in_features,
-            layer=f"Conv(in_features={self.in_features}, kernel_size={self.kernel_size})")
+            x,
+            len(self.kernel_size),
+            self.in_features,
+            layer=f"Conv(in_features={self.in_features}, kernel_size={self.kernel_size})",
+        )
         x = spatial.fold_batch(x, batch_shape)  # lax wants exactly one batch dimension
         x, padding = spatial.pad_by_hand(x, self.padding, self.kernel_size, self.kernel_dilation)
 
@@ -111,10 +143,15 @@ class Conv(Module):
         bias = None if self.bias is None else self.bias.value
         x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         y = lax.conv_general_dilated(
-            x, kernel, self.strides, padding,
-            lhs_dilation=self.input_dilation, rhs_dilation=self.kernel_dilation,
+            x,
+            kernel,
+            self.strides,
+            padding,
+            lhs_dilation=self.input_dilation,
+            rhs_dilation=self.kernel_dilation,
             dimension_numbers=spatial.conv_dimension_numbers(x.ndim),
-            feature_group_count=self.feature_group_count, precision=self.precision,
+            feature_group_count=self.feature_group_count,
+            precision=self.precision,
         )
         if bias is not None:
             y += jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))

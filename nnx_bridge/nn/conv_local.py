@@ -12,7 +12,13 @@ from jax import lax
 from nnx_bridge.context import Context
 from nnx_bridge.module import Module
 from nnx_bridge.nn import dtypes, spatial
-from nnx_bridge.nn.params import Initializer, check_sharding, default_bias_init, default_kernel_init, make_param
+from nnx_bridge.nn.params import (
+    Initializer,
+    check_sharding,
+    default_bias_init,
+    default_kernel_init,
+    make_param,
+)
 from nnx_bridge.nn.spatial import Padding
 
 
@@ -61,16 +67,28 @@ class ConvLocal(Module):
         ((6, 9, 4), (6, 4), (2, 6, 4))
     """
 
-    def __init__(self, in_features: int, out_features: int, kernel_size: int | tp.Sequence[int],
-                 input_shape: int | tp.Sequence[int], strides: int | tp.Sequence[int] | None = 1, *,
-                 ctx: Context, padding: Padding = "SAME",
-                 input_dilation: int | tp.Sequence[int] | None = 1,
-                 kernel_dilation: int | tp.Sequence[int] | None = 1, feature_group_count: int = 1,
-                 use_bias: bool = True, mask: tp.Any = None, dtype: tp.Any = None,
-                 param_dtype: tp.Any = jnp.float32, precision: tp.Any = None,
-                 kernel_init: Initializer = default_kernel_init,
-                 bias_init: Initializer = default_bias_init,
-                 sharding: tp.Sequence[str | None] | None = None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | tp.Sequence[int],
+        input_shape: int | tp.Sequence[int],
+        strides: int | tp.Sequence[int] | None = 1,
+        *,
+        ctx: Context,
+        padding: Padding = "SAME",
+        input_dilation: int | tp.Sequence[int] | None = 1,
+        kernel_dilation: int | tp.Sequence[int] | None = 1,
+        feature_group_count: int = 1,
+        use_bias: bool = True,
+        mask: tp.Any = None,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
+        precision: tp.Any = None,
+        kernel_init: Initializer = default_kernel_init,
+        bias_init: Initializer = default_bias_init,
+        sharding: tp.Sequence[str | None] | None = None,
+    ):
         kernel_size = spatial.kernel_size_tuple(kernel_size, layer="ConvLocal")
         rank = len(kernel_size)
         input_shape = spatial.kernel_size_tuple(input_shape, layer="ConvLocal", argument="input_shape")
@@ -106,36 +124,56 @@ class ConvLocal(Module):
             )
         kernel_shape = out_spatial + (math.prod(kernel_size) * self.in_features, self.out_features)
         self.mask = spatial.kernel_mask(mask, kernel_shape, layer="ConvLocal")
-        sharding = check_sharding(sharding, rank + 2, layer="ConvLocal",
-                                  what=f"kernel (*out_spatial, window * in, out) {kernel_shape}")
+        sharding = check_sharding(
+            sharding,
+            rank + 2,
+            layer="ConvLocal",
+            what=f"kernel (*out_spatial, window * in, out) {kernel_shape}",
+        )
         self.kernel = make_param(ctx, kernel_init, kernel_shape, param_dtype, sharding)
         self.bias = (
-            make_param(ctx, bias_init, out_spatial + (self.out_features,), param_dtype,
-                       None if sharding is None else sharding[:rank] + sharding[-1:])
-            if self.use_bias else None
+            make_param(
+                ctx,
+                bias_init,
+                out_spatial + (self.out_features,),
+                param_dtype,
+                None if sharding is None else sharding[:rank] + sharding[-1:],
+            )
+            if self.use_bias
+            else None
         )
 
     def _output_spatial_shape(self) -> tuple[int, ...]:
-        padded = spatial.padded_spatial_shape(self.input_shape, self.padding, self.kernel_size,
-                                              self.kernel_dilation)
+        padded = spatial.padded_spatial_shape(
+            self.input_shape, self.padding, self.kernel_size, self.kernel_dilation
+        )
         padding = "VALID" if self.padding in spatial.HAND_PADDINGS else self.padding
         lhs = jax.ShapeDtypeStruct((1,) + padded + (self.in_features,), jnp.float32)
         rhs = jax.ShapeDtypeStruct(self.kernel_size + (self.in_features, self.out_features), jnp.float32)
         out = jax.eval_shape(
             lambda a, b: lax.conv_general_dilated(
-                a, b, self.strides, padding, lhs_dilation=self.input_dilation,
+                a,
+                b,
+                self.strides,
+                padding,
+                lhs_dilation=self.input_dilation,
                 rhs_dilation=self.kernel_dilation,
-                dimension_numbers=spatial.conv_dimension_numbers(len(padded) + 2)),
-            lhs, rhs)
+                dimension_numbers=spatial.conv_dimension_numbers(len(padded) + 2),
+            ),
+            lhs,
+            rhs,
+        )
         return tuple(out.shape[1:-1])
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Applies the local convolution to ``x`` of shape ``(batch..., *input_shape, in_features)``."""
         rank = len(self.kernel_size)
-        layer = (f"ConvLocal(in_features={self.in_features}, kernel_size={self.kernel_size}, "
-                 f"input_shape={self.input_shape})")
+        layer = (
+            f"ConvLocal(in_features={self.in_features}, kernel_size={self.kernel_size}, "
+            f"input_shape={self.input_shape})"
+        )
         batch_shape = spatial.check_input(x, rank, self.in_features, layer=layer)
-        found = tuple(jnp.shape(x)[len(batch_shape):-1])
+        found = tuple(jnp.shape(x)[len(batch_shape) : -1])
         if found != self.input_shape:
             raise ValueError(
                 f"{layer} was built for inputs of spatial shape {self.input_shape} (its kernel has "
@@ -150,9 +188,15 @@ class ConvLocal(Module):
         bias = None if self.bias is None else self.bias.value
         x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         y = lax.conv_general_dilated_local(
-            x, kernel, self.strides, padding, self.kernel_size,
-            lhs_dilation=self.input_dilation, rhs_dilation=self.kernel_dilation,
-            dimension_numbers=spatial.conv_dimension_numbers(x.ndim), precision=self.precision,
+            x,
+            kernel,
+            self.strides,
+            padding,
+            self.kernel_size,
+            lhs_dilation=self.input_dilation,
+            rhs_dilation=self.kernel_dilation,
+            dimension_numbers=spatial.conv_dimension_numbers(x.ndim),
+            precision=self.precision,
         )
         if bias is not None:
             y += jnp.reshape(bias, (1,) + bias.shape)

@@ -11,7 +11,13 @@ from jax import lax
 from nnx_bridge.context import Context
 from nnx_bridge.module import Module
 from nnx_bridge.nn import dtypes, spatial
-from nnx_bridge.nn.params import Initializer, check_sharding, default_bias_init, default_kernel_init, make_param
+from nnx_bridge.nn.params import (
+    Initializer,
+    check_sharding,
+    default_bias_init,
+    default_kernel_init,
+    make_param,
+)
 from nnx_bridge.nn.spatial import Padding
 
 _PADDINGS = ("SAME", "VALID", "SAME_LOWER", "CIRCULAR")
@@ -63,15 +69,27 @@ class ConvTranspose(Module):
         ((3, 3, 3, 4), (1, 10, 10, 4))
     """
 
-    def __init__(self, in_features: int, out_features: int, kernel_size: int | tp.Sequence[int],
-                 strides: int | tp.Sequence[int] | None = None, *, ctx: Context,
-                 padding: Padding = "SAME", kernel_dilation: int | tp.Sequence[int] | None = None,
-                 use_bias: bool = True, mask: tp.Any = None, dtype: tp.Any = None,
-                 param_dtype: tp.Any = jnp.float32, precision: tp.Any = None,
-                 kernel_init: Initializer = default_kernel_init,
-                 bias_init: Initializer = default_bias_init, transpose_kernel: bool = False,
-                 preferred_element_type: tp.Any = None,
-                 sharding: tp.Sequence[str | None] | None = None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | tp.Sequence[int],
+        strides: int | tp.Sequence[int] | None = None,
+        *,
+        ctx: Context,
+        padding: Padding = "SAME",
+        kernel_dilation: int | tp.Sequence[int] | None = None,
+        use_bias: bool = True,
+        mask: tp.Any = None,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
+        precision: tp.Any = None,
+        kernel_init: Initializer = default_kernel_init,
+        bias_init: Initializer = default_bias_init,
+        transpose_kernel: bool = False,
+        preferred_element_type: tp.Any = None,
+        sharding: tp.Sequence[str | None] | None = None,
+    ):
         kernel_size = spatial.kernel_size_tuple(kernel_size, layer="ConvTranspose")
         rank = len(kernel_size)
         self.in_features = int(in_features)
@@ -79,32 +97,49 @@ class ConvTranspose(Module):
         self.kernel_size = kernel_size
         self.strides = spatial.per_dim(strides, rank, "strides", layer="ConvTranspose")
         self.padding = spatial.canonical_padding(padding, rank, layer="ConvTranspose", strings=_PADDINGS)
-        self.kernel_dilation = spatial.per_dim(kernel_dilation, rank, "kernel_dilation", layer="ConvTranspose")
+        self.kernel_dilation = spatial.per_dim(
+            kernel_dilation, rank, "kernel_dilation", layer="ConvTranspose"
+        )
         self.use_bias = bool(use_bias)
         self.dtype = dtypes.as_dtype(dtype)
         self.precision = precision
         self.transpose_kernel = bool(transpose_kernel)
-        self.preferred_element_type = dtypes.as_dtype(preferred_element_type, argument="preferred_element_type")
-        features = ((self.out_features, self.in_features) if self.transpose_kernel
-                    else (self.in_features, self.out_features))
+        self.preferred_element_type = dtypes.as_dtype(
+            preferred_element_type, argument="preferred_element_type"
+        )
+        features = (
+            (self.out_features, self.in_features)
+            if self.transpose_kernel
+            else (self.in_features, self.out_features)
+        )
         kernel_shape = self.kernel_size + features
         self.mask = spatial.kernel_mask(mask, kernel_shape, layer="ConvTranspose")
         layout = "(*kernel_size, out, in)" if self.transpose_kernel else "(*kernel_size, in, out)"
-        sharding = check_sharding(sharding, rank + 2, layer="ConvTranspose",
-                                  what=f"kernel {layout} {kernel_shape}")
+        sharding = check_sharding(
+            sharding, rank + 2, layer="ConvTranspose", what=f"kernel {layout} {kernel_shape}"
+        )
         self.kernel = make_param(ctx, kernel_init, kernel_shape, param_dtype, sharding)
         out_axis = -2 if self.transpose_kernel else -1
         self.bias = (
-            make_param(ctx, bias_init, (self.out_features,), param_dtype,
-                       None if sharding is None else (sharding[out_axis],))
-            if self.use_bias else None
+            make_param(
+                ctx,
+                bias_init,
+                (self.out_features,),
+                param_dtype,
+                None if sharding is None else (sharding[out_axis],),
+            )
+            if self.use_bias
+            else None
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Applies the transposed convolution to ``x`` of shape ``(batch..., spatial..., in_features)``."""
         batch_shape = spatial.check_input(
-            x, len(self.kernel_size), self.in_features,
-            layer=f"ConvTranspose(in_features={self.in_features}, kernel_size={self.kernel_size})")
+            x,
+            len(self.kernel_size),
+            self.in_features,
+            layer=f"ConvTranspose(in_features={self.in_features}, kernel_size={self.kernel_size})",
+        )
         x = spatial.fold_batch(x, batch_shape)
         kernel = self.kernel.value
         if self.mask is not None:
@@ -113,8 +148,13 @@ class ConvTranspose(Module):
         x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         padding = "VALID" if self.padding == "CIRCULAR" else self.padding
         y = lax.conv_transpose(
-            x, kernel, self.strides, padding, rhs_dilation=self.kernel_dilation,
-            transpose_kernel=self.transpose_kernel, precision=self.precision,
+            x,
+            kernel,
+            self.strides,
+            padding,
+            rhs_dilation=self.kernel_dilation,
+            transpose_kernel=self.transpose_kernel,
+            precision=self.precision,
             preferred_element_type=self.preferred_element_type,
         )
         if self.padding == "CIRCULAR":
@@ -139,5 +179,5 @@ class ConvTranspose(Module):
             pads.append((small, large) if self.transpose_kernel else (large, small))
         y = jnp.pad(y, [(0, 0)] + pads + [(0, 0)])
         for axis, period in enumerate(periods, start=1):
-            y = jnp.reshape(y, y.shape[:axis] + (-1, period) + y.shape[axis + 1:]).sum(axis=axis)
+            y = jnp.reshape(y, y.shape[:axis] + (-1, period) + y.shape[axis + 1 :]).sum(axis=axis)
         return y

@@ -68,8 +68,14 @@ class Dropout(Module):
         [0.0, 2.0]
     """
 
-    def __init__(self, rate: float, *, broadcast_dims: tp.Sequence[int] = (),
-                 deterministic: bool | None = None, rng_collection: str = "dropout"):
+    def __init__(
+        self,
+        rate: float,
+        *,
+        broadcast_dims: tp.Sequence[int] = (),
+        deterministic: bool | None = None,
+        rng_collection: str = "dropout",
+    ):
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"Dropout: rate is a probability in [0, 1]; found rate={rate!r}.")
         self.rate = float(rate)
@@ -77,8 +83,9 @@ class Dropout(Module):
         self.deterministic = deterministic
         self.rng_collection = rng_collection
 
-    def __call__(self, x: jax.Array, *, deterministic: bool | None = None,
-                 ctx: Context | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, *, deterministic: bool | None = None, ctx: Context | None = None
+    ) -> jax.Array:
         """Applies dropout to ``x``; ``ctx`` supplies the key when not deterministic."""
         deterministic = _resolve_flag("deterministic", "Dropout", deterministic, self.deterministic)
         if self.rate == 0.0 or deterministic:

@@ -33,8 +33,7 @@ def as_dtype(dtype: Dtype | None, *, argument: str = "dtype") -> jnp.dtype | Non
         return jnp.dtype(dtype)
     except TypeError:
         raise TypeError(
-            f"{argument} must be a dtype such as jnp.float32 or 'bfloat16' (or None); "
-            f"found {dtype!r}."
+            f"{argument} must be a dtype such as jnp.float32 or 'bfloat16' (or None); found {dtype!r}."
         ) from None
 
 

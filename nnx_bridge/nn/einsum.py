@@ -11,9 +11,15 @@ import jax.numpy as jnp
 from nnx_bridge.context import Context
 from nnx_bridge.module import Module
 from nnx_bridge.nn import dtypes
-from nnx_bridge.nn.params import Initializer, check_sharding, default_bias_init, default_kernel_init, make_param
+from nnx_bridge.nn.params import (
+    Initializer,
+    check_sharding,
+    default_bias_init,
+    default_kernel_init,
+    make_param,
+)
 
-Shape = tp.Tuple[int, ...]
+Shape = tuple[int, ...]
 
 
 def check_equation(einsum_str: tp.Any) -> str:
@@ -29,8 +35,7 @@ def check_equation(einsum_str: tp.Any) -> str:
     equation = einsum_str.replace(" ", "")
     if "->" not in equation:
         raise ValueError(
-            f"Einsum: einsum_str must be explicit and include '->' (e.g. 'ab,bc->ac'); found "
-            f"{einsum_str!r}."
+            f"Einsum: einsum_str must be explicit and include '->' (e.g. 'ab,bc->ac'); found {einsum_str!r}."
         )
     operands = equation.split("->")[0]
     if operands.count(",") != 1:
@@ -46,7 +51,7 @@ def _expand_ellipsis(term: str, ndim: int, letters: str) -> str:
     if "..." not in term:
         return term
     count = ndim - (len(term) - 3)
-    return term.replace("...", letters[len(letters) - count:] if count > 0 else "")
+    return term.replace("...", letters[len(letters) - count :] if count > 0 else "")
 
 
 def output_kernel_axes(equation: str, input_ndim: int, kernel_ndim: int) -> tuple[int | None, ...]:
@@ -63,8 +68,11 @@ def output_kernel_axes(equation: str, input_ndim: int, kernel_ndim: int) -> tupl
     lhs_rhs, result = equation.split("->")
     lhs, rhs = lhs_rhs.split(",")
     spare = "".join(c for c in string.ascii_letters if c not in equation)
-    longest = max(input_ndim - (len(lhs) - 3) if "..." in lhs else 0,
-                  kernel_ndim - (len(rhs) - 3) if "..." in rhs else 0, 0)
+    longest = max(
+        input_ndim - (len(lhs) - 3) if "..." in lhs else 0,
+        kernel_ndim - (len(rhs) - 3) if "..." in rhs else 0,
+        0,
+    )
     letters = spare[:longest]
     rhs = _expand_ellipsis(rhs, kernel_ndim, letters)
     if len(rhs) != kernel_ndim or len(set(rhs)) != len(rhs):
@@ -85,8 +93,10 @@ def bias_shapes(equation: str, input_ndim: int, kernel_shape: Shape) -> tuple[Sh
         ((6, 7), (1, 1, 6, 7))
     """
     axes = output_kernel_axes(equation, input_ndim, len(kernel_shape))
-    return (tuple(kernel_shape[a] for a in axes if a is not None),
-            tuple(1 if a is None else kernel_shape[a] for a in axes))
+    return (
+        tuple(kernel_shape[a] for a in axes if a is not None),
+        tuple(1 if a is None else kernel_shape[a] for a in axes),
+    )
 
 
 class Einsum(Module):
@@ -119,12 +129,21 @@ class Einsum(Module):
         (16, 11, 8, 4)
     """
 
-    def __init__(self, einsum_str: str | None, kernel_shape: tp.Sequence[int],
-                 bias_shape: tp.Sequence[int] | None = None, *, ctx: Context, dtype: tp.Any = None,
-                 param_dtype: tp.Any = jnp.float32, precision: tp.Any = None,
-                 kernel_init: Initializer = default_kernel_init,
-                 bias_init: Initializer = default_bias_init, preferred_element_type: tp.Any = None,
-                 sharding: tp.Sequence[str | None] | None = None):
+    def __init__(
+        self,
+        einsum_str: str | None,
+        kernel_shape: tp.Sequence[int],
+        bias_shape: tp.Sequence[int] | None = None,
+        *,
+        ctx: Context,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
+        precision: tp.Any = None,
+        kernel_init: Initializer = default_kernel_init,
+        bias_init: Initializer = default_bias_init,
+        preferred_element_type: tp.Any = None,
+        sharding: tp.Sequence[str | None] | None = None,
+    ):
         self.einsum_str = None if einsum_str is None else check_equation(einsum_str)
         self.kernel_shape = tuple(int(d) for d in kernel_shape)
         self.bias_shape = None if bias_shape is None else tuple(int(d) for d in bias_shape)
@@ -132,16 +151,22 @@ class Einsum(Module):
             self._check_bias_shape(self.einsum_str, input_ndim=0)  # the input's '...' cannot matter
         self.dtype = dtypes.as_dtype(dtype)
         self.precision = precision
-        self.preferred_element_type = dtypes.as_dtype(preferred_element_type, argument="preferred_element_type")
-        sharding = check_sharding(sharding, len(self.kernel_shape), layer="Einsum",
-                                  what=f"kernel {self.kernel_shape}")
+        self.preferred_element_type = dtypes.as_dtype(
+            preferred_element_type, argument="preferred_element_type"
+        )
+        sharding = check_sharding(
+            sharding, len(self.kernel_shape), layer="Einsum", what=f"kernel {self.kernel_shape}"
+        )
         self.kernel = make_param(ctx, kernel_init, self.kernel_shape, param_dtype, sharding)
         bias_sharding = None
         if sharding is not None and self.einsum_str is not None:
             axes = output_kernel_axes(self.einsum_str, 0, len(self.kernel_shape))
             bias_sharding = tuple(sharding[a] for a in axes if a is not None)
-        self.bias = (None if self.bias_shape is None
-                     else make_param(ctx, bias_init, self.bias_shape, param_dtype, bias_sharding))
+        self.bias = (
+            None
+            if self.bias_shape is None
+            else make_param(ctx, bias_init, self.bias_shape, param_dtype, bias_sharding)
+        )
 
     def _check_bias_shape(self, equation: str, input_ndim: int) -> Shape:
         expected, broadcast = bias_shapes(equation, input_ndim, self.kernel_shape)
@@ -165,8 +190,9 @@ class Einsum(Module):
         bias = None if self.bias is None else self.bias.value
         broadcast = None if bias is None else self._check_bias_shape(equation, jnp.ndim(x))
         x, kernel, bias = dtypes.promote_dtype(x, self.kernel.value, bias, dtype=self.dtype)
-        y = jnp.einsum(equation, x, kernel, precision=self.precision,
-                       preferred_element_type=self.preferred_element_type)
+        y = jnp.einsum(
+            equation, x, kernel, precision=self.precision, preferred_element_type=self.preferred_element_type
+        )
         if bias is not None:
             y += jnp.reshape(bias, broadcast)
         return y

@@ -10,8 +10,7 @@ import jax.numpy as jnp
 from nnx_bridge.context import Context
 from nnx_bridge.module import Module
 from nnx_bridge.nn import dtypes
-from nnx_bridge.nn.params import Initializer, check_sharding, default_embed_init, make_param
-from nnx_bridge.nn.params import check_shapes
+from nnx_bridge.nn.params import Initializer, check_shapes, check_sharding, default_embed_init, make_param
 
 
 class Embed(Module):
@@ -42,15 +41,24 @@ class Embed(Module):
         (1, 10)
     """
 
-    def __init__(self, num_embeddings: int, features: int, *, ctx: Context, dtype: tp.Any = None,
-                 param_dtype: tp.Any = jnp.float32, embedding_init: Initializer = default_embed_init,
-                 sharding: tp.Sequence[str | None] | None = None):
+    def __init__(
+        self,
+        num_embeddings: int,
+        features: int,
+        *,
+        ctx: Context,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
+        embedding_init: Initializer = default_embed_init,
+        sharding: tp.Sequence[str | None] | None = None,
+    ):
         sharding = check_sharding(sharding, 2, layer="Embed", what="embedding (num_embeddings, features)")
         self.num_embeddings = int(num_embeddings)
         self.features = int(features)
         self.dtype = dtypes.as_dtype(dtype)
-        self.embedding = make_param(ctx, embedding_init, (self.num_embeddings, self.features),
-                                    param_dtype, sharding)
+        self.embedding = make_param(
+            ctx, embedding_init, (self.num_embeddings, self.features), param_dtype, sharding
+        )
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         """Looks up ``ids`` (any shape, integer dtype); the output adds a ``features`` axis."""

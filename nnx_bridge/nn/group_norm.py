@@ -66,13 +66,25 @@ class GroupNorm(Module):
         [[-1. 1. -1. 1.]]
     """
 
-    def __init__(self, num_features: int, num_groups: int | None = 32, group_size: int | None = None,
-                 *, ctx: Context, epsilon: float = 1e-6, dtype: tp.Any = None,
-                 param_dtype: tp.Any = jnp.float32, use_bias: bool = True, use_scale: bool = True,
-                 bias_init: Initializer = default_bias_init,
-                 scale_init: Initializer = default_scale_init,
-                 reduction_axes: Axes | None = None, axis_name: str | None = None,
-                 axis_index_groups: tp.Any = None, use_fast_variance: bool = True):
+    def __init__(
+        self,
+        num_features: int,
+        num_groups: int | None = 32,
+        group_size: int | None = None,
+        *,
+        ctx: Context,
+        epsilon: float = 1e-6,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: Initializer = default_bias_init,
+        scale_init: Initializer = default_scale_init,
+        reduction_axes: Axes | None = None,
+        axis_name: str | None = None,
+        axis_index_groups: tp.Any = None,
+        use_fast_variance: bool = True,
+    ):
         _check_no_axis_index_groups("GroupNorm", axis_index_groups)
         num_features = int(num_features)
         if (num_groups is None) == (group_size is None):
@@ -100,8 +112,11 @@ class GroupNorm(Module):
         self.epsilon = float(epsilon)
         self.dtype = dtypes.as_dtype(dtype)
         self.reduction_axes = (
-            None if reduction_axes is None
-            else reduction_axes if isinstance(reduction_axes, int) else tuple(reduction_axes)
+            None
+            if reduction_axes is None
+            else reduction_axes
+            if isinstance(reduction_axes, int)
+            else tuple(reduction_axes)
         )
         self.axis_name = axis_name
         self.use_fast_variance = bool(use_fast_variance)
@@ -130,15 +145,28 @@ class GroupNorm(Module):
         if mask is not None:
             mask = jnp.reshape(mask, jnp.shape(mask)[:-1] + (self.num_groups, self.group_size))
         # In the grouped array, the channel axis becomes (group, member): reduce the members.
-        mean, var = _statistics(x.reshape(grouped), reduction_axes[:-1] + (x.ndim,),
-                                dtype=self.dtype, use_mean=True,
-                                use_fast_variance=self.use_fast_variance, mask=mask,
-                                axis_name=self.axis_name)
+        mean, var = _statistics(
+            x.reshape(grouped),
+            reduction_axes[:-1] + (x.ndim,),
+            dtype=self.dtype,
+            use_mean=True,
+            use_fast_variance=self.use_fast_variance,
+            mask=mask,
+            axis_name=self.axis_name,
+        )
         mean = jnp.repeat(mean, self.group_size, axis=-1)
         var = jnp.repeat(var, self.group_size, axis=-1)
-        return _normalize(x, mean, var, reduction_axes[:-1], -1, epsilon=self.epsilon,
-                          scale=None if self.scale is None else self.scale.value,
-                          bias=None if self.bias is None else self.bias.value, dtype=self.dtype)
+        return _normalize(
+            x,
+            mean,
+            var,
+            reduction_axes[:-1],
+            -1,
+            epsilon=self.epsilon,
+            scale=None if self.scale is None else self.scale.value,
+            bias=None if self.bias is None else self.bias.value,
+            dtype=self.dtype,
+        )
 
 
 class InstanceNorm(Module):
@@ -174,12 +202,23 @@ class InstanceNorm(Module):
           [ 1.  1.]]]
     """
 
-    def __init__(self, num_features: int | tp.Sequence[int], *, ctx: Context, epsilon: float = 1e-6,
-                 dtype: tp.Any = None, param_dtype: tp.Any = jnp.float32, use_bias: bool = True,
-                 use_scale: bool = True, bias_init: Initializer = default_bias_init,
-                 scale_init: Initializer = default_scale_init, feature_axes: Axes = -1,
-                 axis_name: str | None = None, axis_index_groups: tp.Any = None,
-                 use_fast_variance: bool = True):
+    def __init__(
+        self,
+        num_features: int | tp.Sequence[int],
+        *,
+        ctx: Context,
+        epsilon: float = 1e-6,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: Initializer = default_bias_init,
+        scale_init: Initializer = default_scale_init,
+        feature_axes: Axes = -1,
+        axis_name: str | None = None,
+        axis_index_groups: tp.Any = None,
+        use_fast_variance: bool = True,
+    ):
         _check_no_axis_index_groups("InstanceNorm", axis_index_groups)
         axes = (feature_axes,) if isinstance(feature_axes, int) else tuple(feature_axes)
         shape = (int(num_features),) if isinstance(num_features, int) else tuple(int(n) for n in num_features)
@@ -202,8 +241,7 @@ class InstanceNorm(Module):
         x = jnp.asarray(x)
         if any(not -x.ndim <= a < x.ndim for a in self.feature_axes):
             raise ValueError(
-                f"InstanceNorm: feature_axes={self.feature_axes!r} do not fit an input of shape "
-                f"{x.shape}."
+                f"InstanceNorm: feature_axes={self.feature_axes!r} do not fit an input of shape {x.shape}."
             )
         feature_axes = _axes(self.feature_axes, x.ndim)
         if 0 in feature_axes:
@@ -219,23 +257,52 @@ class InstanceNorm(Module):
                 f"{feature_axes} of sizes {self.num_features}; found {found} in shape {x.shape}."
             )
         reduction_axes = tuple(i for i in range(1, x.ndim) if i not in feature_axes)
-        mean, var = _statistics(x, reduction_axes, dtype=self.dtype, use_mean=True,
-                                use_fast_variance=self.use_fast_variance, mask=mask,
-                                axis_name=self.axis_name)
+        mean, var = _statistics(
+            x,
+            reduction_axes,
+            dtype=self.dtype,
+            use_mean=True,
+            use_fast_variance=self.use_fast_variance,
+            mask=mask,
+            axis_name=self.axis_name,
+        )
         if len(feature_axes) == 1:
-            return _normalize(x, mean, var, reduction_axes, feature_axes[0], epsilon=self.epsilon,
-                              scale=None if self.scale is None else self.scale.value,
-                              bias=None if self.bias is None else self.bias.value, dtype=self.dtype)
-        return _normalize_features(x, mean, var, reduction_axes, feature_axes, epsilon=self.epsilon,
-                                   scale=None if self.scale is None else self.scale.value,
-                                   bias=None if self.bias is None else self.bias.value,
-                                   dtype=self.dtype)
+            return _normalize(
+                x,
+                mean,
+                var,
+                reduction_axes,
+                feature_axes[0],
+                epsilon=self.epsilon,
+                scale=None if self.scale is None else self.scale.value,
+                bias=None if self.bias is None else self.bias.value,
+                dtype=self.dtype,
+            )
+        return _normalize_features(
+            x,
+            mean,
+            var,
+            reduction_axes,
+            feature_axes,
+            epsilon=self.epsilon,
+            scale=None if self.scale is None else self.scale.value,
+            bias=None if self.bias is None else self.bias.value,
+            dtype=self.dtype,
+        )
 
 
-def _normalize_features(x: jax.Array, mean: jax.Array, var: jax.Array,
-                        reduction_axes: tuple[int, ...], feature_axes: tuple[int, ...], *,
-                        epsilon: float, scale: jax.Array | None, bias: jax.Array | None,
-                        dtype: tp.Any) -> jax.Array:
+def _normalize_features(
+    x: jax.Array,
+    mean: jax.Array,
+    var: jax.Array,
+    reduction_axes: tuple[int, ...],
+    feature_axes: tuple[int, ...],
+    *,
+    epsilon: float,
+    scale: jax.Array | None,
+    bias: jax.Array | None,
+    dtype: tp.Any,
+) -> jax.Array:
     """`normalization._normalize` for several feature axes (same operations, same order)."""
     feature_shape = [1] * x.ndim
     for axis in feature_axes:

@@ -12,8 +12,14 @@ from jax import lax
 from nnx_bridge.context import Context
 from nnx_bridge.module import Module
 from nnx_bridge.nn import dtypes
-from nnx_bridge.nn.params import Initializer, check_sharding, default_bias_init, default_kernel_init, make_param
-from nnx_bridge.nn.params import check_shapes
+from nnx_bridge.nn.params import (
+    Initializer,
+    check_shapes,
+    check_sharding,
+    default_bias_init,
+    default_kernel_init,
+    make_param,
+)
 
 
 class Linear(Module):
@@ -43,27 +49,45 @@ class Linear(Module):
         {'bias': (4,), 'kernel': (3, 4)}
     """
 
-    def __init__(self, in_features: int, out_features: int, *, ctx: Context,
-                 use_bias: bool = True, dtype: tp.Any = None, param_dtype: tp.Any = jnp.float32,
-                 precision: tp.Any = None, kernel_init: Initializer = default_kernel_init,
-                 bias_init: Initializer = default_bias_init,
-                 sharding: tp.Sequence[str | None] | None = None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        ctx: Context,
+        use_bias: bool = True,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
+        precision: tp.Any = None,
+        kernel_init: Initializer = default_kernel_init,
+        bias_init: Initializer = default_bias_init,
+        sharding: tp.Sequence[str | None] | None = None,
+    ):
         sharding = check_sharding(sharding, 2, layer="Linear", what="kernel (in_features, out_features)")
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.use_bias = bool(use_bias)
         self.dtype = dtypes.as_dtype(dtype)
         self.precision = precision
-        self.kernel = make_param(ctx, kernel_init, (self.in_features, self.out_features), param_dtype, sharding)
+        self.kernel = make_param(
+            ctx, kernel_init, (self.in_features, self.out_features), param_dtype, sharding
+        )
         self.bias = (
-            make_param(ctx, bias_init, (self.out_features,), param_dtype,
-                       None if sharding is None else sharding[-1:])
-            if self.use_bias else None
+            make_param(
+                ctx, bias_init, (self.out_features,), param_dtype, None if sharding is None else sharding[-1:]
+            )
+            if self.use_bias
+            else None
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Applies the layer to ``x`` of shape ``(..., in_features)``."""
-        check_shapes(self, "in_features out_features", kernel=(self.in_features, self.out_features), bias=(self.out_features,))
+        check_shapes(
+            self,
+            "in_features out_features",
+            kernel=(self.in_features, self.out_features),
+            bias=(self.out_features,),
+        )
         if jnp.ndim(x) == 0 or jnp.shape(x)[-1] != self.in_features:
             raise ValueError(
                 f"Linear(in_features={self.in_features}, out_features={self.out_features}) "
@@ -82,7 +106,9 @@ class Linear(Module):
 def _as_tuple(value: int | tp.Sequence[int], argument: str, layer: str) -> tuple[int, ...]:
     items = (value,) if isinstance(value, (int, np.integer)) else tuple(value)
     if not items or not all(isinstance(v, (int, np.integer)) for v in items):
-        raise TypeError(f"{layer}: {argument} must be an int or a non-empty sequence of ints; found {value!r}.")
+        raise TypeError(
+            f"{layer}: {argument} must be an int or a non-empty sequence of ints; found {value!r}."
+        )
     return tuple(int(v) for v in items)
 
 
@@ -116,12 +142,21 @@ class LinearGeneral(Module):
         ((3, 2, 5), (7, 2, 5))
     """
 
-    def __init__(self, in_features: int | tp.Sequence[int], out_features: int | tp.Sequence[int], *,
-                 ctx: Context, axis: int | tp.Sequence[int] = -1, use_bias: bool = True,
-                 dtype: tp.Any = None, param_dtype: tp.Any = jnp.float32, precision: tp.Any = None,
-                 kernel_init: Initializer = default_kernel_init,
-                 bias_init: Initializer = default_bias_init,
-                 sharding: tp.Sequence[str | None] | None = None):
+    def __init__(
+        self,
+        in_features: int | tp.Sequence[int],
+        out_features: int | tp.Sequence[int],
+        *,
+        ctx: Context,
+        axis: int | tp.Sequence[int] = -1,
+        use_bias: bool = True,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
+        precision: tp.Any = None,
+        kernel_init: Initializer = default_kernel_init,
+        bias_init: Initializer = default_bias_init,
+        sharding: tp.Sequence[str | None] | None = None,
+    ):
         self.in_features = _as_tuple(in_features, "in_features", "LinearGeneral")
         self.out_features = _as_tuple(out_features, "out_features", "LinearGeneral")
         self.axis = _as_tuple(axis, "axis", "LinearGeneral")
@@ -135,8 +170,12 @@ class LinearGeneral(Module):
         self.dtype = dtypes.as_dtype(dtype)
         self.precision = precision
         n_in, n_out = len(self.in_features), len(self.out_features)
-        sharding = check_sharding(sharding, n_in + n_out, layer="LinearGeneral",
-                                  what=f"kernel in_features + out_features {self.in_features + self.out_features}")
+        sharding = check_sharding(
+            sharding,
+            n_in + n_out,
+            layer="LinearGeneral",
+            what=f"kernel in_features + out_features {self.in_features + self.out_features}",
+        )
         flat = (int(np.prod(self.in_features)), int(np.prod(self.out_features)))
 
         def flat_kernel_init(key: jax.Array, shape: tuple[int, ...], dtype: tp.Any) -> jax.Array:
@@ -145,17 +184,29 @@ class LinearGeneral(Module):
         def flat_bias_init(key: jax.Array, shape: tuple[int, ...], dtype: tp.Any) -> jax.Array:
             return jnp.reshape(bias_init(key, flat[1:], dtype), shape)
 
-        self.kernel = make_param(ctx, flat_kernel_init, self.in_features + self.out_features,
-                                 param_dtype, sharding)
+        self.kernel = make_param(
+            ctx, flat_kernel_init, self.in_features + self.out_features, param_dtype, sharding
+        )
         self.bias = (
-            make_param(ctx, flat_bias_init, self.out_features, param_dtype,
-                       None if sharding is None else sharding[n_in:])
-            if self.use_bias else None
+            make_param(
+                ctx,
+                flat_bias_init,
+                self.out_features,
+                param_dtype,
+                None if sharding is None else sharding[n_in:],
+            )
+            if self.use_bias
+            else None
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Contracts the `axis` dimensions of ``x``; the output features come last."""
-        check_shapes(self, "in_features out_features", kernel=self.in_features + self.out_features, bias=self.out_features)
+        check_shapes(
+            self,
+            "in_features out_features",
+            kernel=self.in_features + self.out_features,
+            bias=self.out_features,
+        )
         ndim = jnp.ndim(x)
         if any(not -ndim <= a < ndim for a in self.axis):
             raise ValueError(

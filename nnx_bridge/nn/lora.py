@@ -40,8 +40,11 @@ class LoRAParam(Param[A]):
 
 
 def _check_param_type(lora_param_type: tp.Any) -> tp.Any:
-    if not (isinstance(lora_param_type, type) and issubclass(lora_param_type, Variable)
-            and getattr(lora_param_type, "_fixed_collection", None) is not None):
+    if not (
+        isinstance(lora_param_type, type)
+        and issubclass(lora_param_type, Variable)
+        and getattr(lora_param_type, "_fixed_collection", None) is not None
+    ):
         raise TypeError(
             f"LoRA: lora_param_type must be a Variable class with a fixed collection (such as "
             f"nnx.nn.LoRAParam or nnx.Param); found {lora_param_type!r}. Subclass one: "
@@ -76,12 +79,20 @@ class LoRA(Module):
         ((3, 2), (2, 4), (5, 4))
     """
 
-    def __init__(self, in_features: int, lora_rank: int, out_features: int, *, ctx: Context,
-                 base_module: Module | None = None, dtype: tp.Any = None,
-                 param_dtype: tp.Any = jnp.float32,
-                 a_initializer: Initializer = default_a_initializer,
-                 b_initializer: Initializer = default_b_initializer,
-                 lora_param_type: type[Variable[tp.Any]] = LoRAParam):
+    def __init__(
+        self,
+        in_features: int,
+        lora_rank: int,
+        out_features: int,
+        *,
+        ctx: Context,
+        base_module: Module | None = None,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
+        a_initializer: Initializer = default_a_initializer,
+        b_initializer: Initializer = default_b_initializer,
+        lora_param_type: type[Variable[tp.Any]] = LoRAParam,
+    ):
         param_type = _check_param_type(lora_param_type)
         if base_module is not None and not callable(base_module):
             raise TypeError(
@@ -92,10 +103,12 @@ class LoRA(Module):
         self.out_features = int(out_features)
         self.dtype = dtypes.as_dtype(dtype)
         self.base_module = base_module
-        self.lora_a = param_type(a_initializer(ctx.make_rng("params"), (self.in_features, self.lora_rank),
-                                               param_dtype))
-        self.lora_b = param_type(b_initializer(ctx.make_rng("params"), (self.lora_rank, self.out_features),
-                                               param_dtype))
+        self.lora_a = param_type(
+            a_initializer(ctx.make_rng("params"), (self.in_features, self.lora_rank), param_dtype)
+        )
+        self.lora_b = param_type(
+            b_initializer(ctx.make_rng("params"), (self.lora_rank, self.out_features), param_dtype)
+        )
 
     def __call__(self, x: jax.Array, **kwargs: tp.Any) -> jax.Array:
         """``x @ lora_a @ lora_b`` (plus ``base_module(x, **kwargs)``) for ``x`` of shape ``(..., in_features)``."""
@@ -139,15 +152,32 @@ class LoRALinear(Linear):
         (5, 4)
     """
 
-    def __init__(self, in_features: int, out_features: int, *, lora_rank: int, ctx: Context,
-                 lora_dtype: tp.Any = None, lora_param_dtype: tp.Any = jnp.float32,
-                 a_initializer: Initializer = default_a_initializer,
-                 b_initializer: Initializer = default_b_initializer,
-                 lora_param_type: type[Variable[tp.Any]] = LoRAParam, **kwargs: tp.Any):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        lora_rank: int,
+        ctx: Context,
+        lora_dtype: tp.Any = None,
+        lora_param_dtype: tp.Any = jnp.float32,
+        a_initializer: Initializer = default_a_initializer,
+        b_initializer: Initializer = default_b_initializer,
+        lora_param_type: type[Variable[tp.Any]] = LoRAParam,
+        **kwargs: tp.Any,
+    ):
         super().__init__(in_features, out_features, ctx=ctx, **kwargs)
-        self.lora = LoRA(in_features, lora_rank, out_features, ctx=ctx, dtype=lora_dtype,
-                         param_dtype=lora_param_dtype, a_initializer=a_initializer,
-                         b_initializer=b_initializer, lora_param_type=lora_param_type)
+        self.lora = LoRA(
+            in_features,
+            lora_rank,
+            out_features,
+            ctx=ctx,
+            dtype=lora_dtype,
+            param_dtype=lora_param_dtype,
+            a_initializer=a_initializer,
+            b_initializer=b_initializer,
+            lora_param_type=lora_param_type,
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``Linear(x) + lora(x)``."""

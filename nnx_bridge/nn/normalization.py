@@ -17,8 +17,14 @@ from jax import lax
 from nnx_bridge.context import Context
 from nnx_bridge.module import Module
 from nnx_bridge.nn import dtypes
-from nnx_bridge.nn.params import Initializer, check_sharding, default_bias_init, default_scale_init, make_param
-from nnx_bridge.nn.params import check_shapes
+from nnx_bridge.nn.params import (
+    Initializer,
+    check_shapes,
+    check_sharding,
+    default_bias_init,
+    default_scale_init,
+    make_param,
+)
 from nnx_bridge.variables import BatchStat
 
 Axes = tp.Union[int, tp.Sequence[int]]
@@ -35,9 +41,16 @@ def _abs_sq(x: jax.Array) -> jax.Array:
     return lax.square(x)
 
 
-def _statistics(x: jax.Array, axes: tuple[int, ...], *, dtype: tp.Any, use_mean: bool,
-                use_fast_variance: bool, mask: jax.Array | None,
-                axis_name: str | None) -> tuple[jax.Array, jax.Array]:
+def _statistics(
+    x: jax.Array,
+    axes: tuple[int, ...],
+    *,
+    dtype: tp.Any,
+    use_mean: bool,
+    use_fast_variance: bool,
+    mask: jax.Array | None,
+    axis_name: str | None,
+) -> tuple[jax.Array, jax.Array]:
     """Mean and (biased) variance of ``x`` over ``axes``, in at least float32."""
     x = jnp.asarray(x)
     x = x.astype(jnp.promote_types(x.dtype if dtype is None else dtype, jnp.float32))
@@ -61,9 +74,18 @@ def _statistics(x: jax.Array, axes: tuple[int, ...], *, dtype: tp.Any, use_mean:
     return mean, var
 
 
-def _normalize(x: jax.Array, mean: jax.Array, var: jax.Array, reduction_axes: tuple[int, ...],
-               feature_axis: int, *, epsilon: float, scale: jax.Array | None,
-               bias: jax.Array | None, dtype: tp.Any) -> jax.Array:
+def _normalize(
+    x: jax.Array,
+    mean: jax.Array,
+    var: jax.Array,
+    reduction_axes: tuple[int, ...],
+    feature_axis: int,
+    *,
+    epsilon: float,
+    scale: jax.Array | None,
+    bias: jax.Array | None,
+    dtype: tp.Any,
+) -> jax.Array:
     """``(x - mean) * rsqrt(var + epsilon) * scale + bias``, cast as Linen casts it."""
     feature_shape = [1] * x.ndim
     feature_shape[feature_axis] = x.shape[feature_axis]
@@ -124,13 +146,23 @@ class LayerNorm(Module):
         [[-1.225  0.     1.225]]
     """
 
-    def __init__(self, num_features: int, *, ctx: Context, epsilon: float = 1e-6,
-                 use_bias: bool = True, use_scale: bool = True, reduction_axes: Axes = -1,
-                 dtype: tp.Any = None, param_dtype: tp.Any = jnp.float32,
-                 use_fast_variance: bool = True, axis_name: str | None = None,
-                 scale_init: Initializer = default_scale_init,
-                 bias_init: Initializer = default_bias_init,
-                 sharding: tp.Sequence[str | None] | None = None):
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        ctx: Context,
+        epsilon: float = 1e-6,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        reduction_axes: Axes = -1,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
+        use_fast_variance: bool = True,
+        axis_name: str | None = None,
+        scale_init: Initializer = default_scale_init,
+        bias_init: Initializer = default_bias_init,
+        sharding: tp.Sequence[str | None] | None = None,
+    ):
         sharding = check_sharding(sharding, 1, layer="LayerNorm", what="scale and bias (num_features,)")
         self.num_features = int(num_features)
         self.epsilon = float(epsilon)
@@ -147,12 +179,26 @@ class LayerNorm(Module):
         check_shapes(self, "num_features", scale=(self.num_features,), bias=(self.num_features,))
         _check_features("LayerNorm", self.num_features, x, -1)
         axes = _axes(self.reduction_axes, jnp.ndim(x))
-        mean, var = _statistics(x, axes, dtype=self.dtype, use_mean=True,
-                                use_fast_variance=self.use_fast_variance, mask=mask,
-                                axis_name=self.axis_name)
-        return _normalize(x, mean, var, axes, -1, epsilon=self.epsilon,
-                          scale=None if self.scale is None else self.scale.value,
-                          bias=None if self.bias is None else self.bias.value, dtype=self.dtype)
+        mean, var = _statistics(
+            x,
+            axes,
+            dtype=self.dtype,
+            use_mean=True,
+            use_fast_variance=self.use_fast_variance,
+            mask=mask,
+            axis_name=self.axis_name,
+        )
+        return _normalize(
+            x,
+            mean,
+            var,
+            axes,
+            -1,
+            epsilon=self.epsilon,
+            scale=None if self.scale is None else self.scale.value,
+            bias=None if self.bias is None else self.bias.value,
+            dtype=self.dtype,
+        )
 
 
 class RMSNorm(Module):
@@ -182,11 +228,20 @@ class RMSNorm(Module):
         [0.849, 1.131]
     """
 
-    def __init__(self, num_features: int, *, ctx: Context, epsilon: float = 1e-6,
-                 use_scale: bool = True, reduction_axes: Axes = -1, dtype: tp.Any = None,
-                 param_dtype: tp.Any = jnp.float32, axis_name: str | None = None,
-                 scale_init: Initializer = default_scale_init,
-                 sharding: tp.Sequence[str | None] | None = None):
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        ctx: Context,
+        epsilon: float = 1e-6,
+        use_scale: bool = True,
+        reduction_axes: Axes = -1,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
+        axis_name: str | None = None,
+        scale_init: Initializer = default_scale_init,
+        sharding: tp.Sequence[str | None] | None = None,
+    ):
         sharding = check_sharding(sharding, 1, layer="RMSNorm", what="scale (num_features,)")
         self.num_features = int(num_features)
         self.epsilon = float(epsilon)
@@ -202,11 +257,26 @@ class RMSNorm(Module):
         check_shapes(self, "num_features", scale=(self.num_features,))
         _check_features("RMSNorm", self.num_features, x, -1)
         axes = _axes(self.reduction_axes, jnp.ndim(x))
-        mean, var = _statistics(x, axes, dtype=self.dtype, use_mean=False, use_fast_variance=True,
-                                mask=mask, axis_name=self.axis_name)
-        return _normalize(x, mean, var, axes, -1, epsilon=self.epsilon,
-                          scale=None if self.scale is None else self.scale.value, bias=None,
-                          dtype=self.dtype)
+        mean, var = _statistics(
+            x,
+            axes,
+            dtype=self.dtype,
+            use_mean=False,
+            use_fast_variance=True,
+            mask=mask,
+            axis_name=self.axis_name,
+        )
+        return _normalize(
+            x,
+            mean,
+            var,
+            axes,
+            -1,
+            epsilon=self.epsilon,
+            scale=None if self.scale is None else self.scale.value,
+            bias=None,
+            dtype=self.dtype,
+        )
 
 
 class BatchNorm(Module):
@@ -253,15 +323,28 @@ class BatchNorm(Module):
         ['mean', 'var']
     """
 
-    def __init__(self, num_features: int, *, ctx: Context, use_running_average: bool | None = None,
-                 axis: int = -1, momentum: float = 0.99, epsilon: float = 1e-5,
-                 use_bias: bool = True, use_scale: bool = True, dtype: tp.Any = None,
-                 param_dtype: tp.Any = jnp.float32, use_fast_variance: bool = True,
-                 axis_name: str | None = None, scale_init: Initializer = default_scale_init,
-                 bias_init: Initializer = default_bias_init,
-                 sharding: tp.Sequence[str | None] | None = None):
-        sharding = check_sharding(sharding, 1, layer="BatchNorm",
-                                  what="scale, bias, mean and var (num_features,)")
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        ctx: Context,
+        use_running_average: bool | None = None,
+        axis: int = -1,
+        momentum: float = 0.99,
+        epsilon: float = 1e-5,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
+        use_fast_variance: bool = True,
+        axis_name: str | None = None,
+        scale_init: Initializer = default_scale_init,
+        bias_init: Initializer = default_bias_init,
+        sharding: tp.Sequence[str | None] | None = None,
+    ):
+        sharding = check_sharding(
+            sharding, 1, layer="BatchNorm", what="scale, bias, mean and var (num_features,)"
+        )
         if not isinstance(axis, int):
             raise TypeError(f"BatchNorm: axis must be one int (the feature axis); found {axis!r}.")
         self.num_features = int(num_features)
@@ -278,15 +361,23 @@ class BatchNorm(Module):
         self.scale = make_param(ctx, scale_init, shape, param_dtype, sharding) if use_scale else None
         self.bias = make_param(ctx, bias_init, shape, param_dtype, sharding) if use_bias else None
 
-    def __call__(self, x: jax.Array, *, use_running_average: bool | None = None,
-                 mask: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, *, use_running_average: bool | None = None, mask: jax.Array | None = None
+    ) -> jax.Array:
         """Normalises ``x``, updating ``mean``/``var`` unless ``use_running_average``.
 
         ``use_running_average`` overrides the constructor's value; one of them
         must be given. ``mask`` (broadcastable to ``x``) selects the entries
         counted in the batch statistics.
         """
-        check_shapes(self, "num_features", mean=(self.num_features,), var=(self.num_features,), scale=(self.num_features,), bias=(self.num_features,))
+        check_shapes(
+            self,
+            "num_features",
+            mean=(self.num_features,),
+            var=(self.num_features,),
+            scale=(self.num_features,),
+            bias=(self.num_features,),
+        )
         if use_running_average is None:
             use_running_average = self.use_running_average
         if use_running_average is None:
@@ -305,12 +396,26 @@ class BatchNorm(Module):
             # As Linen's: while initialising, no cross-device mean (so init runs outside
             # pmap) and the running statistics stay as constructed.
             initializing = self.is_initializing()
-            mean, var = _statistics(x, reduction_axes, dtype=self.dtype, use_mean=True,
-                                    use_fast_variance=self.use_fast_variance, mask=mask,
-                                    axis_name=None if initializing else self.axis_name)
+            mean, var = _statistics(
+                x,
+                reduction_axes,
+                dtype=self.dtype,
+                use_mean=True,
+                use_fast_variance=self.use_fast_variance,
+                mask=mask,
+                axis_name=None if initializing else self.axis_name,
+            )
             if not initializing:
                 self.mean.value = self.momentum * self.mean.value + (1 - self.momentum) * mean
                 self.var.value = self.momentum * self.var.value + (1 - self.momentum) * var
-        return _normalize(x, mean, var, reduction_axes, feature_axis, epsilon=self.epsilon,
-                          scale=None if self.scale is None else self.scale.value,
-                          bias=None if self.bias is None else self.bias.value, dtype=self.dtype)
+        return _normalize(
+            x,
+            mean,
+            var,
+            reduction_axes,
+            feature_axis,
+            epsilon=self.epsilon,
+            scale=None if self.scale is None else self.scale.value,
+            bias=None if self.bias is None else self.bias.value,
+            dtype=self.dtype,
+        )

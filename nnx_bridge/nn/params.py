@@ -18,7 +18,7 @@ from nnx_bridge.context import Context
 from nnx_bridge.variables import Param
 
 Initializer = tp.Callable[..., jax.Array]
-Shape = tp.Tuple[int, ...]
+Shape = tuple[int, ...]
 
 #: Linen's default kernel initialiser (``Dense``, ``DenseGeneral``, ``Conv``, attention).
 default_kernel_init: Initializer = initializers.lecun_normal()
@@ -30,8 +30,13 @@ default_scale_init: Initializer = initializers.ones
 default_embed_init: Initializer = initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
 
 
-def make_param(ctx: Context, init: Initializer, shape: Shape, param_dtype: tp.Any,
-               sharding: tp.Sequence[str | None] | None = None) -> Param[jax.Array]:
+def make_param(
+    ctx: Context,
+    init: Initializer,
+    shape: Shape,
+    param_dtype: tp.Any,
+    sharding: tp.Sequence[str | None] | None = None,
+) -> Param[jax.Array]:
     """A `Param` holding ``init(ctx.make_rng("params"), shape, param_dtype)``.
 
     Example:
@@ -44,8 +49,7 @@ def make_param(ctx: Context, init: Initializer, shape: Shape, param_dtype: tp.An
     return Param(init(ctx.make_rng("params"), shape, param_dtype), sharding=sharding)
 
 
-def check_sharding(sharding: tp.Any, ndim: int, *, layer: str,
-                   what: str) -> tuple[str | None, ...] | None:
+def check_sharding(sharding: tp.Any, ndim: int, *, layer: str, what: str) -> tuple[str | None, ...] | None:
     """Validates `sharding` as one name (str or None) per dimension of an ``ndim``-D array.
 
     Args:

@@ -17,11 +17,16 @@ from jax import lax
 from nnx_bridge.nn import spatial
 
 _PADDINGS = ("SAME", "VALID")
-PoolPadding = tp.Union[str, tp.Sequence[tp.Tuple[int, int]]]
+PoolPadding = tp.Union[str, tp.Sequence[tuple[int, int]]]
 
 
-def _windows(inputs: jax.Array, window_shape: tp.Sequence[int], strides: tp.Sequence[int] | int | None,
-             padding: PoolPadding, name: str) -> tuple[tuple[int, ...], tuple[int, ...], tp.Any]:
+def _windows(
+    inputs: jax.Array,
+    window_shape: tp.Sequence[int],
+    strides: tp.Sequence[int] | int | None,
+    padding: PoolPadding,
+    name: str,
+) -> tuple[tuple[int, ...], tuple[int, ...], tp.Any]:
     """Checked window, strides and padding over every axis of ``inputs`` (batch and features: 1)."""
     window = spatial.kernel_size_tuple(window_shape, layer=name, argument="window_shape")
     rank = len(window)
@@ -41,9 +46,14 @@ def _windows(inputs: jax.Array, window_shape: tp.Sequence[int], strides: tp.Sequ
     return dims, steps, pads
 
 
-def pool(inputs: jax.Array, init: tp.Any, reduce_fn: tp.Callable[[tp.Any, tp.Any], tp.Any],
-         window_shape: tp.Sequence[int], strides: tp.Sequence[int] | int | None,
-         padding: PoolPadding) -> jax.Array:
+def pool(
+    inputs: jax.Array,
+    init: tp.Any,
+    reduce_fn: tp.Callable[[tp.Any, tp.Any], tp.Any],
+    window_shape: tp.Sequence[int],
+    strides: tp.Sequence[int] | int | None,
+    padding: PoolPadding,
+) -> jax.Array:
     """Reduces every window of ``inputs`` with ``reduce_fn`` (Linen's ``nn.pool``).
 
     Args:
@@ -68,15 +78,26 @@ def pool(inputs: jax.Array, init: tp.Any, reduce_fn: tp.Callable[[tp.Any, tp.Any
     return _pool(inputs, init, reduce_fn, window_shape, strides, padding, "pool")
 
 
-def _pool(inputs: jax.Array, init: tp.Any, reduce_fn: tp.Callable[[tp.Any, tp.Any], tp.Any],
-          window_shape: tp.Sequence[int], strides: tp.Sequence[int] | int | None, padding: PoolPadding,
-          name: str) -> jax.Array:
+def _pool(
+    inputs: jax.Array,
+    init: tp.Any,
+    reduce_fn: tp.Callable[[tp.Any, tp.Any], tp.Any],
+    window_shape: tp.Sequence[int],
+    strides: tp.Sequence[int] | int | None,
+    padding: PoolPadding,
+    name: str,
+) -> jax.Array:
     dims, steps, pads = _windows(inputs, window_shape, strides, padding, name)
     return lax.reduce_window(inputs, init, reduce_fn, dims, steps, pads)
 
 
-def avg_pool(inputs: jax.Array, window_shape: tp.Sequence[int], strides: tp.Sequence[int] | int | None = None,
-             padding: PoolPadding = "VALID", count_include_pad: bool = True) -> jax.Array:
+def avg_pool(
+    inputs: jax.Array,
+    window_shape: tp.Sequence[int],
+    strides: tp.Sequence[int] | int | None = None,
+    padding: PoolPadding = "VALID",
+    count_include_pad: bool = True,
+) -> jax.Array:
     """The mean of every window (Linen's ``nn.avg_pool``).
 
     Args:
@@ -108,8 +129,12 @@ def avg_pool(inputs: jax.Array, window_shape: tp.Sequence[int], strides: tp.Sequ
     return y / _pool(jnp.ones(ones_shape), 0.0, lax.add, window, strides, padding, "avg_pool")
 
 
-def max_pool(inputs: jax.Array, window_shape: tp.Sequence[int], strides: tp.Sequence[int] | int | None = None,
-             padding: PoolPadding = "VALID") -> jax.Array:
+def max_pool(
+    inputs: jax.Array,
+    window_shape: tp.Sequence[int],
+    strides: tp.Sequence[int] | int | None = None,
+    padding: PoolPadding = "VALID",
+) -> jax.Array:
     """The maximum of every window (Linen's ``nn.max_pool``); padding counts as ``-inf``.
 
     Example:
@@ -121,8 +146,12 @@ def max_pool(inputs: jax.Array, window_shape: tp.Sequence[int], strides: tp.Sequ
     return _pool(inputs, -jnp.inf, lax.max, window_shape, strides, padding, "max_pool")
 
 
-def min_pool(inputs: jax.Array, window_shape: tp.Sequence[int], strides: tp.Sequence[int] | int | None = None,
-             padding: PoolPadding = "VALID") -> jax.Array:
+def min_pool(
+    inputs: jax.Array,
+    window_shape: tp.Sequence[int],
+    strides: tp.Sequence[int] | int | None = None,
+    padding: PoolPadding = "VALID",
+) -> jax.Array:
     """The minimum of every window (Linen's ``nn.min_pool``); padding counts as ``+inf``.
 
     Example:

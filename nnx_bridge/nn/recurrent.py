@@ -96,8 +96,14 @@ class RNNCellBase(Module):
         """(number of carry arrays, shape of each) for one step's input shape."""
         raise NotImplementedError(f"{type(self).__name__} must define _carry_shapes.")
 
-    def initialize_carry(self, rng: tp.Any = None, input_shape: tp.Any = None, *,
-                         ctx: Context | None = None, carry_init: Initializer | None = None) -> Carry:
+    def initialize_carry(
+        self,
+        rng: tp.Any = None,
+        input_shape: tp.Any = None,
+        *,
+        ctx: Context | None = None,
+        carry_init: Initializer | None = None,
+    ) -> Carry:
         """The initial carry for one time step's input shape ``(*batch, *features)``.
 
         Linen's order ``initialize_carry(rng, input_shape)`` and flax.nnx's order
@@ -194,8 +200,14 @@ def _positive(value: tp.Any, argument: str, layer: str) -> int:
 class _DenseCell(RNNCellBase):
     """Shared constructor parts of the cells built from `Linear` sub-layers."""
 
-    def _setup(self, in_features: int, hidden_features: int, dtype: tp.Any, param_dtype: tp.Any,
-               carry_init: Initializer) -> None:
+    def _setup(
+        self,
+        in_features: int,
+        hidden_features: int,
+        dtype: tp.Any,
+        param_dtype: tp.Any,
+        carry_init: Initializer,
+    ) -> None:
         layer = type(self).__name__
         self.in_features = _positive(in_features, "in_features", layer)
         self.hidden_features = _positive(hidden_features, "hidden_features", layer)
@@ -203,11 +215,25 @@ class _DenseCell(RNNCellBase):
         self.param_dtype = dtypes.as_dtype(param_dtype, argument="param_dtype")
         self.carry_init = carry_init
 
-    def _dense(self, ctx: Context, *, inputs: bool, use_bias: bool, kernel_init: Initializer,
-               bias_init: Initializer = initializers.zeros) -> Linear:
-        return Linear(self.in_features if inputs else self.hidden_features, self.hidden_features,
-                      ctx=ctx, use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                      kernel_init=kernel_init, bias_init=bias_init)
+    def _dense(
+        self,
+        ctx: Context,
+        *,
+        inputs: bool,
+        use_bias: bool,
+        kernel_init: Initializer,
+        bias_init: Initializer = initializers.zeros,
+    ) -> Linear:
+        return Linear(
+            self.in_features if inputs else self.hidden_features,
+            self.hidden_features,
+            ctx=ctx,
+            use_bias=use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+        )
 
     @property
     def num_feature_axes(self) -> int:
@@ -248,12 +274,21 @@ class SimpleCell(_DenseCell):
         (['h/kernel', 'i/bias', 'i/kernel'], (2, 4))
     """
 
-    def __init__(self, in_features: int, hidden_features: int, *, ctx: Context,
-                 activation_fn: Activation = jnp.tanh, kernel_init: Initializer = default_kernel_init,
-                 recurrent_kernel_init: Initializer = default_recurrent_kernel_init,
-                 bias_init: Initializer = initializers.zeros, dtype: tp.Any = None,
-                 param_dtype: tp.Any = jnp.float32, carry_init: Initializer = default_carry_init,
-                 residual: bool = False):
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        ctx: Context,
+        activation_fn: Activation = jnp.tanh,
+        kernel_init: Initializer = default_kernel_init,
+        recurrent_kernel_init: Initializer = default_recurrent_kernel_init,
+        bias_init: Initializer = initializers.zeros,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
+        carry_init: Initializer = default_carry_init,
+        residual: bool = False,
+    ):
         self._setup(in_features, hidden_features, dtype, param_dtype, carry_init)
         self.activation_fn = activation_fn
         self.residual = bool(residual)
@@ -305,25 +340,40 @@ class LSTMCell(_DenseCell):
     _two_carries = True
     _GATES = ("i", "f", "g", "o")
 
-    def __init__(self, in_features: int, hidden_features: int, *, ctx: Context,
-                 gate_fn: Activation = jax.nn.sigmoid, activation_fn: Activation = jnp.tanh,
-                 kernel_init: Initializer = default_kernel_init,
-                 recurrent_kernel_init: Initializer = default_recurrent_kernel_init,
-                 bias_init: Initializer = initializers.zeros, dtype: tp.Any = None,
-                 param_dtype: tp.Any = jnp.float32, carry_init: Initializer = default_carry_init):
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        ctx: Context,
+        gate_fn: Activation = jax.nn.sigmoid,
+        activation_fn: Activation = jnp.tanh,
+        kernel_init: Initializer = default_kernel_init,
+        recurrent_kernel_init: Initializer = default_recurrent_kernel_init,
+        bias_init: Initializer = initializers.zeros,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
+        carry_init: Initializer = default_carry_init,
+    ):
         self._setup(in_features, hidden_features, dtype, param_dtype, carry_init)
         self.gate_fn = gate_fn
         self.activation_fn = activation_fn
         for gate in self._GATES:  # "if" is a keyword: the sub-layers are set by name
             setattr(self, "i" + gate, self._dense(ctx, inputs=True, use_bias=False, kernel_init=kernel_init))
-            setattr(self, "h" + gate, self._dense(ctx, inputs=False, use_bias=True,
-                                                  kernel_init=recurrent_kernel_init, bias_init=bias_init))
+            setattr(
+                self,
+                "h" + gate,
+                self._dense(
+                    ctx, inputs=False, use_bias=True, kernel_init=recurrent_kernel_init, bias_init=bias_init
+                ),
+            )
 
     def _sub(self, name: str) -> Linear:
         return self.__dict__[name]
 
-    def __call__(self, carry: tuple[jax.Array, jax.Array], inputs: jax.Array
-                 ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+    def __call__(
+        self, carry: tuple[jax.Array, jax.Array], inputs: jax.Array
+    ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
         """One step: ``((new_c, new_h), new_h)``."""
         c, h = carry
         self._check_step(inputs, h, self.in_features)
@@ -364,8 +414,9 @@ class OptimizedLSTMCell(LSTMCell):
         parts = jnp.split(y, np.cumsum([self.hidden_features] * 3), axis=-1)
         return dict(zip(self._GATES, parts))
 
-    def __call__(self, carry: tuple[jax.Array, jax.Array], inputs: jax.Array
-                 ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+    def __call__(
+        self, carry: tuple[jax.Array, jax.Array], inputs: jax.Array
+    ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
         """One step: ``((new_c, new_h), new_h)``."""
         c, h = carry
         self._check_step(inputs, h, self.in_features)
@@ -412,20 +463,41 @@ class GRUCell(_DenseCell):
         ['hn/bias', 'hn/kernel', 'hr/kernel', 'hz/kernel']
     """
 
-    def __init__(self, in_features: int, hidden_features: int, *, ctx: Context,
-                 gate_fn: Activation = jax.nn.sigmoid, activation_fn: Activation = jnp.tanh,
-                 kernel_init: Initializer = default_kernel_init,
-                 recurrent_kernel_init: Initializer = default_recurrent_kernel_init,
-                 bias_init: Initializer = initializers.zeros, dtype: tp.Any = None,
-                 param_dtype: tp.Any = jnp.float32, carry_init: Initializer = default_carry_init):
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        ctx: Context,
+        gate_fn: Activation = jax.nn.sigmoid,
+        activation_fn: Activation = jnp.tanh,
+        kernel_init: Initializer = default_kernel_init,
+        recurrent_kernel_init: Initializer = default_recurrent_kernel_init,
+        bias_init: Initializer = initializers.zeros,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
+        carry_init: Initializer = default_carry_init,
+    ):
         self._setup(in_features, hidden_features, dtype, param_dtype, carry_init)
         self.gate_fn = gate_fn
         self.activation_fn = activation_fn
         for gate in ("r", "z", "n"):
-            setattr(self, "i" + gate, self._dense(ctx, inputs=True, use_bias=True, kernel_init=kernel_init,
-                                                  bias_init=bias_init))
-            setattr(self, "h" + gate, self._dense(ctx, inputs=False, use_bias=gate == "n",
-                                                  kernel_init=recurrent_kernel_init, bias_init=bias_init))
+            setattr(
+                self,
+                "i" + gate,
+                self._dense(ctx, inputs=True, use_bias=True, kernel_init=kernel_init, bias_init=bias_init),
+            )
+            setattr(
+                self,
+                "h" + gate,
+                self._dense(
+                    ctx,
+                    inputs=False,
+                    use_bias=gate == "n",
+                    kernel_init=recurrent_kernel_init,
+                    bias_init=bias_init,
+                ),
+            )
 
     def __call__(self, carry: jax.Array, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
         """One step: ``(new_h, new_h)``."""
@@ -471,25 +543,47 @@ class MGUCell(_DenseCell):
         (2, 4)
     """
 
-    def __init__(self, in_features: int, hidden_features: int, *, ctx: Context,
-                 gate_fn: Activation = jax.nn.sigmoid, activation_fn: Activation = jnp.tanh,
-                 kernel_init: Initializer = default_kernel_init,
-                 recurrent_kernel_init: Initializer = default_recurrent_kernel_init,
-                 forget_bias_init: Initializer = initializers.ones,
-                 activation_bias_init: Initializer = initializers.zeros, dtype: tp.Any = None,
-                 param_dtype: tp.Any = jnp.float32, carry_init: Initializer = default_carry_init,
-                 reset_gate: bool = True):
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        ctx: Context,
+        gate_fn: Activation = jax.nn.sigmoid,
+        activation_fn: Activation = jnp.tanh,
+        kernel_init: Initializer = default_kernel_init,
+        recurrent_kernel_init: Initializer = default_recurrent_kernel_init,
+        forget_bias_init: Initializer = initializers.ones,
+        activation_bias_init: Initializer = initializers.zeros,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
+        carry_init: Initializer = default_carry_init,
+        reset_gate: bool = True,
+    ):
         self._setup(in_features, hidden_features, dtype, param_dtype, carry_init)
         self.gate_fn = gate_fn
         self.activation_fn = activation_fn
         self.reset_gate = bool(reset_gate)
-        setattr(self, "if", self._dense(ctx, inputs=True, use_bias=True, kernel_init=kernel_init,
-                                        bias_init=forget_bias_init))
+        setattr(
+            self,
+            "if",
+            self._dense(ctx, inputs=True, use_bias=True, kernel_init=kernel_init, bias_init=forget_bias_init),
+        )
         self.hf = self._dense(ctx, inputs=False, use_bias=False, kernel_init=recurrent_kernel_init)
-        self.hn = self._dense(ctx, inputs=False, use_bias=self.reset_gate,
-                              kernel_init=recurrent_kernel_init, bias_init=activation_bias_init)
-        setattr(self, "in", self._dense(ctx, inputs=True, use_bias=True, kernel_init=kernel_init,
-                                        bias_init=activation_bias_init))
+        self.hn = self._dense(
+            ctx,
+            inputs=False,
+            use_bias=self.reset_gate,
+            kernel_init=recurrent_kernel_init,
+            bias_init=activation_bias_init,
+        )
+        setattr(
+            self,
+            "in",
+            self._dense(
+                ctx, inputs=True, use_bias=True, kernel_init=kernel_init, bias_init=activation_bias_init
+            ),
+        )
 
     def __call__(self, carry: jax.Array, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
         """One step: ``(new_h, new_h)``."""
@@ -539,17 +633,33 @@ class ConvLSTMCell(RNNCellBase):
         ((2, 5, 5, 4), (2, 5, 5, 4))
     """
 
-    def __init__(self, in_features: int, hidden_features: int, kernel_size: int | tp.Sequence[int], *,
-                 ctx: Context, strides: int | tp.Sequence[int] | None = None,
-                 padding: tp.Any = "SAME", use_bias: bool = True, dtype: tp.Any = None,
-                 param_dtype: tp.Any = jnp.float32, carry_init: Initializer = default_carry_init):
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        kernel_size: int | tp.Sequence[int],
+        *,
+        ctx: Context,
+        strides: int | tp.Sequence[int] | None = None,
+        padding: tp.Any = "SAME",
+        use_bias: bool = True,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
+        carry_init: Initializer = default_carry_init,
+    ):
         self.in_features = _positive(in_features, "in_features", "ConvLSTMCell")
         self.hidden_features = _positive(hidden_features, "hidden_features", "ConvLSTMCell")
         self.dtype = dtypes.as_dtype(dtype)
         self.param_dtype = dtypes.as_dtype(param_dtype, argument="param_dtype")
         self.carry_init = carry_init
-        options = dict(ctx=ctx, strides=strides, padding=padding, use_bias=use_bias, dtype=self.dtype,
-                       param_dtype=self.param_dtype)
+        options = dict(
+            ctx=ctx,
+            strides=strides,
+            padding=padding,
+            use_bias=use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
         self.ih = Conv(self.in_features, 4 * self.hidden_features, kernel_size, **options)
         self.hh = Conv(self.hidden_features, 4 * self.hidden_features, kernel_size, **options)
         self.kernel_size = self.ih.kernel_size
@@ -568,8 +678,9 @@ class ConvLSTMCell(RNNCellBase):
             )
         return 2, input_shape[:-1] + (self.hidden_features,)
 
-    def __call__(self, carry: tuple[jax.Array, jax.Array], inputs: jax.Array
-                 ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+    def __call__(
+        self, carry: tuple[jax.Array, jax.Array], inputs: jax.Array
+    ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
         """One step: ``((new_c, new_h), new_h)``."""
         c, h = carry
         self._check_step(inputs, h, self.in_features)

@@ -22,8 +22,9 @@ from nnx_bridge.nn.recurrent import RNNCellBase
 Carry = tp.Any
 
 
-def flip_sequences(inputs: jax.Array, seq_lengths: jax.Array | None, num_batch_dims: int,
-                   time_major: bool) -> jax.Array:
+def flip_sequences(
+    inputs: jax.Array, seq_lengths: jax.Array | None, num_batch_dims: int, time_major: bool
+) -> jax.Array:
     """Reverses each sequence along time, keeping padding (past ``seq_lengths``) at the end.
 
     Without ``seq_lengths`` the whole time axis is reversed.
@@ -103,8 +104,16 @@ class RNN(Module):
         ['cell/hf/bias', 'cell/hf/kernel']
     """
 
-    def __init__(self, cell: RNNCellBase, *, time_major: bool = False, return_carry: bool = False,
-                 reverse: bool = False, keep_order: bool = False, unroll: int = 1):
+    def __init__(
+        self,
+        cell: RNNCellBase,
+        *,
+        time_major: bool = False,
+        return_carry: bool = False,
+        reverse: bool = False,
+        keep_order: bool = False,
+        unroll: int = 1,
+    ):
         if not isinstance(cell, Module) or not callable(getattr(cell, "initialize_carry", None)):
             raise TypeError(
                 f"RNN: cell must be a recurrent cell Module with initialize_carry and "
@@ -120,10 +129,18 @@ class RNN(Module):
         self.keep_order = bool(keep_order)
         self.unroll = unroll
 
-    def __call__(self, inputs: jax.Array, *, initial_carry: Carry | None = None,
-                 init_key: jax.Array | None = None, seq_lengths: jax.Array | None = None,
-                 return_carry: bool | None = None, time_major: bool | None = None,
-                 reverse: bool | None = None, keep_order: bool | None = None) -> tp.Any:
+    def __call__(
+        self,
+        inputs: jax.Array,
+        *,
+        initial_carry: Carry | None = None,
+        init_key: jax.Array | None = None,
+        seq_lengths: jax.Array | None = None,
+        return_carry: bool | None = None,
+        time_major: bool | None = None,
+        reverse: bool | None = None,
+        keep_order: bool | None = None,
+    ) -> tp.Any:
         """Scans the cell over time: ``outputs``, or ``(carry, outputs)`` with ``return_carry``."""
         return_carry = self.return_carry if return_carry is None else return_carry
         time_major = self.time_major if time_major is None else time_major
@@ -139,7 +156,7 @@ class RNN(Module):
                 f"{jnp.shape(inputs)}."
             )
         time_axis = 0 if time_major else ndim - (feature_axes + 1)
-        batch_dims = inputs.shape[1:ndim - feature_axes] if time_major else inputs.shape[:time_axis]
+        batch_dims = inputs.shape[1 : ndim - feature_axes] if time_major else inputs.shape[:time_axis]
         if seq_lengths is not None and jnp.shape(seq_lengths) != tuple(batch_dims):
             raise ValueError(
                 f"RNN: seq_lengths must have the batch shape {tuple(batch_dims)} (one length per "
@@ -150,7 +167,7 @@ class RNN(Module):
             inputs = flip_sequences(inputs, seq_lengths, len(batch_dims), time_major)
         if initial_carry is None:
             key = jax.random.key(0) if init_key is None else init_key
-            step_shape = inputs.shape[:time_axis] + inputs.shape[time_axis + 1:]
+            step_shape = inputs.shape[:time_axis] + inputs.shape[time_axis + 1 :]
             carry = self.cell.initialize_carry(key, step_shape)
         else:
             carry = initial_carry
@@ -173,7 +190,8 @@ class RNN(Module):
         outputs = jax.tree.map(lambda y: jnp.moveaxis(y, 0, time_axis), ys)
         if reverse and keep_order:
             outputs = jax.tree.map(
-                lambda y: flip_sequences(y, seq_lengths, len(batch_dims), time_major), outputs)
+                lambda y: flip_sequences(y, seq_lengths, len(batch_dims), time_major), outputs
+            )
         return (carry, outputs) if return_carry else outputs
 
 
@@ -223,9 +241,15 @@ class Bidirectional(Module):
         (2, 6, 8)
     """
 
-    def __init__(self, forward_rnn: RNN, backward_rnn: RNN, *,
-                 merge_fn: tp.Callable[[jax.Array, jax.Array], jax.Array] = _concatenate,
-                 time_major: bool = False, return_carry: bool = False):
+    def __init__(
+        self,
+        forward_rnn: RNN,
+        backward_rnn: RNN,
+        *,
+        merge_fn: tp.Callable[[jax.Array, jax.Array], jax.Array] = _concatenate,
+        time_major: bool = False,
+        return_carry: bool = False,
+    ):
         for name, rnn in (("forward_rnn", forward_rnn), ("backward_rnn", backward_rnn)):
             if not isinstance(rnn, Module):
                 raise TypeError(
@@ -238,10 +262,18 @@ class Bidirectional(Module):
         self.time_major = bool(time_major)
         self.return_carry = bool(return_carry)
 
-    def __call__(self, inputs: jax.Array, *, initial_carry: tuple[Carry, Carry] | None = None,
-                 init_key: jax.Array | None = None, seq_lengths: jax.Array | None = None,
-                 return_carry: bool | None = None, time_major: bool | None = None,
-                 reverse: bool | None = None, keep_order: bool | None = None) -> tp.Any:
+    def __call__(
+        self,
+        inputs: jax.Array,
+        *,
+        initial_carry: tuple[Carry, Carry] | None = None,
+        init_key: jax.Array | None = None,
+        seq_lengths: jax.Array | None = None,
+        return_carry: bool | None = None,
+        time_major: bool | None = None,
+        reverse: bool | None = None,
+        keep_order: bool | None = None,
+    ) -> tp.Any:
         """Both directions merged: ``outputs``, or ``((fwd, bwd), outputs)`` with ``return_carry``.
 
         ``reverse`` and ``keep_order`` are accepted for Linen's RNN call
@@ -257,11 +289,24 @@ class Bidirectional(Module):
         if initial_carry is not None:
             carry_forward, carry_backward = initial_carry
         carry_forward, outputs_forward = self.forward_rnn(
-            inputs, initial_carry=carry_forward, init_key=key_forward, seq_lengths=seq_lengths,
-            return_carry=True, time_major=time_major, reverse=False)
+            inputs,
+            initial_carry=carry_forward,
+            init_key=key_forward,
+            seq_lengths=seq_lengths,
+            return_carry=True,
+            time_major=time_major,
+            reverse=False,
+        )
         carry_backward, outputs_backward = self.backward_rnn(
-            inputs, initial_carry=carry_backward, init_key=key_backward, seq_lengths=seq_lengths,
-            return_carry=True, time_major=time_major, reverse=True, keep_order=True)
+            inputs,
+            initial_carry=carry_backward,
+            init_key=key_backward,
+            seq_lengths=seq_lengths,
+            return_carry=True,
+            time_major=time_major,
+            reverse=True,
+            keep_order=True,
+        )
         outputs = jax.tree.map(self.merge_fn, outputs_forward, outputs_backward)
         carry = (carry_forward, carry_backward)
         return (carry, outputs) if return_carry else outputs

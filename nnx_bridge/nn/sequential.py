@@ -19,7 +19,7 @@ def _keywords_of(layer: tp.Callable[..., tp.Any]) -> frozenset[str] | None:
         return _keywords_of_function.__wrapped__(layer, 1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _keywords_of_function(function: tp.Callable[..., tp.Any], skip: int) -> frozenset[str] | None:
     try:
         parameters = list(inspect.signature(function).parameters.values())
@@ -60,7 +60,9 @@ class Sequential(Module):
 
     def __init__(self, *layers: tp.Callable[..., tp.Any]):
         if not layers:
-            raise ValueError("Sequential needs at least one layer, e.g. Sequential(Linear(...), jax.nn.relu).")
+            raise ValueError(
+                "Sequential needs at least one layer, e.g. Sequential(Linear(...), jax.nn.relu)."
+            )
         for i, layer in enumerate(layers):
             if not callable(layer):
                 raise TypeError(

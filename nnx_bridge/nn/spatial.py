@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-Padding = tp.Union[str, int, tp.Sequence[tp.Union[int, tp.Tuple[int, int]]]]
+Padding = tp.Union[str, int, tp.Sequence[int | tuple[int, int]]]
 #: Padding strings that `jax.lax` understands itself (case-insensitive, as lax).
 LAX_PADDINGS = ("SAME", "VALID", "SAME_LOWER")
 #: Padding strings the layers apply by hand (case-sensitive, as Linen), then convolve 'VALID'.
@@ -28,8 +28,9 @@ def _is_int(value: tp.Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def kernel_size_tuple(kernel_size: int | tp.Sequence[int], *, layer: str,
-                      argument: str = "kernel_size") -> tuple[int, ...]:
+def kernel_size_tuple(
+    kernel_size: int | tp.Sequence[int], *, layer: str, argument: str = "kernel_size"
+) -> tuple[int, ...]:
     """``kernel_size`` as a non-empty tuple of positive ints (an int means 1-D).
 
     Example:
@@ -46,8 +47,7 @@ def kernel_size_tuple(kernel_size: int | tp.Sequence[int], *, layer: str,
     return tuple(int(k) for k in values)
 
 
-def per_dim(value: int | tp.Sequence[int] | None, rank: int, argument: str, *,
-            layer: str) -> tuple[int, ...]:
+def per_dim(value: int | tp.Sequence[int] | None, rank: int, argument: str, *, layer: str) -> tuple[int, ...]:
     """One positive int per spatial dimension; an int (or None, meaning 1) is broadcast.
 
     Example:
@@ -66,9 +66,13 @@ def per_dim(value: int | tp.Sequence[int] | None, rank: int, argument: str, *,
     return tuple(int(v) for v in values)
 
 
-def canonical_padding(padding: Padding, rank: int, *, layer: str,
-                      strings: tp.Sequence[str] = LAX_PADDINGS + HAND_PADDINGS,
-                      ) -> str | tuple[tuple[int, int], ...]:
+def canonical_padding(
+    padding: Padding,
+    rank: int,
+    *,
+    layer: str,
+    strings: tp.Sequence[str] = LAX_PADDINGS + HAND_PADDINGS,
+) -> str | tuple[tuple[int, int], ...]:
     """Padding as a known string or one ``(low, high)`` pair per spatial dimension.
 
     Args:
@@ -119,8 +123,12 @@ def canonical_padding(padding: Padding, rank: int, *, layer: str,
     )
 
 
-def pad_by_hand(x: jax.Array, padding: str | tuple[tuple[int, int], ...], kernel_size: tuple[int, ...],
-                kernel_dilation: tuple[int, ...]) -> tuple[jax.Array, str | tuple[tuple[int, int], ...]]:
+def pad_by_hand(
+    x: jax.Array,
+    padding: str | tuple[tuple[int, int], ...],
+    kernel_size: tuple[int, ...],
+    kernel_dilation: tuple[int, ...],
+) -> tuple[jax.Array, str | tuple[tuple[int, int], ...]]:
     """Applies 'CIRCULAR', 'REFLECT' or 'CAUSAL' padding to ``x`` (one batch dimension), as Linen.
 
     Returns the padded ``x`` and the padding left for `jax.lax` ('VALID' after
@@ -142,8 +150,12 @@ def pad_by_hand(x: jax.Array, padding: str | tuple[tuple[int, int], ...], kernel
     return jnp.pad(x, pads, mode="wrap" if padding == "CIRCULAR" else "reflect"), "VALID"
 
 
-def padded_spatial_shape(spatial: tuple[int, ...], padding: str | tuple[tuple[int, int], ...],
-                         kernel_size: tuple[int, ...], kernel_dilation: tuple[int, ...]) -> tuple[int, ...]:
+def padded_spatial_shape(
+    spatial: tuple[int, ...],
+    padding: str | tuple[tuple[int, int], ...],
+    kernel_size: tuple[int, ...],
+    kernel_dilation: tuple[int, ...],
+) -> tuple[int, ...]:
     """The spatial shape `pad_by_hand` gives an input of spatial shape ``spatial``.
 
     Example:
@@ -203,7 +215,7 @@ def fold_batch(x: jax.Array, batch_shape: tuple[int, ...]) -> jax.Array:
     """
     if len(batch_shape) == 1:
         return x
-    return jnp.reshape(x, (-1,) + jnp.shape(x)[len(batch_shape):])
+    return jnp.reshape(x, (-1,) + jnp.shape(x)[len(batch_shape) :])
 
 
 def unfold_batch(y: jax.Array, batch_shape: tuple[int, ...]) -> jax.Array:
@@ -234,7 +246,7 @@ class KernelMask:
         (True, (2,))
     """
 
-    __slots__ = ("array", "_hash")
+    __slots__ = ("_hash", "array")
 
     def __init__(self, mask: tp.Any):
         self.array = np.array(mask)  # a private, read-only copy
@@ -249,9 +261,13 @@ class KernelMask:
         return self._hash
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, KernelMask) and self._hash == other._hash
-                and self.array.dtype == other.array.dtype and self.array.shape == other.array.shape
-                and bool(np.array_equal(self.array, other.array)))
+        return (
+            isinstance(other, KernelMask)
+            and self._hash == other._hash
+            and self.array.dtype == other.array.dtype
+            and self.array.shape == other.array.shape
+            and bool(np.array_equal(self.array, other.array))
+        )
 
     def __repr__(self) -> str:
         return f"KernelMask(shape={self.shape}, dtype={self.array.dtype})"

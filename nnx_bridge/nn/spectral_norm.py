@@ -56,10 +56,19 @@ class SpectralNorm(Module):
         (4, 2)
     """
 
-    def __init__(self, layer_instance: Module, *, ctx: Context, n_steps: int = 1,
-                 epsilon: float = 1e-12, dtype: tp.Any = None, param_dtype: tp.Any = jnp.float32,
-                 error_on_non_matrix: bool = False, update_stats: bool = True,
-                 collection_name: str = "batch_stats"):
+    def __init__(
+        self,
+        layer_instance: Module,
+        *,
+        ctx: Context,
+        n_steps: int = 1,
+        epsilon: float = 1e-12,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
+        error_on_non_matrix: bool = False,
+        update_stats: bool = True,
+        collection_name: str = "batch_stats",
+    ):
         if not isinstance(layer_instance, Module):
             raise TypeError(
                 f"SpectralNorm wraps a layer instance (an nnx_bridge Module); found "
@@ -87,15 +96,18 @@ class SpectralNorm(Module):
             targets.append(path)
             u = jax.random.normal(ctx.make_rng("params"), (1, shape[-1]), param_dtype)
             setattr(self, state_name(path, "u"), make_variable(collection_name, u))
-            setattr(self, state_name(path, "sigma"),
-                    make_variable(collection_name, jnp.ones((), param_dtype)))
+            setattr(
+                self, state_name(path, "sigma"), make_variable(collection_name, jnp.ones((), param_dtype))
+            )
         self.targets = tuple(targets)  # the layer's State paths that are normalised
         # As Linen's init: the wrapped layer keeps its variables normalised.
         assign(layer_instance, self._normalized(state, update_stats=False))
 
     def _normalized(self, state: State, *, update_stats: bool) -> dict[str, Variable[tp.Any]]:
-        return {path: state[path].replace(self._normalize(path, state[path].value, update_stats))
-                for path in self.targets}
+        return {
+            path: state[path].replace(self._normalize(path, state[path].value, update_stats))
+            for path in self.targets
+        }
 
     def _normalize(self, path: str, weight: tp.Any, update_stats: bool) -> jax.Array:
         value = jnp.asarray(weight)

@@ -133,10 +133,19 @@ class WeightNorm(Module):
         (4, 2)
     """
 
-    def __init__(self, layer_instance: Module, *, ctx: Context, feature_axes: Axes | None = -1,
-                 use_scale: bool = True, scale_init: Initializer = default_scale_init,
-                 epsilon: float = 1e-12, dtype: tp.Any = None, param_dtype: tp.Any = jnp.float32,
-                 variable_filter: tp.Any = frozenset({"kernel"})):
+    def __init__(
+        self,
+        layer_instance: Module,
+        *,
+        ctx: Context,
+        feature_axes: Axes | None = -1,
+        use_scale: bool = True,
+        scale_init: Initializer = default_scale_init,
+        epsilon: float = 1e-12,
+        dtype: tp.Any = None,
+        param_dtype: tp.Any = jnp.float32,
+        variable_filter: tp.Any = frozenset({"kernel"}),
+    ):
         if not isinstance(layer_instance, Module):
             raise TypeError(
                 f"WeightNorm wraps a layer instance (an nnx_bridge Module); found "
@@ -144,8 +153,9 @@ class WeightNorm(Module):
                 f"WeightNorm(nnx.nn.Linear(3, 4, ctx=ctx), ctx=ctx)."
             )
         self.layer_instance = layer_instance
-        self.feature_axes = feature_axes if feature_axes is None or isinstance(feature_axes, int) \
-            else tuple(feature_axes)
+        self.feature_axes = (
+            feature_axes if feature_axes is None or isinstance(feature_axes, int) else tuple(feature_axes)
+        )
         self.epsilon = float(epsilon)
         self.dtype = dtypes.as_dtype(dtype)
         self.use_scale = bool(use_scale)
@@ -166,14 +176,14 @@ class WeightNorm(Module):
         assign(layer_instance, self._normalized(state))
 
     def _normalized(self, state: State) -> dict[str, Variable[tp.Any]]:
-        return {path: state[path].replace(self._normalize(path, state[path].value))
-                for path in self.targets}
+        return {path: state[path].replace(self._normalize(path, state[path].value)) for path in self.targets}
 
     def _normalize(self, path: str, weight: tp.Any) -> jax.Array:
         value = jnp.asarray(weight)
         axes = _feature_axes(self.feature_axes, value.ndim, repr(f"{LAYER}/{path}"))
-        value_bar = l2_normalize(value, tuple(i for i in range(value.ndim) if i not in axes),
-                                 eps=self.epsilon)
+        value_bar = l2_normalize(
+            value, tuple(i for i in range(value.ndim) if i not in axes), eps=self.epsilon
+        )
         operands = [value]
         if self.use_scale:
             feature_shape = [1] * value.ndim
