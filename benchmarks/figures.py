@@ -257,10 +257,12 @@ def ratio_cell(d: dict[str, float], digits: int = 3) -> str:
 
     >>> ratio_cell({"median": 1.0024, "q1": 0.991, "q3": 1.0199})
     '1.002x [0.99-1.02]'
-    >>> ratio_cell({"median": 185.94, "q1": 178.76, "q3": 191.29}, 1)
+    >>> ratio_cell({"median": 16.18, "q1": 14.98, "q3": 18.03}, 1)
+    '16.2x [15.0-18.0]'
+    >>> ratio_cell({"median": 185.9, "q1": 178.8, "q3": 191.3}, 1)
     '185.9x [179-191]'
     """
-    spread = 2 if d["median"] < 10 else 0
+    spread = 2 if d["median"] < 10 else 1 if d["median"] < 100 else 0
     return f"{d['median']:.{digits}f}x [{d['q1']:.{spread}f}-{d['q3']:.{spread}f}]"
 
 
