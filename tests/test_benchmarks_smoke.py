@@ -18,8 +18,12 @@ from benchmarks import figures, models, suite, timing
 TINY = suite.Settings(
     name="smoke",
     models=(("tiny_mlp", suite.ModelSpec(models.tiny_mlp, 4, "tiny MLP, batch 4")),),
-    step_rounds=2, step_min_batch_s=0.0, compile_rounds=1,
-    depths=(1, 10), overhead_rounds=2, overhead_min_batch_s=0.0,
+    step_rounds=2,
+    step_min_batch_s=0.0,
+    compile_rounds=1,
+    depths=(1, 10),
+    overhead_rounds=2,
+    overhead_min_batch_s=0.0,
 )
 
 
@@ -76,8 +80,9 @@ def test_memory_of_identical_programs_is_identical(results: tuple[dict, pathlib.
     assert peak[suite.BRIDGE] == peak[suite.LINEN]
 
 
-def test_published_figures_print_the_readme_table(results: tuple[dict, pathlib.Path],
-                                                   tmp_path: pathlib.Path) -> None:
+def test_published_figures_print_the_readme_table(
+    results: tuple[dict, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
     res, _ = results
     path = figures.publish("suite", res, wall_s=90.0, out=tmp_path)
     doc = json.loads(path.read_text())
