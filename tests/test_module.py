@@ -266,7 +266,7 @@ def test_apply_a_method_by_name():
 def test_apply_unknown_method():
     state, moduledef = Counter().partition()
     with pytest.raises(AttributeError, match=r"Counter has no method 'fly' to apply\."):
-        moduledef.apply(state).fly
+        _ = moduledef.apply(state).fly
 
 
 def test_apply_with_several_states():
@@ -302,7 +302,7 @@ def test_update_state_sets_values_in_place():
 
 def test_update_state_round_trips_partition():
     model = Bag(c=Counter(), lin=Linear(2, 2, ctx=nnx.Context(0)))
-    state, moduledef = model.partition()
+    state, _ = model.partition()
     model.c()
     model.lin.w.value = model.lin.w.value + 1
     model.update_state(state)

@@ -62,7 +62,7 @@ def test_jit_over_apply_matches_eager(linear):
     np.testing.assert_allclose(y, x @ linear.w.value + linear.b.value, rtol=1e-6)
     assert int(new_counts["count"].value) == 1 == int(state_eager["count"].value)
     assert int(counts["count"].value) == 0
-    y2, newer = step(params, new_counts, x)
+    _, newer = step(params, new_counts, x)
     assert int(newer["count"].value) == 2
 
 
@@ -128,7 +128,7 @@ def test_vmap_over_stacked_states():
 
 
 def test_vmap_with_a_state_prefix_for_in_axes(linear):
-    params, counts, moduledef = linear.partition("params", "counts")
+    params, _, moduledef = linear.partition("params", "counts")
     batched_counts = nnx.State({"count": nnx.Variable("counts", jnp.arange(3))})
     out = jax.vmap(
         lambda p, c: moduledef.apply(p, c)(jnp.ones((1, 3)))[1][0].filter("counts"), in_axes=(None, 0)
