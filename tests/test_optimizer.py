@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -65,9 +66,8 @@ def test_grads_are_a_state_at_the_param_paths_and_batch_stats_reach_the_caller()
     expected = linen_layout_grads(model)
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     assert type(grads) is nnx.State and list(grads) == list(expected)
-    for path in grads:
-        assert type(grads[path]) is nnx.Param
-        np.testing.assert_allclose(grads[path].value, expected[path].value, rtol=1e-6)
+    assert all(type(grad) is nnx.Param for grad in grads.values())
+    chex.assert_trees_all_close(grads, expected, rtol=1e-6)
     assert float(loss) == pytest.approx(float(loss_fn(Net(ctx=nnx.Context(0)))), rel=1e-6)
     assert not np.array_equal(model.encoder.bn.mean.value, np.zeros(4))  # statistics updated once
     assert all(isinstance(v.value, jax.Array) for v in model.partition()[0].values())  # no tracers left
@@ -374,7 +374,7 @@ def test_scan_model_trains_under_jit():
     @nnx.jit
     def step(model, optimizer):
         value, grads = nnx.value_and_grad(loss_fn)(model)
-        assert grads["blocks/block/lin/kernel"].value.shape == (4, 3, 3)
+        chex.assert_shape(grads["blocks/block/lin/kernel"].value, (4, 3, 3))
         optimizer.update(model, grads)
         return value
 
