@@ -114,8 +114,8 @@ if _tp.TYPE_CHECKING:
     from nnx_bridge import training as training
     from nnx_bridge.linen import FromLinen as FromLinen
     from nnx_bridge.linen import ToLinen as ToLinen
-    from nnx_bridge.linen import from_linen as from_linen
-    from nnx_bridge.linen import to_linen as to_linen
+    from nnx_bridge.linen.from_linen import from_linen as from_linen
+    from nnx_bridge.linen.to_linen import to_linen as to_linen
     from nnx_bridge.sharding import get_named_sharding as get_named_sharding
     from nnx_bridge.sharding import get_partition_spec as get_partition_spec
     from nnx_bridge.sharding import sharded_init as sharded_init

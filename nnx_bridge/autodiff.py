@@ -91,9 +91,9 @@ def value_and_grad(
             version = structure_version()
             call_args = list(args)
             given: dict[int, tp.Any] = {}
-            for n, p in zip(nums, primals):
+            for n, p in zip(nums, primals, strict=True):
                 if n in selected:
-                    for v, x in zip(selected[n].values(), p):
+                    for v, x in zip(selected[n].values(), p, strict=True):
                         v.value = x
                         given[id(v)] = x
                 else:
@@ -119,13 +119,13 @@ def value_and_grad(
             return value, (aux, new_values)
 
         (value, (aux, new_values)), grads = jax.value_and_grad(inner, has_aux=True)(primals)
-        for v, x in zip(changed, new_values):
+        for v, x in zip(changed, new_values, strict=True):
             v.value = x
         out_grads = tuple(
-            State({p: v.replace(g) for (p, v), g in zip(selected[n].items(), grad)})
+            State({p: v.replace(g) for (p, v), g in zip(selected[n].items(), grad, strict=True)})
             if n in selected
             else grad
-            for n, grad in zip(nums, grads)
+            for n, grad in zip(nums, grads, strict=True)
         )
         result = out_grads if many else out_grads[0]
         return ((value, aux), result) if has_aux else (value, result)

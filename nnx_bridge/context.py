@@ -38,9 +38,9 @@ def _as_key(key: tp.Any, what: str) -> jax.Array:
     if dtype is not None and shape is not None:
         # A batch of keys is accepted too (a Context given to jax.vmap holds one per example).
         if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-            return key  # type: ignore[no-any-return]
+            return key
         if dtype == jnp.uint32 and len(shape) >= 1 and shape[-1] in (2, 4):
-            return key  # type: ignore[no-any-return]
+            return key
         found = f"an array of dtype {dtype} and shape {tuple(shape)}"
         hint = (
             " For an int seed, pass int(x)."

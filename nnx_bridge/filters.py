@@ -135,7 +135,7 @@ class _Combinator:
         return type(self)._reduce(p(path, variable) for p in self._predicates)
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self.filters == other.filters  # type: ignore[attr-defined]
+        return isinstance(other, _Combinator) and type(other) is type(self) and self.filters == other.filters
 
     def __hash__(self) -> int:
         return hash((type(self), self.filters))
@@ -153,7 +153,7 @@ class All(_Combinator):
         True
     """
 
-    _reduce = all
+    _reduce = staticmethod(all)
 
 
 class Any(_Combinator):
@@ -165,7 +165,7 @@ class Any(_Combinator):
         True
     """
 
-    _reduce = any
+    _reduce = staticmethod(any)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,6 +51,15 @@ class ModuleDef(tp.Generic[M]):
     """
 
     __slots__ = ("_firsts", "_hash", "_key", "_meta", "_nodes", "_root", "_slotted", "_vars")
+    # Slot types, for type checkers (set once by `_make_moduledef` and the cached `_set_*`).
+    _nodes: tuple[tp.Any, ...]
+    _vars: tuple[tuple[tp.Any, ...], ...]
+    _root: int
+    _firsts: tuple[tuple[int, tp.Any], ...]
+    _slotted: tuple[int, ...]
+    _hash: int | None
+    _key: tuple[tp.Any, ...] | None
+    _meta: dict[str, tuple[int, builtins.type[Variable[tp.Any]], str]] | None
 
     def __setattr__(self, name: str, value: tp.Any) -> None:
         raise AttributeError(f"ModuleDef is immutable; cannot set {name!r}.")
@@ -94,16 +103,16 @@ class ModuleDef(tp.Generic[M]):
                 tuple(_record_key(nodes[i]) for i in order),
                 self._vars
                 if self._root == 0
-                else tuple(v for n, v in enumerate(zip(*self._vars)) if n in numbers),
+                else tuple(v for n, v in enumerate(zip(*self._vars, strict=True)) if n in numbers),
             )
             _set_key(self, key)
         return key
 
-    def _meta_map(self) -> dict[str, tuple[int, type, str]]:
+    def _meta_map(self) -> dict[str, tuple[int, builtins.type[Variable[tp.Any]], str]]:
         """``path -> (number, Variable type, collection)`` of every Variable this ModuleDef places."""
         meta = self._meta
         if meta is None:
-            variables = list(zip(*self._vars))
+            variables = list(zip(*self._vars, strict=True))
             if self._root == 0:
                 meta = {path: (n, t, c) for n, (path, t, c) in enumerate(variables)}
             else:
@@ -180,7 +189,7 @@ class ModuleDef(tp.Generic[M]):
             >>> moduledef.merge(state).b.value.shape
             (2,)
         """
-        return _without_gc(self._merge, states)  # type: ignore[no-any-return]
+        return _without_gc(self._merge, states)
 
     def _merge(self, states: tuple[State, ...]) -> M:
         if not states:
@@ -204,7 +213,7 @@ class ModuleDef(tp.Generic[M]):
             copy = new(type(variable))
             copy.__dict__ = variable.__dict__.copy()
             variables[number] = copy
-        return _build(self._nodes, self._root, self._slotted, variables)  # type: ignore[no-any-return]
+        return _build(self._nodes, self._root, self._slotted, variables)
 
     def apply(self, *states: State) -> "Apply[M]":
         """A function running the merged module: ``(out, (state, moduledef))``.
@@ -348,7 +357,34 @@ class Module:
         _STRUCTURE_VERSION[0] += 1
         object.__delattr__(self, name)
 
-    def partition(self: M, *filters: filterlib.Filter) -> tp.Any:
+    @tp.overload
+    def partition(self: M) -> tuple[State, ModuleDef[M]]: ...
+
+    @tp.overload
+    def partition(self: M, filter: filterlib.Filter, /) -> tuple[State, ModuleDef[M]]: ...
+
+    @tp.overload
+    def partition(
+        self: M, first: filterlib.Filter, second: filterlib.Filter, /
+    ) -> tuple[State, State, ModuleDef[M]]: ...
+
+    @tp.overload
+    def partition(
+        self: M, first: filterlib.Filter, second: filterlib.Filter, third: filterlib.Filter, /
+    ) -> tuple[State, State, State, ModuleDef[M]]: ...
+
+    @tp.overload
+    def partition(
+        self: M,
+        first: filterlib.Filter,
+        second: filterlib.Filter,
+        third: filterlib.Filter,
+        fourth: filterlib.Filter,
+        /,
+        *filters: filterlib.Filter,
+    ) -> tuple[State | ModuleDef[M], ...]: ...
+
+    def partition(self: M, *filters: filterlib.Filter) -> tuple[State | ModuleDef[M], ...]:
         """Splits into ``(state, moduledef)``, or ``(state_1, ..., state_n, moduledef)``.
 
         With filters, each Variable goes to the State of the first filter that
@@ -364,6 +400,8 @@ class Module:
             >>> list(params), list(counts)
             (['w'], ['n'])
         """
+        state: State
+        moduledef: ModuleDef[M]
         state, moduledef = _without_gc(_partition, self)
         if not filters:
             return state, moduledef
@@ -395,7 +433,7 @@ class Module:
     def _update_state(self, state: State) -> None:
         walk = _Walk(copy=False)
         walk.run(self)
-        targets = dict(zip(walk.var_paths, walk.var_values))
+        targets = dict(zip(walk.var_paths, walk.var_values, strict=True))
         updates = []
         for path, new in state.items():
             if not isinstance(new, Variable):
@@ -616,7 +654,7 @@ class _Walk:
         self.paths: list[str] = []  # the path each module was found at, plus "/" ("" for the root)
         self.slotted: list[int] = []
         # Each Variable found, by number: its path, and the Variable (or its copy).
-        self.var_paths: tp.Sequence[str] = []
+        self.var_paths: list[str] = []
         self.var_values: list[Variable[tp.Any]] = []
         self.var_number: dict[int, int] = {}
         self.module_index: dict[int, int] = {}
@@ -736,7 +774,7 @@ class _Walk:
                 children.clear()
         self.last, self.unsorted = last, unsorted
         if not _NOT_MODULE.issuperset(map(type, map(_value, self.var_values))):
-            for path, variable in zip(self.var_paths, self.var_values):  # a value of a new type
+            for path, variable in zip(self.var_paths, self.var_values, strict=True):  # a value of a new type
                 _check_variable_value(variable, path)
         if self.reorder:
             self.exact_paths()
@@ -822,12 +860,20 @@ class _Walk:
             for k in keys:
                 _check_dict_key(k, path, self.owner)
             items = tuple(
-                [self.item(value[k], f"{path}/{segment(n)}", parent, active) for k, n in zip(keys, names)]
+                [
+                    self.item(value[k], f"{path}/{segment(n)}", parent, active)
+                    for k, n in zip(keys, names, strict=True)
+                ]
             )
             spec: tuple[tp.Any, ...] = (_DICT, tuple(keys), items)
         elif kind == statics.NAMEDTUPLE:
             self.shuffled = True
-            items = tuple([self.item(v, f"{path}/{f}", parent, active) for f, v in zip(value._fields, value)])
+            items = tuple(
+                [
+                    self.item(v, f"{path}/{f}", parent, active)
+                    for f, v in zip(value._fields, value, strict=True)
+                ]
+            )
             spec = (_NAMEDTUPLE, type(value), items)
         else:
             path += "/"
@@ -836,7 +882,7 @@ class _Walk:
             if len(value) > 10:
                 self.shuffled = True
             mod, first = _MOD, (parent, None)
-            for i, v in zip(_index_names(len(value)), value):
+            for i, v in zip(_index_names(len(value)), value, strict=True):
                 if type(v) in module_types and (vid := id(v)) not in module_index:  # a new Module, inline
                     index = module_index[vid] = len(nodes)
                     nodes.append(None)
@@ -871,7 +917,7 @@ class _Walk:
     def state(self) -> State:
         paths, values = self.var_paths, self.var_values
         if not self.unsorted:
-            return State._from_sorted(zip(paths, values))
+            return State._from_sorted(zip(paths, values, strict=True))
         order = sorted(range(len(paths)), key=lambda i: _sort_key(paths[i]))
         return State._from_sorted([(paths[i], values[i]) for i in order])
 
@@ -924,7 +970,7 @@ def _odd(names: tp.Iterable[str]) -> bool:
 
 def _entries(record: tuple[tp.Any, ...], prefix: str, index: int) -> tp.Iterator[tuple[tp.Any, ...]]:
     """A record's Variables and modules as ``(kind, ref, path, index, field)``, in State order."""
-    fields = [(name, _VAR, number) for name, number in record[2]]
+    fields: list[tuple[str, int | None, tp.Any]] = [(name, _VAR, number) for name, number in record[2]]
     fields += [(name, _MOD, ref) for name, ref in record[3]]
     fields += [(name, None, spec) for name, spec in record[4]]
     for name, kind, ref in sorted(fields, key=_first):
@@ -943,7 +989,7 @@ def _entries(record: tuple[tp.Any, ...], prefix: str, index: int) -> tp.Iterator
                     names = list(spec[1]._fields)
                 else:
                     names = [str(i) for i in range(len(spec[1]))]
-                children = sorted(zip(names, _spec_children(spec)), key=_first, reverse=True)
+                children = sorted(zip(names, _spec_children(spec), strict=True), key=_first, reverse=True)
                 stack.extend((f"{path}/{segment(n)}", child) for n, child in children)
 
 
@@ -1093,15 +1139,15 @@ def _build_spec(spec: tuple[tp.Any, ...], modules: tp.Any, variables: tp.Any) ->
         return tuple(_build_spec(s, modules, variables) for s in spec[1])
     if kind == _NAMEDTUPLE:
         return spec[1](*(_build_spec(s, modules, variables) for s in spec[2]))
-    return {k: _build_spec(s, modules, variables) for k, s in zip(spec[1], spec[2])}
+    return {k: _build_spec(s, modules, variables) for k, s in zip(spec[1], spec[2], strict=True)}
 
 
 def _spec_children(spec: tuple[tp.Any, ...]) -> tuple[tp.Any, ...]:
     kind = spec[0]
     if kind in (_LIST, _TUPLE):
-        return spec[1]  # type: ignore[no-any-return]
+        return spec[1]
     if kind in (_NAMEDTUPLE, _DICT):
-        return spec[2]  # type: ignore[no-any-return]
+        return spec[2]
     return ()
 
 
@@ -1183,7 +1229,7 @@ def _variable_at(module: Module, path: str) -> Variable[tp.Any]:
                 raise _unknown_path(path, f"{type(node).__name__} at {here} has no attribute {part!r}")
             node = vars(node)[part]
         elif isinstance(node, tuple) and hasattr(type(node), "_fields"):
-            if part not in node._fields:
+            if part not in getattr(node, "_fields"):  # noqa: B009 (a namedtuple, unknown to the checker)
                 raise _unknown_path(path, f"the {type(node).__name__} at {here} has no field {part!r}")
             node = getattr(node, part)
         elif isinstance(node, (list, tuple)):

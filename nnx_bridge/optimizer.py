@@ -63,7 +63,7 @@ class Optimizer(Module):
                 f"update), e.g. optax.adam(1e-3); found {type(tx).__name__}."
             )
         params = _selected(model, wrt, "Optimizer")
-        self.step = OptState(jnp.array(0, dtype=jnp.uint32))  # type: ignore[call-arg, arg-type]
+        self.step = OptState(jnp.array(0, dtype=jnp.uint32))
         self.tx = tx
         self.wrt = wrt
         self.opt_state = _wrap(tx.init(_nested({p: v.value for p, v in params.items()})), params)
@@ -116,7 +116,7 @@ class Optimizer(Module):
                 f"({new_tree}) than tx.init ({jax.tree.structure(opt_values)}). The Optimizer keeps "
                 f"the structure fixed; use a transformation whose state keeps its shape."
             )
-        for variable, value in zip(opt_vars, new_leaves):
+        for variable, value in zip(opt_vars, new_leaves, strict=True):
             variable.value = value
         self.step.value = self.step.value + 1
         return updates
@@ -161,8 +161,8 @@ def _wrap(tree: tp.Any, params: dict[str, Variable[tp.Any]]) -> tp.Any:
             param = params.get("/".join(names[start:]))
             if param is not None:
                 if jnp.shape(param.value) == jnp.shape(leaf):
-                    return OptState(leaf, sharding=param.sharding)  # type: ignore[call-arg, arg-type]
+                    return OptState(leaf, sharding=param.sharding)
                 break
-        return OptState(leaf)  # type: ignore[call-arg, arg-type]
+        return OptState(leaf)
 
     return jax.tree_util.tree_map_with_path(wrap, tree)

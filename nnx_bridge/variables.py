@@ -53,7 +53,7 @@ class Variable(tp.Generic[A]):
     maps over values and keeps the exact Variable subclass and its metadata.
 
     Example:
-        >>> import jax.numpy as jnp, nnx_bridge as nnx
+        >>> import jax, jax.numpy as jnp, nnx_bridge as nnx
         >>> v = nnx.Variable("counts", jnp.array(0), sharding=None)
         >>> v.collection
         'counts'
@@ -61,8 +61,12 @@ class Variable(tp.Generic[A]):
         'params'
 
     Subclasses may fix their collection, which also makes them the type that
-    `nnx.from_variables` builds for that collection:
-        >>> class Cache(nnx.Variable, collection="cache"):
+    `nnx.from_variables` builds for that collection. They are built from the
+    value alone, and type checkers accept that: ``Cache(x)`` has type ``Cache``
+    and ``Cache(x).value`` the class's value type (here ``jax.Array``). Type
+    checkers cannot see the ``collection=`` class keyword, so they also accept
+    ``nnx.Variable(x)``, which raises a TypeError at run time:
+        >>> class Cache(nnx.Variable[jax.Array], collection="cache"):
         ...     pass
         >>> Cache(jnp.zeros(3)).collection
         'cache'
@@ -73,11 +77,21 @@ class Variable(tp.Generic[A]):
     sharding: Sharding | None
     sharding_rules: Rules | None  # the Variable's own logical-axis rules (nn.LogicallyPartitioned)
 
-    if tp.TYPE_CHECKING:  # the public signature; the pytree machinery passes one more keyword
+    if tp.TYPE_CHECKING:  # the public signatures; the pytree machinery passes one more keyword
 
+        @tp.overload
         def __init__(
             self, collection: str, value: A, *, sharding: tp.Any = None, sharding_rules: tp.Any = None
         ) -> None: ...
+
+        # A subclass that fixes its collection (``class Cache(nnx.Variable[T],
+        # collection="cache")``) is built from the value alone. Type checkers cannot
+        # see the class keyword, so they accept this form for every Variable class;
+        # at run time a class without a fixed collection raises a TypeError.
+        @tp.overload
+        def __init__(self, value: A, *, sharding: tp.Any = None, sharding_rules: tp.Any = None) -> None: ...
+
+        def __init__(self, *args: tp.Any, **kwargs: tp.Any) -> None: ...
 
     else:
 
@@ -176,7 +190,7 @@ def _fixed_collection_init(fixed: str) -> tp.Callable[..., None]:
     return __init__
 
 
-def _register(cls: type) -> None:
+def _register(cls: type[Variable[tp.Any]]) -> None:
     """Registers a Variable class as a pytree node that keeps its exact type.
 
     Classes built by keyword (`value=`, `sharding=`, and `collection=` unless the
@@ -184,11 +198,16 @@ def _register(cls: type) -> None:
     flattening a State of Variables costs about as much as flattening a dict of
     arrays. Classes with their own ``__init__`` keep every attribute instead.
     """
-    if "__init__" in cls.__dict__ and cls.__init__ not in _KEYWORD_INITS:
+    if "__init__" in cls.__dict__ and cls.__dict__["__init__"] not in _KEYWORD_INITS:
+
+        def unflatten(meta: tuple[tp.Any, ...], children: tp.Iterable[tp.Any]) -> Variable[tp.Any]:
+            (value,) = children
+            return _rebuild(cls, meta, value)
+
         jax.tree_util.register_pytree_with_keys(
             cls,
             lambda v: (((jax.tree_util.GetAttrKey("value"), v.value),), _meta(v)),
-            lambda meta, children: _rebuild(cls, meta, children[0]),
+            unflatten,
             flatten_func=lambda v: ((v.value,), _meta(v)),
         )
         return
@@ -206,7 +225,7 @@ def _meta(v: Variable[tp.Any]) -> tuple[tp.Any, ...]:
     return tuple(sorted((k, x) for k, x in v.__dict__.items() if k != "value"))
 
 
-def _rebuild(cls: type, meta: tuple[tp.Any, ...], value: tp.Any) -> Variable[tp.Any]:
+def _rebuild(cls: type[Variable[tp.Any]], meta: tuple[tp.Any, ...], value: tp.Any) -> Variable[tp.Any]:
     new = object.__new__(cls)
     new.__dict__.update(meta)
     new.value = value
@@ -264,4 +283,4 @@ def make_variable(
     cls = variable_type(collection)
     if cls is Variable:
         return Variable(collection, value, sharding=sharding, sharding_rules=sharding_rules)
-    return cls(value, sharding=sharding, sharding_rules=sharding_rules)  # type: ignore[call-arg]
+    return cls(value, sharding=sharding, sharding_rules=sharding_rules)

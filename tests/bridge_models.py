@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 
@@ -24,7 +26,7 @@ class MLP(nnx.Module):
     """Dense layers in a list, a step counter, a noisy method that needs a ``ctx``."""
 
     def __init__(self, sizes, *, ctx: nnx.Context):
-        self.layers = [Dense(a, b, ctx=ctx) for a, b in zip(sizes[:-1], sizes[1:])]
+        self.layers = [Dense(a, b, ctx=ctx) for a, b in itertools.pairwise(sizes)]
         self.steps = nnx.Variable("counts", jnp.zeros((), jnp.int32))
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:

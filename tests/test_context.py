@@ -78,7 +78,7 @@ def test_deterministic_across_contexts():
         child = ctx.fork()
         return [ctx.make_rng("params"), child.make_rng("params"), ctx.make_rng("dropout")]
 
-    for a, b in zip(draw(nnx.Context(3)), draw(nnx.Context(3))):
+    for a, b in zip(draw(nnx.Context(3)), draw(nnx.Context(3)), strict=True):
         assert same(a, b)
 
 

@@ -59,7 +59,7 @@ def test_merge_missing_and_unknown_paths_together():
 
 
 def test_merge_lists_at_most_ten_missing_paths():
-    state, moduledef = Bag(layers=[Linear() for _ in range(6)]).partition()
+    _, moduledef = Bag(layers=[Linear() for _ in range(6)]).partition()
     with pytest.raises(ValueError, match=r"missing path\(s\) 'layers/0/b', .*'layers/4/w' and 2 more\."):
         moduledef.merge(nnx.State())
 
@@ -244,7 +244,8 @@ def test_invalid_filter(call):
     with pytest.raises(
         TypeError,
         match=r"Invalid filter 3 \(int\)\. A filter is a collection name \(str\), a Variable subclass, "
-        r"\.\.\., a predicate \(path, variable\) -> bool, or one of nnx\.Not/All/Any/PathContains/Everything/Nothing\.",
+        r"\.\.\., a predicate \(path, variable\) -> bool, or one of "
+        r"nnx\.Not/All/Any/PathContains/Everything/Nothing\.",
     ):
         call(nnx.State({"w": nnx.Param(1.0)}))
 

@@ -41,7 +41,7 @@ def test_resnet_loop_under_pmap_with_half_precision_and_dynamic_scale():
         [sys.executable, str(HERE)], env=env, check=False, capture_output=True, text=True, timeout=300
     )
     assert process.returncode == 0, (process.stdout + process.stderr)[-3000:]
-    line = next(l for l in process.stdout.splitlines() if l.startswith("RESULT "))
+    line = next(line for line in process.stdout.splitlines() if line.startswith("RESULT "))
     result = json.loads(line[len("RESULT ") :])
     assert result["devices"] == DEVICES
     # initialized(): jax.jit(model.init) outside pmap, input of model.dtype, BatchNorm untouched.
@@ -322,7 +322,10 @@ def main() -> None:
             float(np.abs(v - 1).max()) for p, v in init_stats if p[-1].key == "var"
         ),
         "stats_moved": bool(
-            any(not np.allclose(a, b) for a, b in zip(stats, jax.tree_util.tree_leaves(linen_init[1])))
+            any(
+                not np.allclose(a, b)
+                for a, b in zip(stats, jax.tree_util.tree_leaves(linen_init[1]), strict=True)
+            )
         ),
         "replicas_agree": bool(
             np.all(np.asarray(eval_metrics["loss"]) == np.asarray(eval_metrics["loss"])[0])

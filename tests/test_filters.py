@@ -202,6 +202,6 @@ def test_same_selection_in_filter_split_and_partition(filter, expected):
     selected, rest = state.split(filter, ...)
     assert set(selected) == expected
     assert set(rest) == set(state) - expected
-    selected, rest, moduledef = Net().partition(filter, ...)
+    selected, rest, _ = Net().partition(filter, ...)
     assert set(selected) == expected
     assert set(rest) == set(state) - expected

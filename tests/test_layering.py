@@ -25,7 +25,8 @@ _WITHOUT_FLAX = textwrap.dedent(
     state, moduledef = model.partition()
     y, (state, moduledef) = moduledef.apply(state)(jnp.ones((2, 3)))
     assert y.shape == (2, 4), y.shape
-    assert sorted(state) == ["layers/0/bias", "layers/0/kernel", "layers/1/bias", "layers/1/scale"], list(state)
+    expected = ["layers/0/bias", "layers/0/kernel", "layers/1/bias", "layers/1/scale"]
+    assert sorted(state) == expected, list(state)
     assert not [m for m in sys.modules if m == "flax" or m.startswith("flax.")]
     try:
         nnx.to_linen

@@ -154,7 +154,7 @@ def test_apply_after_restore_in_a_new_interpreter(tmp_path):
         [sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    line = next(l for l in result.stdout.splitlines() if l.startswith("OUT "))
+    line = next(line for line in result.stdout.splitlines() if line.startswith("OUT "))
     np.testing.assert_allclose(np.array(eval(line[4:])), nnx.to_linen(Outer).apply(variables, X), rtol=1e-6)
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -65,9 +66,8 @@ def test_grads_are_a_state_at_the_param_paths_and_batch_stats_reach_the_caller()
     expected = linen_layout_grads(model)
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     assert type(grads) is nnx.State and list(grads) == list(expected)
-    for path in grads:
-        assert type(grads[path]) is nnx.Param
-        np.testing.assert_allclose(grads[path].value, expected[path].value, rtol=1e-6)
+    assert all(type(grad) is nnx.Param for grad in grads.values())
+    chex.assert_trees_all_close(grads, expected, rtol=1e-6)
     assert float(loss) == pytest.approx(float(loss_fn(Net(ctx=nnx.Context(0)))), rel=1e-6)
     assert not np.array_equal(model.encoder.bn.mean.value, np.zeros(4))  # statistics updated once
     assert all(isinstance(v.value, jax.Array) for v in model.partition()[0].values())  # no tracers left
@@ -229,7 +229,7 @@ def test_fifty_steps_equal_linens_trainstate_bit_for_bit_on_digits(tmp_path):
         state, loss = train_step(state, x_train[idx], y_train[idx], jax.random.PRNGKey(step))
         linen_losses.append(np.asarray(loss))
         nnx_losses.append(np.asarray(nnx_step(model, optimizer, x_train[idx], y_train[idx])))
-    assert [l.tobytes() for l in nnx_losses] == [l.tobytes() for l in linen_losses]
+    assert [loss.tobytes() for loss in nnx_losses] == [loss.tobytes() for loss in linen_losses]
     trained = nnx.to_variables(model.partition()[0])
     jax.tree.map(np.testing.assert_array_equal, trained["params"], state.params)
     jax.tree.map(np.testing.assert_array_equal, trained["batch_stats"], state.batch_stats)
@@ -317,14 +317,16 @@ MESH_SCRIPT = textwrap.dedent("""
     model.update_state(jax.device_put(model.partition()[0], model_sharding))
     data = NamedSharding(mesh, P("data"))
     mesh_losses, optimizer = train(model, jax.device_put(x, data), jax.device_put(y, data),
-        in_shardings=lambda opt: (model_sharding, nnx.get_named_sharding(opt.partition()[0], mesh), data, data),
+        in_shardings=lambda opt: (
+            model_sharding, nnx.get_named_sharding(opt.partition()[0], mesh), data, data),
         out_shardings=lambda opt: NamedSharding(mesh, P()))
     single_losses, _ = train(single, x, y)
     kernel = model.up.kernel.value
     mu = optimizer.opt_state[0].mu["up"]["kernel"]
     print("RESULT " + json.dumps({
         "mesh": mesh_losses, "single": single_losses,
-        "kernel_spec": list(kernel.sharding.spec), "kernel_shards": sorted({tuple(s.data.shape) for s in kernel.addressable_shards}),
+        "kernel_spec": list(kernel.sharding.spec),
+        "kernel_shards": sorted({tuple(s.data.shape) for s in kernel.addressable_shards}),
         "mu_names": list(mu.sharding), "mu_spec": list(mu.value.sharding.spec),
         "down_spec": list(model.down.kernel.value.sharding.spec)}))
 """)
@@ -341,7 +343,7 @@ def test_train_step_on_a_simulated_8_device_mesh(tmp_path):
         [sys.executable, "-c", MESH_SCRIPT], check=False, env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    line = next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))
+    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
     report = json.loads(line[len("RESULT ") :])
     np.testing.assert_allclose(report["mesh"], report["single"], rtol=1e-5)
     assert report["kernel_spec"] == [None, "model"] and report["kernel_shards"] == [[8, 4]]
@@ -372,7 +374,7 @@ def test_scan_model_trains_under_jit():
     @nnx.jit
     def step(model, optimizer):
         value, grads = nnx.value_and_grad(loss_fn)(model)
-        assert grads["blocks/block/lin/kernel"].value.shape == (4, 3, 3)
+        chex.assert_shape(grads["blocks/block/lin/kernel"].value, (4, 3, 3))
         optimizer.update(model, grads)
         return value
 

@@ -58,7 +58,7 @@ def result_of(process, timeout):
         output, _ = process.communicate()
         pytest.fail(f"worker timed out after {timeout}s:\n{output[-3000:]}")
     assert process.returncode == 0, output[-3000:]
-    line = next(l for l in output.splitlines() if l.startswith("RESULT "))
+    line = next(line for line in output.splitlines() if line.startswith("RESULT "))
     return json.loads(line[len("RESULT ") :])
 
 
@@ -168,13 +168,13 @@ def test_stacked_blocks_give_the_list_forms_outputs_and_keep_updates():
 def test_stack_refuses_blocks_of_different_structure():
     with pytest.raises(ValueError, match=r"block 1 has 'kernel' of shape \(4, 4\)"):
         stack([Tanh(3, ctx=nnx.Context(0)), Tanh(4, ctx=nnx.Context(0))])
-    with pytest.raises(ValueError, match="block 1 .* differs in structure"):
+    with pytest.raises(ValueError, match=r"block 1 .* differs in structure"):
         stack([Tanh(3, ctx=nnx.Context(0)), nnx.Linear(3, 3, ctx=nnx.Context(0))])
 
 
 class Leaves(nnx.Module):
     def __init__(self, arrays, names):
-        self.ws = [nnx.Param(a, sharding=n) for a, n in zip(arrays, names)]
+        self.ws = [nnx.Param(a, sharding=n) for a, n in zip(arrays, names, strict=True)]
 
 
 @settings(max_examples=25)

@@ -288,7 +288,7 @@ def test_from_variables_inverts_to_variables():
     }
     again = nnx.to_variables(nnx.from_variables(variables))
     assert jax.tree.structure(again) == jax.tree.structure(variables)
-    assert all(a is b for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(variables)))
+    assert all(a is b for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(variables), strict=True))
 
 
 def test_to_variables_errors():

@@ -383,7 +383,7 @@ def test_a_modules_bound_method_writes_back():
     call(X)
     call(X)
     assert int(m.n.value) == 2 and isinstance(m.n.value, jax.Array)
-    with pytest.raises(TypeError, match="nnx_bridge.jit takes donate_argnums only"):
+    with pytest.raises(TypeError, match=r"nnx_bridge\.jit takes donate_argnums only"):
         nnx.jit(lambda m: m, donate_argnames="m")
 
 

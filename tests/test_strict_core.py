@@ -213,7 +213,7 @@ def test_per_layer_slices_of_a_stacked_state_still_merge_and_run():
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
     x = jnp.ones((1, 2))
     ys = jax.vmap(lambda s: moduledef.apply(s)(x)[0])(stacked)
-    for y, layer in zip(ys, layers):
+    for y, layer in zip(ys, layers, strict=True):
         np.testing.assert_allclose(y, layer(x), rtol=1e-6)
 
 

@@ -2,6 +2,7 @@
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,7 +63,7 @@ def test_jit_over_apply_matches_eager(linear):
     np.testing.assert_allclose(y, x @ linear.w.value + linear.b.value, rtol=1e-6)
     assert int(new_counts["count"].value) == 1 == int(state_eager["count"].value)
     assert int(counts["count"].value) == 0
-    y2, newer = step(params, new_counts, x)
+    _, newer = step(params, new_counts, x)
     assert int(newer["count"].value) == 2
 
 
@@ -101,7 +102,7 @@ def test_vmap_over_inputs_of_apply(linear):
     params, counts, moduledef = linear.partition("params", "counts")
     xs = jnp.arange(12.0).reshape(4, 1, 3)
     ys = jax.vmap(lambda x: moduledef.apply(params, counts)(x)[0])(xs)
-    assert ys.shape == (4, 1, 2)
+    chex.assert_shape(ys, (4, 1, 2))
     for i in range(4):
         np.testing.assert_allclose(ys[i], linear(xs[i]), rtol=1e-6)
 
@@ -111,7 +112,8 @@ def test_vmap_over_stacked_states():
     partitions = [m.partition("params", "counts") for m in models]
     moduledef = partitions[0][2]
     stacked_params = jax.tree.map(lambda *xs: jnp.stack(xs), *[p for p, _, _ in partitions])
-    assert type(stacked_params) is nnx.State and stacked_params["w"].value.shape == (3, 3, 2)
+    assert type(stacked_params) is nnx.State
+    chex.assert_shape(stacked_params["w"].value, (3, 3, 2))
     counts = partitions[0][1]
     x = jnp.ones((1, 3))
 
@@ -128,7 +130,7 @@ def test_vmap_over_stacked_states():
 
 
 def test_vmap_with_a_state_prefix_for_in_axes(linear):
-    params, counts, moduledef = linear.partition("params", "counts")
+    params, _, moduledef = linear.partition("params", "counts")
     batched_counts = nnx.State({"count": nnx.Variable("counts", jnp.arange(3))})
     out = jax.vmap(
         lambda p, c: moduledef.apply(p, c)(jnp.ones((1, 3)))[1][0].filter("counts"), in_axes=(None, 0)
@@ -212,14 +214,13 @@ def test_context_through_jit_builds_the_same_module():
     jitted = init(nnx.Context(0))
     eager = MLP(ctx=nnx.Context(0)).partition()[0]
     assert list(jitted) == list(eager)
-    for path in eager:
-        np.testing.assert_allclose(jitted[path].value, eager[path].value, rtol=1e-6)
+    chex.assert_trees_all_close(jitted, eager, rtol=1e-6)  # same Variable types and metadata too
 
 
 def test_vmap_init_over_contexts():
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     states = jax.vmap(lambda ctx: MLP(ctx=ctx).partition()[0])(nnx.Context(keys))
-    assert states["layers/0/w"].value.shape == (3, 3, 4)
+    chex.assert_shape(states["layers/0/w"].value, (3, 3, 4))
     for i in range(3):
         single = MLP(ctx=nnx.Context(keys[i])).partition()[0]
-        np.testing.assert_allclose(states["layers/1/w"].value[i], single["layers/1/w"].value, rtol=1e-6)
+        chex.assert_trees_all_close(jax.tree.map(lambda v, i=i: v[i], states), single, rtol=1e-6)
