@@ -11,7 +11,7 @@ from jax import lax
 
 from nnx_bridge.context import Context
 from nnx_bridge.module import Module
-from nnx_bridge.nn import dtypes
+from nnx_bridge.nn import dtypes, modes
 from nnx_bridge.nn.attention_functions import combine_masks, dot_product_attention
 from nnx_bridge.nn.dropout import dropout_key
 from nnx_bridge.nn.linear import LinearGeneral
@@ -230,8 +230,9 @@ class MultiHeadAttention(Module):
                     f"shape {jnp.shape(x)}."
                 )
         if self.dropout_rate > 0.0:  # as Linen: `deterministic` only matters with dropout
-            if deterministic is None:
-                deterministic = True if self.deterministic is None else self.deterministic
+            deterministic = modes.resolve(
+                "deterministic", self.deterministic, deterministic, "MultiHeadAttention", fallback=True
+            )
             if not deterministic and dropout_rng is None:
                 dropout_rng = dropout_key(ctx, "dropout", "MultiHeadAttention")
         else:

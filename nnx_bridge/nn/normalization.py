@@ -16,7 +16,7 @@ from jax import lax
 
 from nnx_bridge.context import Context
 from nnx_bridge.module import Module
-from nnx_bridge.nn import dtypes
+from nnx_bridge.nn import dtypes, modes
 from nnx_bridge.nn.params import (
     Initializer,
     check_shapes,
@@ -378,14 +378,9 @@ class BatchNorm(Module):
             scale=(self.num_features,),
             bias=(self.num_features,),
         )
-        if use_running_average is None:
-            use_running_average = self.use_running_average
-        if use_running_average is None:
-            raise ValueError(
-                "BatchNorm needs use_running_average: pass use_running_average=False while training "
-                "(batch statistics, running averages updated) or True for evaluation, to the call "
-                "or to BatchNorm(..., use_running_average=...)."
-            )
+        use_running_average = modes.resolve(
+            "use_running_average", self.use_running_average, use_running_average, "BatchNorm"
+        )
         _check_features("BatchNorm", self.num_features, x, self.axis)
         ndim = jnp.ndim(x)
         feature_axis = self.axis % ndim
