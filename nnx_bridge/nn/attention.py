@@ -16,7 +16,8 @@ from nnx_bridge.nn.attention_functions import combine_masks, dot_product_attenti
 from nnx_bridge.nn.dropout import dropout_key
 from nnx_bridge.nn.linear import LinearGeneral
 from nnx_bridge.nn.normalization import LayerNorm
-from nnx_bridge.nn.params import Initializer, check_sharding, default_bias_init, default_kernel_init
+from nnx_bridge.nn.params import Initializer, default_bias_init, default_kernel_init
+from nnx_bridge.variables import check_sharding
 
 
 class MultiHeadAttention(Module):
@@ -124,7 +125,7 @@ class MultiHeadAttention(Module):
         sharding = check_sharding(
             sharding,
             3,
-            layer="MultiHeadAttention",
+            where="MultiHeadAttention",
             what="query/key/value kernels (in_features, num_heads, head_dim)",
         )
         self.num_heads = int(num_heads)

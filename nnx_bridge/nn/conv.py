@@ -14,12 +14,12 @@ from nnx_bridge.nn import dtypes, spatial
 from nnx_bridge.nn.params import (
     Initializer,
     check_shapes,
-    check_sharding,
     default_bias_init,
     default_kernel_init,
     make_param,
 )
 from nnx_bridge.nn.spatial import Padding
+from nnx_bridge.variables import check_sharding
 
 
 class Conv(Module):
@@ -108,7 +108,7 @@ class Conv(Module):
         sharding = check_sharding(
             sharding,
             rank + 2,
-            layer="Conv",
+            where="Conv",
             what=f"kernel (*kernel_size, in_features // groups, out_features) {kernel_shape}",
         )
         self.kernel = make_param(ctx, kernel_init, kernel_shape, param_dtype, sharding)

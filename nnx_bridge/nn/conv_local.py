@@ -14,12 +14,12 @@ from nnx_bridge.module import Module
 from nnx_bridge.nn import dtypes, spatial
 from nnx_bridge.nn.params import (
     Initializer,
-    check_sharding,
     default_bias_init,
     default_kernel_init,
     make_param,
 )
 from nnx_bridge.nn.spatial import Padding
+from nnx_bridge.variables import check_sharding
 
 
 class ConvLocal(Module):
@@ -127,7 +127,7 @@ class ConvLocal(Module):
         sharding = check_sharding(
             sharding,
             rank + 2,
-            layer="ConvLocal",
+            where="ConvLocal",
             what=f"kernel (*out_spatial, window * in, out) {kernel_shape}",
         )
         self.kernel = make_param(ctx, kernel_init, kernel_shape, param_dtype, sharding)

@@ -13,12 +13,12 @@ from nnx_bridge.module import Module
 from nnx_bridge.nn import dtypes, spatial
 from nnx_bridge.nn.params import (
     Initializer,
-    check_sharding,
     default_bias_init,
     default_kernel_init,
     make_param,
 )
 from nnx_bridge.nn.spatial import Padding
+from nnx_bridge.variables import check_sharding
 
 _PADDINGS = ("SAME", "VALID", "SAME_LOWER", "CIRCULAR")
 
@@ -116,7 +116,7 @@ class ConvTranspose(Module):
         self.mask = spatial.kernel_mask(mask, kernel_shape, layer="ConvTranspose")
         layout = "(*kernel_size, out, in)" if self.transpose_kernel else "(*kernel_size, in, out)"
         sharding = check_sharding(
-            sharding, rank + 2, layer="ConvTranspose", what=f"kernel {layout} {kernel_shape}"
+            sharding, rank + 2, where="ConvTranspose", what=f"kernel {layout} {kernel_shape}"
         )
         self.kernel = make_param(ctx, kernel_init, kernel_shape, param_dtype, sharding)
         out_axis = -2 if self.transpose_kernel else -1

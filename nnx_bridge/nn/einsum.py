@@ -13,11 +13,11 @@ from nnx_bridge.module import Module
 from nnx_bridge.nn import dtypes
 from nnx_bridge.nn.params import (
     Initializer,
-    check_sharding,
     default_bias_init,
     default_kernel_init,
     make_param,
 )
+from nnx_bridge.variables import check_sharding
 
 Shape = tuple[int, ...]
 

@@ -15,11 +15,11 @@ from nnx_bridge.nn import dtypes
 from nnx_bridge.nn.params import (
     Initializer,
     check_shapes,
-    check_sharding,
     default_bias_init,
     default_kernel_init,
     make_param,
 )
+from nnx_bridge.variables import check_sharding
 
 
 class Linear(Module):
@@ -63,7 +63,7 @@ class Linear(Module):
         bias_init: Initializer = default_bias_init,
         sharding: tp.Sequence[str | None] | None = None,
     ):
-        sharding = check_sharding(sharding, 2, layer="Linear", what="kernel (in_features, out_features)")
+        sharding = check_sharding(sharding, 2, where="Linear", what="kernel (in_features, out_features)")
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.use_bias = bool(use_bias)
@@ -173,7 +173,7 @@ class LinearGeneral(Module):
         sharding = check_sharding(
             sharding,
             n_in + n_out,
-            layer="LinearGeneral",
+            where="LinearGeneral",
             what=f"kernel in_features + out_features {self.in_features + self.out_features}",
         )
         flat = (int(np.prod(self.in_features)), int(np.prod(self.out_features)))

@@ -20,12 +20,11 @@ from nnx_bridge.nn import dtypes, modes
 from nnx_bridge.nn.params import (
     Initializer,
     check_shapes,
-    check_sharding,
     default_bias_init,
     default_scale_init,
     make_param,
 )
-from nnx_bridge.variables import BatchStat
+from nnx_bridge.variables import BatchStat, check_sharding
 
 Axes = tp.Union[int, tp.Sequence[int]]
 
@@ -163,7 +162,7 @@ class LayerNorm(Module):
         bias_init: Initializer = default_bias_init,
         sharding: tp.Sequence[str | None] | None = None,
     ):
-        sharding = check_sharding(sharding, 1, layer="LayerNorm", what="scale and bias (num_features,)")
+        sharding = check_sharding(sharding, 1, where="LayerNorm", what="scale and bias (num_features,)")
         self.num_features = int(num_features)
         self.epsilon = float(epsilon)
         self.reduction_axes = reduction_axes if isinstance(reduction_axes, int) else tuple(reduction_axes)
@@ -242,7 +241,7 @@ class RMSNorm(Module):
         scale_init: Initializer = default_scale_init,
         sharding: tp.Sequence[str | None] | None = None,
     ):
-        sharding = check_sharding(sharding, 1, layer="RMSNorm", what="scale (num_features,)")
+        sharding = check_sharding(sharding, 1, where="RMSNorm", what="scale (num_features,)")
         self.num_features = int(num_features)
         self.epsilon = float(epsilon)
         self.reduction_axes = reduction_axes if isinstance(reduction_axes, int) else tuple(reduction_axes)
@@ -343,7 +342,7 @@ class BatchNorm(Module):
         sharding: tp.Sequence[str | None] | None = None,
     ):
         sharding = check_sharding(
-            sharding, 1, layer="BatchNorm", what="scale, bias, mean and var (num_features,)"
+            sharding, 1, where="BatchNorm", what="scale, bias, mean and var (num_features,)"
         )
         if not isinstance(axis, int):
             raise TypeError(f"BatchNorm: axis must be one int (the feature axis); found {axis!r}.")

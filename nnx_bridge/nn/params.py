@@ -1,4 +1,4 @@
-"""Creating a layer's parameters: Linen's default initialisers, keys, sharding names.
+"""Creating a layer's parameters: Linen's default initialisers, keys, shape checks.
 
 Every layer draws one key per parameter from ``ctx.make_rng("params")``, in the
 order Linen creates them (kernel before bias, scale before bias), calls the
@@ -47,39 +47,6 @@ def make_param(
         ([1.0, 1.0], ('model',))
     """
     return Param(init(ctx.make_rng("params"), shape, param_dtype), sharding=sharding)
-
-
-def check_sharding(sharding: tp.Any, ndim: int, *, layer: str, what: str) -> tuple[str | None, ...] | None:
-    """Validates `sharding` as one name (str or None) per dimension of an ``ndim``-D array.
-
-    Args:
-      sharding: the ``sharding=`` argument of a layer, or None.
-      ndim: the rank of the array it names.
-      layer: the layer's name, for the error message.
-      what: what the names are for (e.g. ``"kernel (in, out)"``), for the error message.
-
-    Returns:
-      The names as a tuple, or None.
-
-    Example:
-        >>> from nnx_bridge.nn.params import check_sharding
-        >>> check_sharding(["data", None], 2, layer="Linear", what="kernel (in, out)")
-        ('data', None)
-    """
-    if sharding is None:
-        return None
-    if isinstance(sharding, str) or not isinstance(sharding, tp.Sequence):
-        raise TypeError(
-            f"{layer}: sharding must be a sequence of {ndim} axis names (str or None), one per "
-            f"dimension of the {what}; found {sharding!r}."
-        )
-    names = tuple(sharding)
-    if len(names) != ndim:
-        raise ValueError(
-            f"{layer}: sharding names one axis per dimension of the {what}, so it needs {ndim} "
-            f"entries; found {len(names)}: {names!r}."
-        )
-    return names
 
 
 def check_shapes(layer: tp.Any, config: str, **expected: Shape) -> None:
