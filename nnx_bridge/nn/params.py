@@ -15,7 +15,7 @@ import jax
 from jax.nn import initializers
 
 from nnx_bridge.context import Context
-from nnx_bridge.variables import Param
+from nnx_bridge.variables import Param, check_sharding
 
 Initializer = tp.Callable[..., jax.Array]
 Shape = tuple[int, ...]
@@ -47,6 +47,57 @@ def make_param(
         ([1.0, 1.0], ('model',))
     """
     return Param(init(ctx.make_rng("params"), shape, param_dtype), sharding=sharding)
+
+
+def kernel_and_bias(
+    ctx: Context,
+    *,
+    layer: str,
+    what: str,
+    kernel_shape: Shape,
+    bias_shape: Shape | None,
+    param_dtype: tp.Any,
+    kernel_init: Initializer,
+    bias_init: Initializer,
+    sharding: tp.Any,
+    bias_axes: tp.Sequence[int] | None,
+) -> tuple[Param[jax.Array], Param[jax.Array] | None]:
+    """A layer's ``kernel`` and optional ``bias``, keys drawn in that order, as Linen.
+
+    `sharding` names the kernel's axes (checked by `check_sharding`); the bias
+    gets the names of the kernel axes `bias_axes` (None: no names).
+
+    Args:
+      ctx: the Context the ``params`` keys come from.
+      layer: the layer's name, for the error message.
+      what: what the kernel's axes are (e.g. ``"kernel (in, out)"``), for the error message.
+      kernel_shape: the kernel's shape.
+      bias_shape: the bias's shape, or None for no bias.
+      param_dtype: storage dtype of both.
+      kernel_init: the kernel's initialiser.
+      bias_init: the bias's initialiser.
+      sharding: the layer's ``sharding=`` argument: one name per kernel axis, or None.
+      bias_axes: the kernel axes whose names the bias takes, or None.
+
+    Returns:
+      ``(kernel, bias)``; ``bias`` is None when `bias_shape` is.
+
+    Example:
+        >>> import jax.numpy as jnp, nnx_bridge as nnx
+        >>> from nnx_bridge.nn.params import kernel_and_bias, default_kernel_init, default_bias_init
+        >>> kernel, bias = kernel_and_bias(
+        ...     nnx.Context(0), layer="Mine", what="kernel (in, out)", kernel_shape=(2, 3),
+        ...     bias_shape=(3,), param_dtype=jnp.float32, kernel_init=default_kernel_init,
+        ...     bias_init=default_bias_init, sharding=("embed", "mlp"), bias_axes=(-1,))
+        >>> kernel.value.shape, bias.sharding
+        ((2, 3), ('mlp',))
+    """
+    names = check_sharding(sharding, len(kernel_shape), where=layer, what=what)
+    kernel = make_param(ctx, kernel_init, kernel_shape, param_dtype, names)
+    if bias_shape is None:
+        return kernel, None
+    bias_names = None if names is None or bias_axes is None else tuple(names[a] for a in bias_axes)
+    return kernel, make_param(ctx, bias_init, bias_shape, param_dtype, bias_names)
 
 
 def check_shapes(layer: tp.Any, config: str, **expected: Shape) -> None:

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from nnx_bridge.nn import dtypes
+
 Padding = tp.Union[str, int, tp.Sequence[int | tuple[int, int]]]
 #: Padding strings that `jax.lax` understands itself (case-insensitive, as lax).
 LAX_PADDINGS = ("SAME", "VALID", "SAME_LOWER")
@@ -291,3 +293,21 @@ def kernel_mask(mask: tp.Any, kernel_shape: tuple[int, ...], *, layer: str) -> K
             f"{found.shape}. Build the mask for this kernel (kernel_size + (in, out) features)."
         )
     return found
+
+
+def call_operands(
+    x: jax.Array, kernel: jax.Array, mask: KernelMask | None, bias: jax.Array | None, dtype: tp.Any
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """``x``, the kernel (times `mask`, if any) and ``bias``, promoted to one computation dtype.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from nnx_bridge.nn.spatial import KernelMask, call_operands
+        >>> x, k, b = call_operands(jnp.ones(2), jnp.full(2, 3.0), KernelMask(jnp.array([1.0, 0.0])), None, None)
+        >>> k.tolist(), b
+        ([3.0, 0.0], None)
+    """
+    if mask is not None:
+        kernel = kernel * mask.array
+    x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
+    return x, kernel, bias
