@@ -235,6 +235,34 @@ class _DenseCell(RNNCellBase):
             bias_init=bias_init,
         )
 
+    def _gate(
+        self,
+        ctx: Context,
+        gate: str,
+        *,
+        kernel_init: Initializer,
+        recurrent_kernel_init: Initializer,
+        input_bias_init: Initializer | None,
+        hidden_bias_init: Initializer | None,
+    ) -> None:
+        """Sets sub-layers ``"i" + gate`` (on the input) then ``"h" + gate`` (on the carry).
+
+        Linen's key order; a None bias initialiser means no bias. Set by name, as
+        ``"if"`` and ``"in"`` are keywords.
+        """
+        for prefix, inputs, init, bias_init in (
+            ("i", True, kernel_init, input_bias_init),
+            ("h", False, recurrent_kernel_init, hidden_bias_init),
+        ):
+            dense = self._dense(
+                ctx,
+                inputs=inputs,
+                use_bias=bias_init is not None,
+                kernel_init=init,
+                bias_init=initializers.zeros if bias_init is None else bias_init,
+            )
+            setattr(self, prefix + gate, dense)
+
     @property
     def num_feature_axes(self) -> int:
         """1: the last axis of an input holds its features."""
@@ -358,14 +386,14 @@ class LSTMCell(_DenseCell):
         self._setup(in_features, hidden_features, dtype, param_dtype, carry_init)
         self.gate_fn = gate_fn
         self.activation_fn = activation_fn
-        for gate in self._GATES:  # "if" is a keyword: the sub-layers are set by name
-            setattr(self, "i" + gate, self._dense(ctx, inputs=True, use_bias=False, kernel_init=kernel_init))
-            setattr(
-                self,
-                "h" + gate,
-                self._dense(
-                    ctx, inputs=False, use_bias=True, kernel_init=recurrent_kernel_init, bias_init=bias_init
-                ),
+        for gate in self._GATES:
+            self._gate(
+                ctx,
+                gate,
+                kernel_init=kernel_init,
+                recurrent_kernel_init=recurrent_kernel_init,
+                input_bias_init=None,
+                hidden_bias_init=bias_init,
             )
 
     def _sub(self, name: str) -> Linear:
@@ -382,6 +410,12 @@ class LSTMCell(_DenseCell):
         f = self.gate_fn(sub["if"](inputs) + sub["hf"](h))
         g = self.activation_fn(sub["ig"](inputs) + sub["hg"](h))
         o = self.gate_fn(sub["io"](inputs) + sub["ho"](h))
+        return self._update(c, i, f, g, o)
+
+    def _update(
+        self, c: jax.Array, i: jax.Array, f: jax.Array, g: jax.Array, o: jax.Array
+    ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+        """``((c', h'), h')`` from the gates: ``c' = f * c + i * g``, ``h' = o * activation(c')``."""
         new_c = f * c + i * g
         new_h = o * self.activation_fn(new_c)
         return (new_c, new_h), new_h
@@ -426,9 +460,7 @@ class OptimizedLSTMCell(LSTMCell):
         f = self.gate_fn(dense_h["f"] + dense_i["f"])
         g = self.activation_fn(dense_h["g"] + dense_i["g"])
         o = self.gate_fn(dense_h["o"] + dense_i["o"])
-        new_c = f * c + i * g
-        new_h = o * self.activation_fn(new_c)
-        return (new_c, new_h), new_h
+        return self._update(c, i, f, g, o)
 
 
 class GRUCell(_DenseCell):
@@ -482,21 +514,13 @@ class GRUCell(_DenseCell):
         self.gate_fn = gate_fn
         self.activation_fn = activation_fn
         for gate in ("r", "z", "n"):
-            setattr(
-                self,
-                "i" + gate,
-                self._dense(ctx, inputs=True, use_bias=True, kernel_init=kernel_init, bias_init=bias_init),
-            )
-            setattr(
-                self,
-                "h" + gate,
-                self._dense(
-                    ctx,
-                    inputs=False,
-                    use_bias=gate == "n",
-                    kernel_init=recurrent_kernel_init,
-                    bias_init=bias_init,
-                ),
+            self._gate(
+                ctx,
+                gate,
+                kernel_init=kernel_init,
+                recurrent_kernel_init=recurrent_kernel_init,
+                input_bias_init=bias_init,
+                hidden_bias_init=bias_init if gate == "n" else None,
             )
 
     def __call__(self, carry: jax.Array, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -564,12 +588,14 @@ class MGUCell(_DenseCell):
         self.gate_fn = gate_fn
         self.activation_fn = activation_fn
         self.reset_gate = bool(reset_gate)
-        setattr(
-            self,
-            "if",
-            self._dense(ctx, inputs=True, use_bias=True, kernel_init=kernel_init, bias_init=forget_bias_init),
+        self._gate(
+            ctx,
+            "f",
+            kernel_init=kernel_init,
+            recurrent_kernel_init=recurrent_kernel_init,
+            input_bias_init=forget_bias_init,
+            hidden_bias_init=None,
         )
-        self.hf = self._dense(ctx, inputs=False, use_bias=False, kernel_init=recurrent_kernel_init)
         self.hn = self._dense(
             ctx,
             inputs=False,
