@@ -163,9 +163,9 @@ class ConvTranspose(Module):
         or on the right with ``transpose_kernel`` (so that it is the exact
         transpose of a circular `Conv` with the same kernel), as Linen.
         """
-        periods = [size * stride for size, stride in zip(in_spatial, self.strides)]
+        periods = [size * stride for size, stride in zip(in_spatial, self.strides, strict=True)]
         pads = []
-        for length, period in zip(y.shape[1:-1], periods):
+        for length, period in zip(y.shape[1:-1], periods, strict=True):
             missing = -(length - period) % (2 * period)
             small, large = missing // 2, (missing + 1) // 2
             pads.append((small, large) if self.transpose_kernel else (large, small))

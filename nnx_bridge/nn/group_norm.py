@@ -104,7 +104,7 @@ class GroupNorm(Module):
                 f"with num_groups=None."
             )
         self.num_features = num_features
-        self.num_groups = int(num_groups)  # type: ignore[arg-type]
+        self.num_groups = int(num_groups)
         self.group_size = num_features // self.num_groups
         self.epsilon = float(epsilon)
         self.dtype = dtypes.as_dtype(dtype)

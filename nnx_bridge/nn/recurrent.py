@@ -53,7 +53,8 @@ def default_recurrent_kernel_init(key: jax.Array, shape: Shape, dtype: tp.Any = 
         >>> import jax, jax.numpy as jnp
         >>> from nnx_bridge.nn.recurrent import default_recurrent_kernel_init
         >>> w = default_recurrent_kernel_init(jax.random.key(0), (3, 3), jnp.bfloat16)
-        >>> w.dtype, bool(jnp.allclose((w.astype(jnp.float32) @ w.T.astype(jnp.float32)), jnp.eye(3), atol=2e-2))
+        >>> w32 = w.astype(jnp.float32)
+        >>> w.dtype, bool(jnp.allclose(w32 @ w32.T, jnp.eye(3), atol=2e-2))
         (dtype(bfloat16), True)
     """
     if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
@@ -440,13 +441,14 @@ class OptimizedLSTMCell(LSTMCell):
     def _concat_dense(self, x: jax.Array, prefix: str, use_bias: bool) -> dict[str, jax.Array]:
         layers = [self._sub(prefix + g) for g in self._GATES]
         kernel = jnp.concatenate([layer.kernel.value for layer in layers], axis=-1)
-        bias = jnp.concatenate([layer.bias.value for layer in layers], axis=-1) if use_bias else None
+        biases = [layer.bias.value for layer in layers if layer.bias is not None] if use_bias else []
+        bias = jnp.concatenate(biases, axis=-1) if biases else None
         x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         y = jnp.dot(x, kernel)
         if bias is not None:
             y += jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
         parts = jnp.split(y, np.cumsum([self.hidden_features] * 3), axis=-1)
-        return dict(zip(self._GATES, parts))
+        return dict(zip(self._GATES, parts, strict=True))
 
     def __call__(
         self, carry: tuple[jax.Array, jax.Array], inputs: jax.Array
@@ -616,7 +618,7 @@ class MGUCell(_DenseCell):
         h = carry
         self._check_step(inputs, h, self.in_features)
         sub = self.__dict__
-        f = self.gate_fn(sub["if"](inputs) + self.hf(h))
+        f = self.gate_fn(sub["if"](inputs) + sub["hf"](h))
         x = self.hn(h)
         if self.reset_gate:
             x *= f
