@@ -50,9 +50,9 @@ def check_sharding(
         return None
     prefix = f"{where}: " if where else ""
     if isinstance(sharding, str) or not isinstance(sharding, tp.Sequence):
-        names = "mesh/logical axis names" if ndim is None else f"{ndim} axis names"
+        expected = "mesh/logical axis names" if ndim is None else f"{ndim} axis names"
         raise TypeError(
-            f"{prefix}sharding must be a sequence of {names} (str or None), one per dimension of "
+            f"{prefix}sharding must be a sequence of {expected} (str or None), one per dimension of "
             f"the {what}, e.g. ('data', 'model'); found {sharding!r}."
         )
     names = tuple(sharding)
