@@ -15,19 +15,60 @@ _FIXED_COLLECTION = "_fixed_collection"
 _COLLECTION_TYPES: dict[str, type["Variable"]] = {}
 
 
-def _normalize_sharding(sharding: tp.Any) -> Sharding | None:
+def check_sharding(
+    sharding: tp.Any, ndim: int | None = None, *, where: str = "", what: str = "array"
+) -> Sharding | None:
+    """Validates `sharding` as one axis name (str or None) per dimension; the one check for it.
+
+    `Variable` uses it for ``sharding=``, the layers for their ``sharding=``
+    argument (with the rank of the array it names), `nnx_bridge.sharding` for
+    a Variable's names against its value's rank.
+
+    Args:
+      sharding: the names, or None.
+      ndim: the rank they must name, or None for any.
+      where: who checks, prefixed to the error message (e.g. ``"Linear"``).
+      what: the array the names are for (e.g. ``"kernel (in, out)"``), for the error message.
+
+    Returns:
+      The names as a tuple, or None.
+
+    Raises:
+      TypeError: `sharding` is not a sequence, or holds something other than str or None.
+      ValueError: it has not `ndim` entries.
+
+    Example:
+        >>> from nnx_bridge.variables import check_sharding
+        >>> check_sharding(["data", None], 2, where="Linear", what="kernel (in, out)")
+        ('data', None)
+        >>> check_sharding(("data",), 2, where="Linear", what="kernel (in, out)")
+        Traceback (most recent call last):
+        ...
+        ValueError: Linear: sharding names one axis per dimension of the kernel (in, out), so it needs 2 ...
+    """
     if sharding is None:
         return None
+    prefix = f"{where}: " if where else ""
     if isinstance(sharding, str) or not isinstance(sharding, tp.Sequence):
+        expected = "mesh/logical axis names" if ndim is None else f"{ndim} axis names"
         raise TypeError(
-            f"sharding must be a sequence of mesh/logical axis names (str or None), "
-            f"one per array dimension, e.g. ('data', 'model'); found {sharding!r}."
+            f"{prefix}sharding must be a sequence of {expected} (str or None), one per dimension of "
+            f"the {what}, e.g. ('data', 'model'); found {sharding!r}."
         )
     names = tuple(sharding)
     for name in names:
         if name is not None and not isinstance(name, str):
-            raise TypeError(f"sharding entries must be str or None; found {name!r} in {sharding!r}.")
+            raise TypeError(f"{prefix}sharding entries must be str or None; found {name!r} in {sharding!r}.")
+    if ndim is not None and len(names) != ndim:
+        raise ValueError(
+            f"{prefix}sharding names one axis per dimension of the {what}, so it needs {ndim} "
+            f"entries; found {len(names)}: {names!r}."
+        )
     return names
+
+
+def _normalize_sharding(sharding: tp.Any) -> Sharding | None:
+    return check_sharding(sharding)
 
 
 def _normalize_rules(rules: tp.Any) -> Rules | None:

@@ -11,12 +11,13 @@ from jax import lax
 
 from nnx_bridge.context import Context
 from nnx_bridge.module import Module
-from nnx_bridge.nn import dtypes
+from nnx_bridge.nn import dtypes, modes
 from nnx_bridge.nn.attention_functions import combine_masks, dot_product_attention
 from nnx_bridge.nn.dropout import dropout_key
 from nnx_bridge.nn.linear import LinearGeneral
 from nnx_bridge.nn.normalization import LayerNorm
-from nnx_bridge.nn.params import Initializer, check_sharding, default_bias_init, default_kernel_init
+from nnx_bridge.nn.params import Initializer, default_bias_init, default_kernel_init
+from nnx_bridge.variables import check_sharding
 
 
 class MultiHeadAttention(Module):
@@ -124,7 +125,7 @@ class MultiHeadAttention(Module):
         sharding = check_sharding(
             sharding,
             3,
-            layer="MultiHeadAttention",
+            where="MultiHeadAttention",
             what="query/key/value kernels (in_features, num_heads, head_dim)",
         )
         self.num_heads = int(num_heads)
@@ -230,8 +231,9 @@ class MultiHeadAttention(Module):
                     f"shape {jnp.shape(x)}."
                 )
         if self.dropout_rate > 0.0:  # as Linen: `deterministic` only matters with dropout
-            if deterministic is None:
-                deterministic = True if self.deterministic is None else self.deterministic
+            deterministic = modes.resolve(
+                "deterministic", self.deterministic, deterministic, "MultiHeadAttention", fallback=True
+            )
             if not deterministic and dropout_rng is None:
                 dropout_rng = dropout_key(ctx, "dropout", "MultiHeadAttention")
         else:

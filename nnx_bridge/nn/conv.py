@@ -14,10 +14,9 @@ from nnx_bridge.nn import dtypes, spatial
 from nnx_bridge.nn.params import (
     Initializer,
     check_shapes,
-    check_sharding,
     default_bias_init,
     default_kernel_init,
-    make_param,
+    kernel_and_bias,
 )
 from nnx_bridge.nn.spatial import Padding
 
@@ -105,19 +104,17 @@ class Conv(Module):
         self.precision = precision
         kernel_shape = self.kernel_size + (self.in_features // groups, self.out_features)
         self.mask = spatial.kernel_mask(mask, kernel_shape, layer="Conv")
-        sharding = check_sharding(
-            sharding,
-            rank + 2,
+        self.kernel, self.bias = kernel_and_bias(
+            ctx,
             layer="Conv",
             what=f"kernel (*kernel_size, in_features // groups, out_features) {kernel_shape}",
-        )
-        self.kernel = make_param(ctx, kernel_init, kernel_shape, param_dtype, sharding)
-        self.bias = (
-            make_param(
-                ctx, bias_init, (self.out_features,), param_dtype, None if sharding is None else sharding[-1:]
-            )
-            if self.use_bias
-            else None
+            kernel_shape=kernel_shape,
+            bias_shape=(self.out_features,) if self.use_bias else None,
+            param_dtype=param_dtype,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            sharding=sharding,
+            bias_axes=(-1,),
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -137,11 +134,8 @@ class Conv(Module):
         x = spatial.fold_batch(x, batch_shape)  # lax wants exactly one batch dimension
         x, padding = spatial.pad_by_hand(x, self.padding, self.kernel_size, self.kernel_dilation)
 
-        kernel = self.kernel.value
-        if self.mask is not None:
-            kernel = kernel * self.mask.array
         bias = None if self.bias is None else self.bias.value
-        x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        x, kernel, bias = spatial.call_operands(x, self.kernel.value, self.mask, bias, self.dtype)
         y = lax.conv_general_dilated(
             x,
             kernel,

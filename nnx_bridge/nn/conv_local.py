@@ -14,10 +14,9 @@ from nnx_bridge.module import Module
 from nnx_bridge.nn import dtypes, spatial
 from nnx_bridge.nn.params import (
     Initializer,
-    check_sharding,
     default_bias_init,
     default_kernel_init,
-    make_param,
+    kernel_and_bias,
 )
 from nnx_bridge.nn.spatial import Padding
 
@@ -124,23 +123,17 @@ class ConvLocal(Module):
             )
         kernel_shape = out_spatial + (math.prod(kernel_size) * self.in_features, self.out_features)
         self.mask = spatial.kernel_mask(mask, kernel_shape, layer="ConvLocal")
-        sharding = check_sharding(
-            sharding,
-            rank + 2,
+        self.kernel, self.bias = kernel_and_bias(
+            ctx,
             layer="ConvLocal",
             what=f"kernel (*out_spatial, window * in, out) {kernel_shape}",
-        )
-        self.kernel = make_param(ctx, kernel_init, kernel_shape, param_dtype, sharding)
-        self.bias = (
-            make_param(
-                ctx,
-                bias_init,
-                out_spatial + (self.out_features,),
-                param_dtype,
-                None if sharding is None else sharding[:rank] + sharding[-1:],
-            )
-            if self.use_bias
-            else None
+            kernel_shape=kernel_shape,
+            bias_shape=out_spatial + (self.out_features,) if self.use_bias else None,
+            param_dtype=param_dtype,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            sharding=sharding,
+            bias_axes=(*range(rank), -1),
         )
 
     def _output_spatial_shape(self) -> tuple[int, ...]:
@@ -182,11 +175,8 @@ class ConvLocal(Module):
             )
         x = spatial.fold_batch(x, batch_shape)
         x, padding = spatial.pad_by_hand(x, self.padding, self.kernel_size, self.kernel_dilation)
-        kernel = self.kernel.value
-        if self.mask is not None:
-            kernel = kernel * self.mask.array
         bias = None if self.bias is None else self.bias.value
-        x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        x, kernel, bias = spatial.call_operands(x, self.kernel.value, self.mask, bias, self.dtype)
         y = lax.conv_general_dilated_local(
             x,
             kernel,

@@ -13,10 +13,9 @@ from nnx_bridge.module import Module
 from nnx_bridge.nn import dtypes, spatial
 from nnx_bridge.nn.params import (
     Initializer,
-    check_sharding,
     default_bias_init,
     default_kernel_init,
-    make_param,
+    kernel_and_bias,
 )
 from nnx_bridge.nn.spatial import Padding
 
@@ -115,21 +114,17 @@ class ConvTranspose(Module):
         kernel_shape = self.kernel_size + features
         self.mask = spatial.kernel_mask(mask, kernel_shape, layer="ConvTranspose")
         layout = "(*kernel_size, out, in)" if self.transpose_kernel else "(*kernel_size, in, out)"
-        sharding = check_sharding(
-            sharding, rank + 2, layer="ConvTranspose", what=f"kernel {layout} {kernel_shape}"
-        )
-        self.kernel = make_param(ctx, kernel_init, kernel_shape, param_dtype, sharding)
-        out_axis = -2 if self.transpose_kernel else -1
-        self.bias = (
-            make_param(
-                ctx,
-                bias_init,
-                (self.out_features,),
-                param_dtype,
-                None if sharding is None else (sharding[out_axis],),
-            )
-            if self.use_bias
-            else None
+        self.kernel, self.bias = kernel_and_bias(
+            ctx,
+            layer="ConvTranspose",
+            what=f"kernel {layout} {kernel_shape}",
+            kernel_shape=kernel_shape,
+            bias_shape=(self.out_features,) if self.use_bias else None,
+            param_dtype=param_dtype,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            sharding=sharding,
+            bias_axes=(-2 if self.transpose_kernel else -1,),
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -141,11 +136,8 @@ class ConvTranspose(Module):
             layer=f"ConvTranspose(in_features={self.in_features}, kernel_size={self.kernel_size})",
         )
         x = spatial.fold_batch(x, batch_shape)
-        kernel = self.kernel.value
-        if self.mask is not None:
-            kernel = kernel * self.mask.array
         bias = None if self.bias is None else self.bias.value
-        x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        x, kernel, bias = spatial.call_operands(x, self.kernel.value, self.mask, bias, self.dtype)
         padding = "VALID" if self.padding == "CIRCULAR" else self.padding
         y = lax.conv_transpose(
             x,
@@ -171,9 +163,9 @@ class ConvTranspose(Module):
         or on the right with ``transpose_kernel`` (so that it is the exact
         transpose of a circular `Conv` with the same kernel), as Linen.
         """
-        periods = [size * stride for size, stride in zip(in_spatial, self.strides)]
+        periods = [size * stride for size, stride in zip(in_spatial, self.strides, strict=True)]
         pads = []
-        for length, period in zip(y.shape[1:-1], periods):
+        for length, period in zip(y.shape[1:-1], periods, strict=True):
             missing = -(length - period) % (2 * period)
             small, large = missing // 2, (missing + 1) // 2
             pads.append((small, large) if self.transpose_kernel else (large, small))

@@ -10,17 +10,7 @@ from jax import lax, random
 
 from nnx_bridge.context import Context
 from nnx_bridge.module import Module
-
-
-def _resolve_flag(name: str, layer: str, call_value: bool | None, default: bool | None) -> bool:
-    """The call's value of a mode flag if given, else the constructor's; one must be given."""
-    value = default if call_value is None else call_value
-    if value is None:
-        raise ValueError(
-            f"{layer} needs {name}: pass {name}=True or False to the call, or set a default "
-            f"with {layer}(..., {name}=...)."
-        )
-    return bool(value)
+from nnx_bridge.nn import modes
 
 
 def dropout_key(ctx: Context | None, stream: str, layer: str) -> jax.Array:
@@ -87,7 +77,7 @@ class Dropout(Module):
         self, x: jax.Array, *, deterministic: bool | None = None, ctx: Context | None = None
     ) -> jax.Array:
         """Applies dropout to ``x``; ``ctx`` supplies the key when not deterministic."""
-        deterministic = _resolve_flag("deterministic", "Dropout", deterministic, self.deterministic)
+        deterministic = modes.resolve("deterministic", self.deterministic, deterministic, "Dropout")
         if self.rate == 0.0 or deterministic:
             return x
         if self.rate == 1.0:  # keeps gradients finite

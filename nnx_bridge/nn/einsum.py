@@ -13,10 +13,9 @@ from nnx_bridge.module import Module
 from nnx_bridge.nn import dtypes
 from nnx_bridge.nn.params import (
     Initializer,
-    check_sharding,
     default_bias_init,
     default_kernel_init,
-    make_param,
+    kernel_and_bias,
 )
 
 Shape = tuple[int, ...]
@@ -154,18 +153,21 @@ class Einsum(Module):
         self.preferred_element_type = dtypes.as_dtype(
             preferred_element_type, argument="preferred_element_type"
         )
-        sharding = check_sharding(
-            sharding, len(self.kernel_shape), layer="Einsum", what=f"kernel {self.kernel_shape}"
-        )
-        self.kernel = make_param(ctx, kernel_init, self.kernel_shape, param_dtype, sharding)
-        bias_sharding = None
+        bias_axes = None
         if sharding is not None and self.einsum_str is not None:
             axes = output_kernel_axes(self.einsum_str, 0, len(self.kernel_shape))
-            bias_sharding = tuple(sharding[a] for a in axes if a is not None)
-        self.bias = (
-            None
-            if self.bias_shape is None
-            else make_param(ctx, bias_init, self.bias_shape, param_dtype, bias_sharding)
+            bias_axes = [a for a in axes if a is not None]
+        self.kernel, self.bias = kernel_and_bias(
+            ctx,
+            layer="Einsum",
+            what=f"kernel {self.kernel_shape}",
+            kernel_shape=self.kernel_shape,
+            bias_shape=self.bias_shape,
+            param_dtype=param_dtype,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            sharding=sharding,
+            bias_axes=bias_axes,
         )
 
     def _check_bias_shape(self, equation: str, input_ndim: int) -> Shape:

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 from nnx_bridge.context import Context
 from nnx_bridge.module import Module
 from nnx_bridge.nn import dtypes
-from nnx_bridge.nn.params import Initializer, check_shapes, check_sharding, default_embed_init, make_param
+from nnx_bridge.nn.params import Initializer, check_shapes, default_embed_init, make_param
+from nnx_bridge.variables import check_sharding
 
 
 class Embed(Module):
@@ -52,7 +53,7 @@ class Embed(Module):
         embedding_init: Initializer = default_embed_init,
         sharding: tp.Sequence[str | None] | None = None,
     ):
-        sharding = check_sharding(sharding, 2, layer="Embed", what="embedding (num_embeddings, features)")
+        sharding = check_sharding(sharding, 2, where="Embed", what="embedding (num_embeddings, features)")
         self.num_embeddings = int(num_embeddings)
         self.features = int(features)
         self.dtype = dtypes.as_dtype(dtype)

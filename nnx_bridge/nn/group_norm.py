@@ -11,15 +11,12 @@ import typing as tp
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from nnx_bridge.context import Context
 from nnx_bridge.module import Module
-from nnx_bridge.nn import dtypes
-from nnx_bridge.nn.normalization import _axes, _normalize, _statistics
+from nnx_bridge.nn import dtypes, moments
+from nnx_bridge.nn.moments import Axes
 from nnx_bridge.nn.params import Initializer, default_bias_init, default_scale_init, make_param
-
-Axes = tp.Union[int, tp.Sequence[int]]
 
 
 def _check_no_axis_index_groups(layer: str, axis_index_groups: tp.Any) -> None:
@@ -107,7 +104,7 @@ class GroupNorm(Module):
                 f"with num_groups=None."
             )
         self.num_features = num_features
-        self.num_groups = int(num_groups)  # type: ignore[arg-type]
+        self.num_groups = int(num_groups)
         self.group_size = num_features // self.num_groups
         self.epsilon = float(epsilon)
         self.dtype = dtypes.as_dtype(dtype)
@@ -135,7 +132,7 @@ class GroupNorm(Module):
         if self.reduction_axes is None:
             reduction_axes = tuple(range(1, x.ndim))
         else:
-            reduction_axes = _axes(self.reduction_axes, x.ndim)
+            reduction_axes = moments.axes_tuple(self.reduction_axes, x.ndim)
             if not reduction_axes or reduction_axes[-1] != x.ndim - 1:
                 raise ValueError(
                     f"GroupNorm: reduction_axes={self.reduction_axes!r} must include the last axis "
@@ -145,7 +142,7 @@ class GroupNorm(Module):
         if mask is not None:
             mask = jnp.reshape(mask, jnp.shape(mask)[:-1] + (self.num_groups, self.group_size))
         # In the grouped array, the channel axis becomes (group, member): reduce the members.
-        mean, var = _statistics(
+        mean, var = moments.statistics(
             x.reshape(grouped),
             reduction_axes[:-1] + (x.ndim,),
             dtype=self.dtype,
@@ -156,15 +153,15 @@ class GroupNorm(Module):
         )
         mean = jnp.repeat(mean, self.group_size, axis=-1)
         var = jnp.repeat(var, self.group_size, axis=-1)
-        return _normalize(
+        return moments.normalize(
             x,
             mean,
             var,
             reduction_axes[:-1],
             -1,
             epsilon=self.epsilon,
-            scale=None if self.scale is None else self.scale.value,
-            bias=None if self.bias is None else self.bias.value,
+            scale=self.scale,
+            bias=self.bias,
             dtype=self.dtype,
         )
 
@@ -243,7 +240,7 @@ class InstanceNorm(Module):
             raise ValueError(
                 f"InstanceNorm: feature_axes={self.feature_axes!r} do not fit an input of shape {x.shape}."
             )
-        feature_axes = _axes(self.feature_axes, x.ndim)
+        feature_axes = moments.axes_tuple(self.feature_axes, x.ndim)
         if 0 in feature_axes:
             raise ValueError(
                 f"InstanceNorm: feature_axes={self.feature_axes!r} include axis 0 of the "
@@ -257,7 +254,7 @@ class InstanceNorm(Module):
                 f"{feature_axes} of sizes {self.num_features}; found {found} in shape {x.shape}."
             )
         reduction_axes = tuple(i for i in range(1, x.ndim) if i not in feature_axes)
-        mean, var = _statistics(
+        mean, var = moments.statistics(
             x,
             reduction_axes,
             dtype=self.dtype,
@@ -266,57 +263,14 @@ class InstanceNorm(Module):
             mask=mask,
             axis_name=self.axis_name,
         )
-        if len(feature_axes) == 1:
-            return _normalize(
-                x,
-                mean,
-                var,
-                reduction_axes,
-                feature_axes[0],
-                epsilon=self.epsilon,
-                scale=None if self.scale is None else self.scale.value,
-                bias=None if self.bias is None else self.bias.value,
-                dtype=self.dtype,
-            )
-        return _normalize_features(
+        return moments.normalize(
             x,
             mean,
             var,
             reduction_axes,
             feature_axes,
             epsilon=self.epsilon,
-            scale=None if self.scale is None else self.scale.value,
-            bias=None if self.bias is None else self.bias.value,
+            scale=self.scale,
+            bias=self.bias,
             dtype=self.dtype,
         )
-
-
-def _normalize_features(
-    x: jax.Array,
-    mean: jax.Array,
-    var: jax.Array,
-    reduction_axes: tuple[int, ...],
-    feature_axes: tuple[int, ...],
-    *,
-    epsilon: float,
-    scale: jax.Array | None,
-    bias: jax.Array | None,
-    dtype: tp.Any,
-) -> jax.Array:
-    """`normalization._normalize` for several feature axes (same operations, same order)."""
-    feature_shape = [1] * x.ndim
-    for axis in feature_axes:
-        feature_shape[axis] = x.shape[axis]
-    y = x - jnp.expand_dims(mean, reduction_axes)
-    multiplier = lax.rsqrt(jnp.expand_dims(var, reduction_axes) + epsilon)
-    operands = [x]
-    if scale is not None:
-        scale = scale.reshape(feature_shape)
-        multiplier = multiplier * scale
-        operands.append(scale)
-    y = y * multiplier
-    if bias is not None:
-        bias = bias.reshape(feature_shape)
-        y = y + bias
-        operands.append(bias)
-    return jnp.asarray(y, dtypes.canonicalize_dtype(*operands, dtype=dtype))

@@ -15,10 +15,9 @@ from nnx_bridge.nn import dtypes
 from nnx_bridge.nn.params import (
     Initializer,
     check_shapes,
-    check_sharding,
     default_bias_init,
     default_kernel_init,
-    make_param,
+    kernel_and_bias,
 )
 
 
@@ -63,21 +62,22 @@ class Linear(Module):
         bias_init: Initializer = default_bias_init,
         sharding: tp.Sequence[str | None] | None = None,
     ):
-        sharding = check_sharding(sharding, 2, layer="Linear", what="kernel (in_features, out_features)")
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.use_bias = bool(use_bias)
         self.dtype = dtypes.as_dtype(dtype)
         self.precision = precision
-        self.kernel = make_param(
-            ctx, kernel_init, (self.in_features, self.out_features), param_dtype, sharding
-        )
-        self.bias = (
-            make_param(
-                ctx, bias_init, (self.out_features,), param_dtype, None if sharding is None else sharding[-1:]
-            )
-            if self.use_bias
-            else None
+        self.kernel, self.bias = kernel_and_bias(
+            ctx,
+            layer="Linear",
+            what="kernel (in_features, out_features)",
+            kernel_shape=(self.in_features, self.out_features),
+            bias_shape=(self.out_features,) if self.use_bias else None,
+            param_dtype=param_dtype,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            sharding=sharding,
+            bias_axes=(-1,),
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -170,12 +170,6 @@ class LinearGeneral(Module):
         self.dtype = dtypes.as_dtype(dtype)
         self.precision = precision
         n_in, n_out = len(self.in_features), len(self.out_features)
-        sharding = check_sharding(
-            sharding,
-            n_in + n_out,
-            layer="LinearGeneral",
-            what=f"kernel in_features + out_features {self.in_features + self.out_features}",
-        )
         flat = (int(np.prod(self.in_features)), int(np.prod(self.out_features)))
 
         def flat_kernel_init(key: jax.Array, shape: tuple[int, ...], dtype: tp.Any) -> jax.Array:
@@ -184,19 +178,17 @@ class LinearGeneral(Module):
         def flat_bias_init(key: jax.Array, shape: tuple[int, ...], dtype: tp.Any) -> jax.Array:
             return jnp.reshape(bias_init(key, flat[1:], dtype), shape)
 
-        self.kernel = make_param(
-            ctx, flat_kernel_init, self.in_features + self.out_features, param_dtype, sharding
-        )
-        self.bias = (
-            make_param(
-                ctx,
-                flat_bias_init,
-                self.out_features,
-                param_dtype,
-                None if sharding is None else sharding[n_in:],
-            )
-            if self.use_bias
-            else None
+        self.kernel, self.bias = kernel_and_bias(
+            ctx,
+            layer="LinearGeneral",
+            what=f"kernel in_features + out_features {self.in_features + self.out_features}",
+            kernel_shape=self.in_features + self.out_features,
+            bias_shape=self.out_features if self.use_bias else None,
+            param_dtype=param_dtype,
+            kernel_init=flat_kernel_init,
+            bias_init=flat_bias_init,
+            sharding=sharding,
+            bias_axes=range(n_in, n_in + n_out),
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:

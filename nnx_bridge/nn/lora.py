@@ -111,7 +111,7 @@ class LoRA(Module):
         )
 
     def __call__(self, x: jax.Array, **kwargs: tp.Any) -> jax.Array:
-        """``x @ lora_a @ lora_b`` (plus ``base_module(x, **kwargs)``) for ``x`` of shape ``(..., in_features)``."""
+        """``x @ lora_a @ lora_b`` (plus ``base_module(x, **kwargs)``) for ``x`` ``(..., in_features)``."""
         if jnp.ndim(x) == 0 or jnp.shape(x)[-1] != self.in_features:
             raise ValueError(
                 f"LoRA(in_features={self.in_features}, lora_rank={self.lora_rank}, out_features="
@@ -121,7 +121,7 @@ class LoRA(Module):
         x, lora_a, lora_b = dtypes.promote_dtype(x, self.lora_a.value, self.lora_b.value, dtype=self.dtype)
         out = x @ lora_a @ lora_b
         if self.base_module is not None:
-            out += self.base_module(x, **kwargs)  # type: ignore[operator]
+            out += self.base_module(x, **kwargs)
         return out
 
 

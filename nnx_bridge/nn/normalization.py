@@ -12,96 +12,19 @@ import typing as tp
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from nnx_bridge.context import Context
 from nnx_bridge.module import Module
-from nnx_bridge.nn import dtypes
+from nnx_bridge.nn import dtypes, modes, moments
+from nnx_bridge.nn.moments import Axes
 from nnx_bridge.nn.params import (
     Initializer,
     check_shapes,
-    check_sharding,
     default_bias_init,
     default_scale_init,
     make_param,
 )
-from nnx_bridge.variables import BatchStat
-
-Axes = tp.Union[int, tp.Sequence[int]]
-
-
-def _axes(axes: Axes, ndim: int) -> tuple[int, ...]:
-    axes = (axes,) if isinstance(axes, int) else tuple(axes)
-    return tuple(sorted({a % ndim for a in axes}))
-
-
-def _abs_sq(x: jax.Array) -> jax.Array:
-    if jnp.iscomplexobj(x):
-        return lax.square(lax.real(x)) + lax.square(lax.imag(x))
-    return lax.square(x)
-
-
-def _statistics(
-    x: jax.Array,
-    axes: tuple[int, ...],
-    *,
-    dtype: tp.Any,
-    use_mean: bool,
-    use_fast_variance: bool,
-    mask: jax.Array | None,
-    axis_name: str | None,
-) -> tuple[jax.Array, jax.Array]:
-    """Mean and (biased) variance of ``x`` over ``axes``, in at least float32."""
-    x = jnp.asarray(x)
-    x = x.astype(jnp.promote_types(x.dtype if dtype is None else dtype, jnp.float32))
-    where = None if mask is None else jnp.asarray(mask, dtype=bool)
-
-    def means(*arrays: jax.Array) -> list[jax.Array]:
-        out = [a.mean(axes, where=where) for a in arrays]
-        if axis_name is not None:  # one collective for all statistics
-            stacked = lax.pmean(jnp.stack(out), axis_name)
-            out = [stacked[i] for i in range(len(out))]
-        return out
-
-    if not use_mean:
-        (var,) = means(_abs_sq(x))
-        return jnp.zeros_like(var), var
-    if use_fast_variance:
-        mean, mean_sq = means(x, _abs_sq(x))
-        return mean, jnp.maximum(0.0, mean_sq - _abs_sq(mean))
-    (mean,) = means(x)
-    (var,) = means(_abs_sq(x - jnp.expand_dims(mean, axes)))
-    return mean, var
-
-
-def _normalize(
-    x: jax.Array,
-    mean: jax.Array,
-    var: jax.Array,
-    reduction_axes: tuple[int, ...],
-    feature_axis: int,
-    *,
-    epsilon: float,
-    scale: jax.Array | None,
-    bias: jax.Array | None,
-    dtype: tp.Any,
-) -> jax.Array:
-    """``(x - mean) * rsqrt(var + epsilon) * scale + bias``, cast as Linen casts it."""
-    feature_shape = [1] * x.ndim
-    feature_shape[feature_axis] = x.shape[feature_axis]
-    y = x - jnp.expand_dims(mean, reduction_axes)
-    multiplier = lax.rsqrt(jnp.expand_dims(var, reduction_axes) + epsilon)
-    operands = [x]
-    if scale is not None:
-        scale = scale.reshape(feature_shape)
-        multiplier = multiplier * scale
-        operands.append(scale)
-    y = y * multiplier
-    if bias is not None:
-        bias = bias.reshape(feature_shape)
-        y = y + bias
-        operands.append(bias)
-    return jnp.asarray(y, dtypes.canonicalize_dtype(*operands, dtype=dtype))
+from nnx_bridge.variables import BatchStat, Param, check_sharding
 
 
 def _check_features(layer: str, num_features: int, x: jax.Array, axis: int) -> None:
@@ -117,6 +40,32 @@ def _check_features(layer: str, num_features: int, x: jax.Array, axis: int) -> N
             f"{layer}(num_features={num_features}) expects {where} of its input to have size "
             f"{num_features}; found shape {shape}. Build the layer with num_features={shape[axis]}."
         )
+
+
+def _normalize_last_axis(
+    layer: LayerNorm | RMSNorm,
+    x: jax.Array,
+    mask: jax.Array | None,
+    *,
+    use_mean: bool,
+    use_fast_variance: bool,
+    bias: Param[jax.Array] | None,
+) -> jax.Array:
+    """`LayerNorm` (``use_mean``) and `RMSNorm` (no mean, no bias): features on the last axis."""
+    _check_features(type(layer).__name__, layer.num_features, x, -1)
+    axes = moments.axes_tuple(layer.reduction_axes, jnp.ndim(x))
+    mean, var = moments.statistics(
+        x,
+        axes,
+        dtype=layer.dtype,
+        use_mean=use_mean,
+        use_fast_variance=use_fast_variance,
+        mask=mask,
+        axis_name=layer.axis_name,
+    )
+    return moments.normalize(
+        x, mean, var, axes, -1, epsilon=layer.epsilon, scale=layer.scale, bias=bias, dtype=layer.dtype
+    )
 
 
 class LayerNorm(Module):
@@ -163,7 +112,7 @@ class LayerNorm(Module):
         bias_init: Initializer = default_bias_init,
         sharding: tp.Sequence[str | None] | None = None,
     ):
-        sharding = check_sharding(sharding, 1, layer="LayerNorm", what="scale and bias (num_features,)")
+        sharding = check_sharding(sharding, 1, where="LayerNorm", what="scale and bias (num_features,)")
         self.num_features = int(num_features)
         self.epsilon = float(epsilon)
         self.reduction_axes = reduction_axes if isinstance(reduction_axes, int) else tuple(reduction_axes)
@@ -175,29 +124,10 @@ class LayerNorm(Module):
         self.bias = make_param(ctx, bias_init, shape, param_dtype, sharding) if use_bias else None
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
-        """Normalises ``x``; ``mask`` (broadcastable to ``x``) selects the entries counted in the statistics."""
+        """Normalises ``x``; ``mask`` (broadcastable to ``x``) selects the entries the statistics count."""
         check_shapes(self, "num_features", scale=(self.num_features,), bias=(self.num_features,))
-        _check_features("LayerNorm", self.num_features, x, -1)
-        axes = _axes(self.reduction_axes, jnp.ndim(x))
-        mean, var = _statistics(
-            x,
-            axes,
-            dtype=self.dtype,
-            use_mean=True,
-            use_fast_variance=self.use_fast_variance,
-            mask=mask,
-            axis_name=self.axis_name,
-        )
-        return _normalize(
-            x,
-            mean,
-            var,
-            axes,
-            -1,
-            epsilon=self.epsilon,
-            scale=None if self.scale is None else self.scale.value,
-            bias=None if self.bias is None else self.bias.value,
-            dtype=self.dtype,
+        return _normalize_last_axis(
+            self, x, mask, use_mean=True, use_fast_variance=self.use_fast_variance, bias=self.bias
         )
 
 
@@ -242,7 +172,7 @@ class RMSNorm(Module):
         scale_init: Initializer = default_scale_init,
         sharding: tp.Sequence[str | None] | None = None,
     ):
-        sharding = check_sharding(sharding, 1, layer="RMSNorm", what="scale (num_features,)")
+        sharding = check_sharding(sharding, 1, where="RMSNorm", what="scale (num_features,)")
         self.num_features = int(num_features)
         self.epsilon = float(epsilon)
         self.reduction_axes = reduction_axes if isinstance(reduction_axes, int) else tuple(reduction_axes)
@@ -253,30 +183,9 @@ class RMSNorm(Module):
         )
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
-        """Normalises ``x``; ``mask`` (broadcastable to ``x``) selects the entries counted in the statistics."""
+        """Normalises ``x``; ``mask`` (broadcastable to ``x``) selects the entries the statistics count."""
         check_shapes(self, "num_features", scale=(self.num_features,))
-        _check_features("RMSNorm", self.num_features, x, -1)
-        axes = _axes(self.reduction_axes, jnp.ndim(x))
-        mean, var = _statistics(
-            x,
-            axes,
-            dtype=self.dtype,
-            use_mean=False,
-            use_fast_variance=True,
-            mask=mask,
-            axis_name=self.axis_name,
-        )
-        return _normalize(
-            x,
-            mean,
-            var,
-            axes,
-            -1,
-            epsilon=self.epsilon,
-            scale=None if self.scale is None else self.scale.value,
-            bias=None,
-            dtype=self.dtype,
-        )
+        return _normalize_last_axis(self, x, mask, use_mean=False, use_fast_variance=True, bias=None)
 
 
 class BatchNorm(Module):
@@ -343,7 +252,7 @@ class BatchNorm(Module):
         sharding: tp.Sequence[str | None] | None = None,
     ):
         sharding = check_sharding(
-            sharding, 1, layer="BatchNorm", what="scale, bias, mean and var (num_features,)"
+            sharding, 1, where="BatchNorm", what="scale, bias, mean and var (num_features,)"
         )
         if not isinstance(axis, int):
             raise TypeError(f"BatchNorm: axis must be one int (the feature axis); found {axis!r}.")
@@ -378,14 +287,9 @@ class BatchNorm(Module):
             scale=(self.num_features,),
             bias=(self.num_features,),
         )
-        if use_running_average is None:
-            use_running_average = self.use_running_average
-        if use_running_average is None:
-            raise ValueError(
-                "BatchNorm needs use_running_average: pass use_running_average=False while training "
-                "(batch statistics, running averages updated) or True for evaluation, to the call "
-                "or to BatchNorm(..., use_running_average=...)."
-            )
+        use_running_average = modes.resolve(
+            "use_running_average", self.use_running_average, use_running_average, "BatchNorm"
+        )
         _check_features("BatchNorm", self.num_features, x, self.axis)
         ndim = jnp.ndim(x)
         feature_axis = self.axis % ndim
@@ -396,7 +300,7 @@ class BatchNorm(Module):
             # As Linen's: while initialising, no cross-device mean (so init runs outside
             # pmap) and the running statistics stay as constructed.
             initializing = self.is_initializing()
-            mean, var = _statistics(
+            mean, var = moments.statistics(
                 x,
                 reduction_axes,
                 dtype=self.dtype,
@@ -408,14 +312,14 @@ class BatchNorm(Module):
             if not initializing:
                 self.mean.value = self.momentum * self.mean.value + (1 - self.momentum) * mean
                 self.var.value = self.momentum * self.var.value + (1 - self.momentum) * var
-        return _normalize(
+        return moments.normalize(
             x,
             mean,
             var,
             reduction_axes,
             feature_axis,
             epsilon=self.epsilon,
-            scale=None if self.scale is None else self.scale.value,
-            bias=None if self.bias is None else self.bias.value,
+            scale=self.scale,
+            bias=self.bias,
             dtype=self.dtype,
         )

@@ -1,4 +1,4 @@
-"""Creating a layer's parameters: Linen's default initialisers, keys, sharding names.
+"""Creating a layer's parameters: Linen's default initialisers, keys, shape checks.
 
 Every layer draws one key per parameter from ``ctx.make_rng("params")``, in the
 order Linen creates them (kernel before bias, scale before bias), calls the
@@ -15,7 +15,7 @@ import jax
 from jax.nn import initializers
 
 from nnx_bridge.context import Context
-from nnx_bridge.variables import Param
+from nnx_bridge.variables import Param, check_sharding
 
 Initializer = tp.Callable[..., jax.Array]
 Shape = tuple[int, ...]
@@ -49,37 +49,55 @@ def make_param(
     return Param(init(ctx.make_rng("params"), shape, param_dtype), sharding=sharding)
 
 
-def check_sharding(sharding: tp.Any, ndim: int, *, layer: str, what: str) -> tuple[str | None, ...] | None:
-    """Validates `sharding` as one name (str or None) per dimension of an ``ndim``-D array.
+def kernel_and_bias(
+    ctx: Context,
+    *,
+    layer: str,
+    what: str,
+    kernel_shape: Shape,
+    bias_shape: Shape | None,
+    param_dtype: tp.Any,
+    kernel_init: Initializer,
+    bias_init: Initializer,
+    sharding: tp.Any,
+    bias_axes: tp.Sequence[int] | None,
+) -> tuple[Param[jax.Array], Param[jax.Array] | None]:
+    """A layer's ``kernel`` and optional ``bias``, keys drawn in that order, as Linen.
+
+    `sharding` names the kernel's axes (checked by `check_sharding`); the bias
+    gets the names of the kernel axes `bias_axes` (None: no names).
 
     Args:
-      sharding: the ``sharding=`` argument of a layer, or None.
-      ndim: the rank of the array it names.
+      ctx: the Context the ``params`` keys come from.
       layer: the layer's name, for the error message.
-      what: what the names are for (e.g. ``"kernel (in, out)"``), for the error message.
+      what: what the kernel's axes are (e.g. ``"kernel (in, out)"``), for the error message.
+      kernel_shape: the kernel's shape.
+      bias_shape: the bias's shape, or None for no bias.
+      param_dtype: storage dtype of both.
+      kernel_init: the kernel's initialiser.
+      bias_init: the bias's initialiser.
+      sharding: the layer's ``sharding=`` argument: one name per kernel axis, or None.
+      bias_axes: the kernel axes whose names the bias takes, or None.
 
     Returns:
-      The names as a tuple, or None.
+      ``(kernel, bias)``; ``bias`` is None when `bias_shape` is.
 
     Example:
-        >>> from nnx_bridge.nn.params import check_sharding
-        >>> check_sharding(["data", None], 2, layer="Linear", what="kernel (in, out)")
-        ('data', None)
+        >>> import jax.numpy as jnp, nnx_bridge as nnx
+        >>> from nnx_bridge.nn.params import kernel_and_bias, default_kernel_init, default_bias_init
+        >>> kernel, bias = kernel_and_bias(
+        ...     nnx.Context(0), layer="Mine", what="kernel (in, out)", kernel_shape=(2, 3),
+        ...     bias_shape=(3,), param_dtype=jnp.float32, kernel_init=default_kernel_init,
+        ...     bias_init=default_bias_init, sharding=("embed", "mlp"), bias_axes=(-1,))
+        >>> kernel.value.shape, bias.sharding
+        ((2, 3), ('mlp',))
     """
-    if sharding is None:
-        return None
-    if isinstance(sharding, str) or not isinstance(sharding, tp.Sequence):
-        raise TypeError(
-            f"{layer}: sharding must be a sequence of {ndim} axis names (str or None), one per "
-            f"dimension of the {what}; found {sharding!r}."
-        )
-    names = tuple(sharding)
-    if len(names) != ndim:
-        raise ValueError(
-            f"{layer}: sharding names one axis per dimension of the {what}, so it needs {ndim} "
-            f"entries; found {len(names)}: {names!r}."
-        )
-    return names
+    names = check_sharding(sharding, len(kernel_shape), where=layer, what=what)
+    kernel = make_param(ctx, kernel_init, kernel_shape, param_dtype, names)
+    if bias_shape is None:
+        return kernel, None
+    bias_names = None if names is None or bias_axes is None else tuple(names[a] for a in bias_axes)
+    return kernel, make_param(ctx, bias_init, bias_shape, param_dtype, bias_names)
 
 
 def check_shapes(layer: tp.Any, config: str, **expected: Shape) -> None:

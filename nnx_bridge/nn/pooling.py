@@ -17,7 +17,7 @@ from jax import lax
 from nnx_bridge.nn import spatial
 
 _PADDINGS = ("SAME", "VALID")
-PoolPadding = tp.Union[str, tp.Sequence[tuple[int, int]]]
+PoolPadding = str | tp.Sequence[tuple[int, int]]
 
 
 def _windows(

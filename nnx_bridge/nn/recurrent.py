@@ -53,7 +53,8 @@ def default_recurrent_kernel_init(key: jax.Array, shape: Shape, dtype: tp.Any = 
         >>> import jax, jax.numpy as jnp
         >>> from nnx_bridge.nn.recurrent import default_recurrent_kernel_init
         >>> w = default_recurrent_kernel_init(jax.random.key(0), (3, 3), jnp.bfloat16)
-        >>> w.dtype, bool(jnp.allclose((w.astype(jnp.float32) @ w.T.astype(jnp.float32)), jnp.eye(3), atol=2e-2))
+        >>> w32 = w.astype(jnp.float32)
+        >>> w.dtype, bool(jnp.allclose(w32 @ w32.T, jnp.eye(3), atol=2e-2))
         (dtype(bfloat16), True)
     """
     if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
@@ -235,6 +236,34 @@ class _DenseCell(RNNCellBase):
             bias_init=bias_init,
         )
 
+    def _gate(
+        self,
+        ctx: Context,
+        gate: str,
+        *,
+        kernel_init: Initializer,
+        recurrent_kernel_init: Initializer,
+        input_bias_init: Initializer | None,
+        hidden_bias_init: Initializer | None,
+    ) -> None:
+        """Sets sub-layers ``"i" + gate`` (on the input) then ``"h" + gate`` (on the carry).
+
+        Linen's key order; a None bias initialiser means no bias. Set by name, as
+        ``"if"`` and ``"in"`` are keywords.
+        """
+        for prefix, inputs, init, bias_init in (
+            ("i", True, kernel_init, input_bias_init),
+            ("h", False, recurrent_kernel_init, hidden_bias_init),
+        ):
+            dense = self._dense(
+                ctx,
+                inputs=inputs,
+                use_bias=bias_init is not None,
+                kernel_init=init,
+                bias_init=initializers.zeros if bias_init is None else bias_init,
+            )
+            setattr(self, prefix + gate, dense)
+
     @property
     def num_feature_axes(self) -> int:
         """1: the last axis of an input holds its features."""
@@ -358,14 +387,14 @@ class LSTMCell(_DenseCell):
         self._setup(in_features, hidden_features, dtype, param_dtype, carry_init)
         self.gate_fn = gate_fn
         self.activation_fn = activation_fn
-        for gate in self._GATES:  # "if" is a keyword: the sub-layers are set by name
-            setattr(self, "i" + gate, self._dense(ctx, inputs=True, use_bias=False, kernel_init=kernel_init))
-            setattr(
-                self,
-                "h" + gate,
-                self._dense(
-                    ctx, inputs=False, use_bias=True, kernel_init=recurrent_kernel_init, bias_init=bias_init
-                ),
+        for gate in self._GATES:
+            self._gate(
+                ctx,
+                gate,
+                kernel_init=kernel_init,
+                recurrent_kernel_init=recurrent_kernel_init,
+                input_bias_init=None,
+                hidden_bias_init=bias_init,
             )
 
     def _sub(self, name: str) -> Linear:
@@ -382,6 +411,12 @@ class LSTMCell(_DenseCell):
         f = self.gate_fn(sub["if"](inputs) + sub["hf"](h))
         g = self.activation_fn(sub["ig"](inputs) + sub["hg"](h))
         o = self.gate_fn(sub["io"](inputs) + sub["ho"](h))
+        return self._update(c, i, f, g, o)
+
+    def _update(
+        self, c: jax.Array, i: jax.Array, f: jax.Array, g: jax.Array, o: jax.Array
+    ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+        """``((c', h'), h')`` from the gates: ``c' = f * c + i * g``, ``h' = o * activation(c')``."""
         new_c = f * c + i * g
         new_h = o * self.activation_fn(new_c)
         return (new_c, new_h), new_h
@@ -406,13 +441,14 @@ class OptimizedLSTMCell(LSTMCell):
     def _concat_dense(self, x: jax.Array, prefix: str, use_bias: bool) -> dict[str, jax.Array]:
         layers = [self._sub(prefix + g) for g in self._GATES]
         kernel = jnp.concatenate([layer.kernel.value for layer in layers], axis=-1)
-        bias = jnp.concatenate([layer.bias.value for layer in layers], axis=-1) if use_bias else None
+        biases = [layer.bias.value for layer in layers if layer.bias is not None] if use_bias else []
+        bias = jnp.concatenate(biases, axis=-1) if biases else None
         x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         y = jnp.dot(x, kernel)
         if bias is not None:
             y += jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
         parts = jnp.split(y, np.cumsum([self.hidden_features] * 3), axis=-1)
-        return dict(zip(self._GATES, parts))
+        return dict(zip(self._GATES, parts, strict=True))
 
     def __call__(
         self, carry: tuple[jax.Array, jax.Array], inputs: jax.Array
@@ -426,9 +462,7 @@ class OptimizedLSTMCell(LSTMCell):
         f = self.gate_fn(dense_h["f"] + dense_i["f"])
         g = self.activation_fn(dense_h["g"] + dense_i["g"])
         o = self.gate_fn(dense_h["o"] + dense_i["o"])
-        new_c = f * c + i * g
-        new_h = o * self.activation_fn(new_c)
-        return (new_c, new_h), new_h
+        return self._update(c, i, f, g, o)
 
 
 class GRUCell(_DenseCell):
@@ -482,21 +516,13 @@ class GRUCell(_DenseCell):
         self.gate_fn = gate_fn
         self.activation_fn = activation_fn
         for gate in ("r", "z", "n"):
-            setattr(
-                self,
-                "i" + gate,
-                self._dense(ctx, inputs=True, use_bias=True, kernel_init=kernel_init, bias_init=bias_init),
-            )
-            setattr(
-                self,
-                "h" + gate,
-                self._dense(
-                    ctx,
-                    inputs=False,
-                    use_bias=gate == "n",
-                    kernel_init=recurrent_kernel_init,
-                    bias_init=bias_init,
-                ),
+            self._gate(
+                ctx,
+                gate,
+                kernel_init=kernel_init,
+                recurrent_kernel_init=recurrent_kernel_init,
+                input_bias_init=bias_init,
+                hidden_bias_init=bias_init if gate == "n" else None,
             )
 
     def __call__(self, carry: jax.Array, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -564,12 +590,14 @@ class MGUCell(_DenseCell):
         self.gate_fn = gate_fn
         self.activation_fn = activation_fn
         self.reset_gate = bool(reset_gate)
-        setattr(
-            self,
-            "if",
-            self._dense(ctx, inputs=True, use_bias=True, kernel_init=kernel_init, bias_init=forget_bias_init),
+        self._gate(
+            ctx,
+            "f",
+            kernel_init=kernel_init,
+            recurrent_kernel_init=recurrent_kernel_init,
+            input_bias_init=forget_bias_init,
+            hidden_bias_init=None,
         )
-        self.hf = self._dense(ctx, inputs=False, use_bias=False, kernel_init=recurrent_kernel_init)
         self.hn = self._dense(
             ctx,
             inputs=False,
@@ -590,7 +618,7 @@ class MGUCell(_DenseCell):
         h = carry
         self._check_step(inputs, h, self.in_features)
         sub = self.__dict__
-        f = self.gate_fn(sub["if"](inputs) + self.hf(h))
+        f = self.gate_fn(sub["if"](inputs) + sub["hf"](h))
         x = self.hn(h)
         if self.reset_gate:
             x *= f

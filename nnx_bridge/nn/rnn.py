@@ -184,7 +184,7 @@ class RNN(Module):
 
         xs = jnp.moveaxis(inputs, time_axis, 0)
         carry, ys = jax.lax.scan(step, carry, xs, unroll=self.unroll)
-        if keep_history:
+        if keep_history and seq_lengths is not None:
             history, ys = ys
             carry = _last_valid(history, seq_lengths)
         outputs = jax.tree.map(lambda y: jnp.moveaxis(y, 0, time_axis), ys)

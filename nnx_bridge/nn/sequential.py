@@ -81,7 +81,7 @@ class Sequential(Module):
                 f"accepts ({', '.join(_name(layer) for layer in self.layers)}). Check the spelling, "
                 f"or call the layer that needs it directly."
             )
-        for layer, names in zip(self.layers, accepted):
+        for layer, names in zip(self.layers, accepted, strict=True):
             x = layer(x, **(kwargs if names is None else {k: v for k, v in kwargs.items() if k in names}))
         return x
 

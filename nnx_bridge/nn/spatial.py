@@ -17,14 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-Padding = tp.Union[str, int, tp.Sequence[int | tuple[int, int]]]
+from nnx_bridge.nn import dtypes
+
+Padding = str | int | tp.Sequence[int | tuple[int, int]]
 #: Padding strings that `jax.lax` understands itself (case-insensitive, as lax).
 LAX_PADDINGS = ("SAME", "VALID", "SAME_LOWER")
 #: Padding strings the layers apply by hand (case-sensitive, as Linen), then convolve 'VALID'.
 HAND_PADDINGS = ("CIRCULAR", "REFLECT", "CAUSAL")
 
 
-def _is_int(value: tp.Any) -> bool:
+def _is_int(value: tp.Any) -> tp.TypeGuard[int | np.integer]:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
@@ -38,7 +40,8 @@ def kernel_size_tuple(
         >>> kernel_size_tuple(3, layer="Conv"), kernel_size_tuple([2, 2], layer="Conv")
         ((3,), (2, 2))
     """
-    values = (kernel_size,) if _is_int(kernel_size) else tuple(kernel_size)
+    # A bool is an int here, then rejected below with the message (tuple(True) would not say why).
+    values = (kernel_size,) if isinstance(kernel_size, (int, np.integer)) else tuple(kernel_size)
     if not values or not all(_is_int(k) and k > 0 for k in values):
         raise ValueError(
             f"{layer}: {argument} must be a positive int or a non-empty tuple of positive ints "
@@ -57,7 +60,7 @@ def per_dim(value: int | tp.Sequence[int] | None, rank: int, argument: str, *, l
     """
     if value is None:
         value = 1
-    values = (value,) * rank if _is_int(value) else tuple(value)
+    values = (value,) * rank if isinstance(value, (int, np.integer)) else tuple(value)
     if len(values) != rank or not all(_is_int(v) and v > 0 for v in values):
         raise ValueError(
             f"{layer}: {argument} must be an int or {rank} ints (one per spatial dimension), each "
@@ -143,7 +146,7 @@ def pad_by_hand(
     """
     if padding not in HAND_PADDINGS:
         return x, padding
-    dilated = [(k - 1) * d + 1 for k, d in zip(kernel_size, kernel_dilation)]
+    dilated = [(k - 1) * d + 1 for k, d in zip(kernel_size, kernel_dilation, strict=True)]
     if padding == "CAUSAL":
         return jnp.pad(x, [(0, 0), (dilated[0] - 1, 0), (0, 0)]), "VALID"
     pads = [(0, 0)] + [((k - 1) // 2, k // 2) for k in dilated] + [(0, 0)]
@@ -160,13 +163,15 @@ def padded_spatial_shape(
 
     Example:
         >>> from nnx_bridge.nn.spatial import padded_spatial_shape
-        >>> padded_spatial_shape((8, 8), "CIRCULAR", (3, 3), (1, 2)), padded_spatial_shape((8,), "SAME", (3,), (1,))
-        ((10, 12), (8,))
+        >>> padded_spatial_shape((8, 8), "CIRCULAR", (3, 3), (1, 2))
+        (10, 12)
+        >>> padded_spatial_shape((8,), "SAME", (3,), (1,))
+        (8,)
     """
     if padding not in HAND_PADDINGS:
         return spatial
-    dilated = [(k - 1) * d + 1 for k, d in zip(kernel_size, kernel_dilation)]
-    return tuple(s + k - 1 for s, k in zip(spatial, dilated))
+    dilated = [(k - 1) * d + 1 for k, d in zip(kernel_size, kernel_dilation, strict=True)]
+    return tuple(s + k - 1 for s, k in zip(spatial, dilated, strict=True))
 
 
 def conv_dimension_numbers(ndim: int) -> lax.ConvDimensionNumbers:
@@ -291,3 +296,22 @@ def kernel_mask(mask: tp.Any, kernel_shape: tuple[int, ...], *, layer: str) -> K
             f"{found.shape}. Build the mask for this kernel (kernel_size + (in, out) features)."
         )
     return found
+
+
+def call_operands(
+    x: jax.Array, kernel: jax.Array, mask: KernelMask | None, bias: jax.Array | None, dtype: tp.Any
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """``x``, the kernel (times `mask`, if any) and ``bias``, promoted to one computation dtype.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from nnx_bridge.nn.spatial import KernelMask, call_operands
+        >>> mask = KernelMask(jnp.array([1.0, 0.0]))
+        >>> x, k, b = call_operands(jnp.ones(2), jnp.full(2, 3.0), mask, None, None)
+        >>> k.tolist(), b
+        ([3.0, 0.0], None)
+    """
+    if mask is not None:
+        kernel = kernel * mask.array
+    x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
+    return x, kernel, bias

@@ -19,11 +19,11 @@ from nnx_bridge.context import Context
 from nnx_bridge.graph import walk
 from nnx_bridge.module import Module
 from nnx_bridge.nn import dtypes
+from nnx_bridge.nn.moments import Axes
 from nnx_bridge.nn.params import Initializer, default_scale_init, make_param
 from nnx_bridge.state import State, split_path
 from nnx_bridge.variables import Variable
 
-Axes = tp.Union[int, tp.Sequence[int]]
 #: The attribute holding the wrapped layer; Linen's field (and variable) name.
 LAYER = "layer_instance"
 
