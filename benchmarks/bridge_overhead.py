@@ -145,15 +145,19 @@ def eager_call(setup: Setup, style: str, mode: str) -> tp.Callable[[], tp.Any]:
     if mode == "train":
         mutable = ["batch_stats"] if "batch_stats" in variables else False
         return lambda: jax.block_until_ready(
-            model.apply(variables, x, train=True, rngs={"dropout": key}, mutable=mutable))
+            model.apply(variables, x, train=True, rngs={"dropout": key}, mutable=mutable)
+        )
     return lambda: jax.block_until_ready(model.apply(variables, x, train=False))
 
 
 def measure_eager(setup: Setup, rounds: int, min_batch_s: float) -> dict[str, dict[str, Timing]]:
     """``{mode: {style: Timing}}`` for modes ``train`` and ``eval``."""
-    return {mode: interleave({s: eager_call(setup, s, mode) for s in setup.modules},
-                             rounds=rounds, min_batch_s=min_batch_s)
-            for mode in ("train", "eval")}
+    return {
+        mode: interleave(
+            {s: eager_call(setup, s, mode) for s in setup.modules}, rounds=rounds, min_batch_s=min_batch_s
+        )
+        for mode in ("train", "eval")
+    }
 
 
 # ----------------------------------------------------------------------------------
@@ -161,8 +165,7 @@ def measure_eager(setup: Setup, rounds: int, min_batch_s: float) -> dict[str, di
 # ----------------------------------------------------------------------------------
 def compile_steps(setup: Setup) -> dict[str, tp.Any]:
     """The compiled train step of every style, plus the NNX-style step over States."""
-    compiled = {s: jax.jit(models.train_step).lower(*setup.step_args(s)).compile()
-                for s in setup.modules}
+    compiled = {s: jax.jit(models.train_step).lower(*setup.step_args(s)).compile() for s in setup.modules}
     state, moduledef = models.nnx_init(setup.twin.bridge_module(jax.random.PRNGKey(1)), setup.tx)
     nnx_step = functools.partial(models.nnx_train_step, moduledef, setup.tx)
     compiled[NNX_STYLE] = jax.jit(nnx_step).lower(state, setup.x, setup.y, setup.key).compile()
@@ -170,11 +173,12 @@ def compile_steps(setup: Setup) -> dict[str, tp.Any]:
     return compiled
 
 
-def measure_steady(setup: Setup, compiled: dict[str, tp.Any], rounds: int,
-                   min_batch_s: float) -> dict[str, Timing]:
+def measure_steady(
+    setup: Setup, compiled: dict[str, tp.Any], rounds: int, min_batch_s: float
+) -> dict[str, Timing]:
     """Blocking calls of each compiled step with fixed inputs, interleaved."""
-    calls = {s: (lambda c=c, a=setup.step_args(s): jax.block_until_ready(c(*a)))
-             for s, c in compiled.items()}
+    args = {s: setup.step_args(s) for s in compiled}
+    calls = {s: (lambda c=c, a=args[s]: jax.block_until_ready(c(*a))) for s, c in compiled.items()}
     return interleave(calls, rounds=rounds, min_batch_s=min_batch_s)
 
 
@@ -240,12 +244,21 @@ def program_facts(compiled: tp.Any) -> dict[str, tp.Any]:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     memory = compiled.memory_analysis()
-    memory_fields = ("peak_memory_in_bytes", "argument_size_in_bytes", "output_size_in_bytes",
-                     "alias_size_in_bytes", "temp_size_in_bytes", "generated_code_size_in_bytes")
+    memory_fields = (
+        "peak_memory_in_bytes",
+        "argument_size_in_bytes",
+        "output_size_in_bytes",
+        "alias_size_in_bytes",
+        "temp_size_in_bytes",
+        "generated_code_size_in_bytes",
+    )
     return {
         "ops": hlo_op_counts(compiled.as_text()),
-        "cost": {k: float(v) for k, v in sorted((cost or {}).items())
-                 if k in ("flops", "bytes accessed", "transcendentals", "optimal_seconds")},
+        "cost": {
+            k: float(v)
+            for k, v in sorted((cost or {}).items())
+            if k in ("flops", "bytes accessed", "transcendentals", "optimal_seconds")
+        },
         "memory": {f: int(getattr(memory, f)) for f in memory_fields if hasattr(memory, f)},
     }
 
@@ -257,20 +270,27 @@ def compare_programs(reference: tp.Any, other: tp.Any) -> dict[str, tp.Any]:
     ref_cost = reference.cost_analysis()
     oth_cost = other.cost_analysis()
     ref_lines, other_lines = hlo_computations(ref_text), hlo_computations(other_text)
-    diff = [line for line in difflib.unified_diff(canonical_names(ref_lines),
-                                                  canonical_names(other_lines), n=0, lineterm="")
-            if not line.startswith(("---", "+++"))]
-    op_delta = {k: oth["ops"].get(k, 0) - ref["ops"].get(k, 0)
-                for k in sorted(set(ref["ops"]) | set(oth["ops"]))
-                if oth["ops"].get(k, 0) != ref["ops"].get(k, 0)}
+    diff = [
+        line
+        for line in difflib.unified_diff(
+            canonical_names(ref_lines), canonical_names(other_lines), n=0, lineterm=""
+        )
+        if not line.startswith(("---", "+++"))
+    ]
+    op_delta = {
+        k: oth["ops"].get(k, 0) - ref["ops"].get(k, 0)
+        for k in sorted(set(ref["ops"]) | set(oth["ops"]))
+        if oth["ops"].get(k, 0) != ref["ops"].get(k, 0)
+    }
     return {
         "ops_identical": ref["ops"] == oth["ops"],
         "cost_identical": ref_cost == oth_cost,
         "memory_identical": ref["memory"] == oth["memory"],
         "text_identical": ref_lines == other_lines,
         "text_identical_up_to_names": canonical_names(ref_lines) == canonical_names(other_lines),
-        "text_identical_up_to_names_and_constants": (without_constants(canonical_names(ref_lines))
-                                                     == without_constants(canonical_names(other_lines))),
+        "text_identical_up_to_names_and_constants": (
+            without_constants(canonical_names(ref_lines)) == without_constants(canonical_names(other_lines))
+        ),
         "op_count_delta": op_delta,
         "diff_lines": len(diff),
         "diff_head": diff[:20],
@@ -324,8 +344,13 @@ def profile_bridge(setup: Setup, calls: int = 20, top: int = 12) -> dict[str, tp
             "bridge_machinery_ms": MS * (wrapper - method) / calls,
             "self_time_share_by_package": {k: v / total for k, v in by_package.most_common()},
             "nnx_bridge_functions": [
-                {"function": f, "cum_ms_per_call": MS * c / calls, "self_ms_per_call": MS * t / calls,
-                 "calls_per_call": n / calls} for c, t, n, f in ours[:top]
+                {
+                    "function": f,
+                    "cum_ms_per_call": MS * c / calls,
+                    "self_ms_per_call": MS * t / calls,
+                    "calls_per_call": n / calls,
+                }
+                for c, t, n, f in ours[:top]
             ],
         }
     return out
@@ -355,8 +380,9 @@ def _ratio(r: Summary) -> str:
     return f"{r.median:5.3f} [{r.q1:.2f}-{r.q3:.2f}]"
 
 
-def timing_table(title: str, rows: dict[str, dict[str, Timing]], styles: tp.Sequence[str],
-                 bound: float | None) -> list[str]:
+def timing_table(
+    title: str, rows: dict[str, dict[str, Timing]], styles: tp.Sequence[str], bound: float | None
+) -> list[str]:
     """One table: per row, ms per call of each style and the ratios to Linen."""
     others = [s for s in styles if s != LINEN]
     head = f"{title:<24}" + "".join(f"{LABELS[s] + ' ms':>20}" for s in styles)
@@ -385,12 +411,20 @@ def verdicts(results: dict[str, tp.Any]) -> dict[str, dict[str, tp.Any]]:
             continue
         worst_row = max(ratios, key=lambda r: ratios[r]["median"])
         worst = ratios[worst_row]["median"]
-        out[key] = {"what": what, "target": f"<= {bound}", "worst_row": worst_row, "worst_median": worst,
-                    "verdict": "PASS" if worst <= bound else "MISS"}
+        out[key] = {
+            "what": what,
+            "target": f"<= {bound}",
+            "worst_row": worst_row,
+            "worst_median": worst,
+            "verdict": "PASS" if worst <= bound else "MISS",
+        }
     programs = results["programs"]
     same = all(p[BRIDGE]["ops_identical"] and p[BRIDGE]["cost_identical"] for p in programs.values())
-    out["hlo"] = {"what": "optimized HLO of the train step, bridge vs Linen (op counts and cost)",
-                  "target": "identical", "verdict": "PASS" if same else "MISS" if programs else "NOT MEASURED"}
+    out["hlo"] = {
+        "what": "optimized HLO of the train step, bridge vs Linen (op counts and cost)",
+        "target": "identical",
+        "verdict": "PASS" if same else "MISS" if programs else "NOT MEASURED",
+    }
     return out
 
 
@@ -399,19 +433,25 @@ def verdicts(results: dict[str, tp.Any]) -> dict[str, dict[str, tp.Any]]:
 # ----------------------------------------------------------------------------------
 def parse_args(argv: tp.Sequence[str] | None = None) -> argparse.Namespace:
     """The command-line flags."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--models", nargs="+", choices=sorted(TWINS), default=list(TWINS),
-                   help="models to measure")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--models", nargs="+", choices=sorted(TWINS), default=list(TWINS), help="models to measure"
+    )
     p.add_argument("--batch-size", type=int, default=32, help="examples per call")
     p.add_argument("--trace-rounds", type=int, default=10, help="rounds of trace+lower")
     p.add_argument("--eager-rounds", type=int, default=15, help="rounds of eager apply")
     p.add_argument("--steady-rounds", type=int, default=40, help="rounds of the steady step")
     p.add_argument("--no-flax", action="store_true", help="skip Flax's own bridge")
-    p.add_argument("--profile", action="store_true",
-                   help="cProfile the bridge's trace+lower and eager apply (first model)")
-    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results"),
-                   help="folder for bridge_overhead.json")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="cProfile the bridge's trace+lower and eager apply (first model)",
+    )
+    p.add_argument(
+        "--out", type=pathlib.Path, default=pathlib.Path("results"), help="folder for bridge_overhead.json"
+    )
     return p.parse_args(argv)
 
 
@@ -420,11 +460,18 @@ def main(argv: tp.Sequence[str] | None = None) -> dict[str, tp.Any]:
     args = parse_args(argv)
     styles = [LINEN, BRIDGE] + ([] if args.no_flax else [FLAX])
     env = models.environment()
-    print(f"bridge overhead on {env['device']} ({env['cpu_count']} CPUs, load {env['load_avg_1min']:.1f}), "
-          f"jax {env['jax']}, flax {env['flax']}, batch {args.batch_size}")
+    print(
+        f"bridge overhead on {env['device']} ({env['cpu_count']} CPUs, load {env['load_avg_1min']:.1f}), "
+        f"jax {env['jax']}, flax {env['flax']}, batch {args.batch_size}"
+    )
     started = time.perf_counter()
-    timings: dict[str, dict[str, dict[str, Timing]]] = {"trace": {}, "trace_lower": {}, "eager_train": {},
-                                                      "eager_eval": {}, "steady": {}}
+    timings: dict[str, dict[str, dict[str, Timing]]] = {
+        "trace": {},
+        "trace_lower": {},
+        "eager_train": {},
+        "eager_eval": {},
+        "steady": {},
+    }
     programs: dict[str, dict[str, tp.Any]] = {}
     profiles: dict[str, tp.Any] = {}
     for name in args.models:
@@ -448,10 +495,14 @@ def main(argv: tp.Sequence[str] | None = None) -> dict[str, tp.Any]:
 
     ratios = {
         "trace_lower": {m: ratio(t[BRIDGE], t[LINEN]).to_json() for m, t in timings["trace_lower"].items()},
-        "eager": {f"{m} ({mode})": ratio(t[BRIDGE], t[LINEN]).to_json()
-                  for mode in ("train", "eval") for m, t in timings[f"eager_{mode}"].items()},
-        "steady": {m: ratio(t[BRIDGE], t[LINEN]).to_json()
-                   for m, t in timings["steady"].items() if m == "tiny_mlp"},
+        "eager": {
+            f"{m} ({mode})": ratio(t[BRIDGE], t[LINEN]).to_json()
+            for mode in ("train", "eval")
+            for m, t in timings[f"eager_{mode}"].items()
+        },
+        "steady": {
+            m: ratio(t[BRIDGE], t[LINEN]).to_json() for m, t in timings["steady"].items() if m == "tiny_mlp"
+        },
     }
     results: dict[str, tp.Any] = {"ratios": ratios, "programs": programs}
     checks = verdicts(results)
@@ -459,22 +510,29 @@ def main(argv: tp.Sequence[str] | None = None) -> dict[str, tp.Any]:
     print()
     for title, key, bound in (("trace (ms)", "trace", None), ("trace+lower (ms)", "trace_lower", 1.1)):
         print("\n".join(timing_table(title, timings[key], styles, bound)), end="\n\n")
-    eager_rows = {f"{m} ({mode})": t for mode in ("train", "eval") for m, t in timings[f"eager_{mode}"].items()}
+    eager_rows = {
+        f"{m} ({mode})": t for mode in ("train", "eval") for m, t in timings[f"eager_{mode}"].items()
+    }
     print("\n".join(timing_table("eager apply (ms)", eager_rows, styles, 1.2)), end="\n\n")
     steady_rows = {m: t for m, t in timings["steady"].items()}
     print("\n".join(timing_table("steady step (ms)", steady_rows, styles + [NNX_STYLE], None)), end="\n\n")
-    print(f"{'compiled train step vs Linen':<28}{'ops':>6}{'cost':>6}{'memory':>8}{'text':>8}"
-          f"{'flops':>14}{'bytes':>14}  op-count delta")
+    print(
+        f"{'compiled train step vs Linen':<28}{'ops':>6}{'cost':>6}{'memory':>8}{'text':>8}"
+        f"{'flops':>14}{'bytes':>14}  op-count delta"
+    )
     for name, per in programs.items():
         for style, cmp in per.items():
             yes = lambda b: "same" if b else "DIFF"  # noqa: E731
             facts = cmp["other"]["cost"]
-            print(f"{name + ' ' + LABELS[style]:<28}{yes(cmp['ops_identical']):>6}{yes(cmp['cost_identical']):>6}"
-                  f"{yes(cmp['memory_identical']):>8}{_text(cmp):>8}"
-                  f"{facts.get('flops', float('nan')):>14.0f}{facts.get('bytes accessed', float('nan')):>14.0f}"
-                  f"  {cmp['op_count_delta'] or ''}")
+            print(
+                f"{name + ' ' + LABELS[style]:<28}"
+                f"{yes(cmp['ops_identical']):>6}{yes(cmp['cost_identical']):>6}"
+                f"{yes(cmp['memory_identical']):>8}{_text(cmp):>8}"
+                f"{facts.get('flops', float('nan')):>14.0f}{facts.get('bytes accessed', float('nan')):>14.0f}"
+                f"  {cmp['op_count_delta'] or ''}"
+            )
     print()
-    for key, check in checks.items():
+    for check in checks.values():
         worst = f" (worst {check['worst_row']}: {check['worst_median']:.3f}x)" if "worst_row" in check else ""
         print(f"{check['verdict']:<5} {check['what']}: target {check['target']}{worst}")
     if profiles:
@@ -485,11 +543,21 @@ def main(argv: tp.Sequence[str] | None = None) -> dict[str, tp.Any]:
         "environment": env,
         "settings": {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()},
         "units": "ms per call",
-        "timings": {kind: {row: {s: {**t.summary.scaled(MS).to_json(), "calls_per_round": t.number}
-                                 for s, t in per.items()} for row, per in rows.items()}
-                    for kind, rows in timings.items()},
-        "ratios_to_linen": {kind: {row: {s: ratio(t[s], t[LINEN]).to_json() for s in t if s != LINEN}
-                                   for row, t in rows.items()} for kind, rows in timings.items()},
+        "timings": {
+            kind: {
+                row: {
+                    s: {**t.summary.scaled(MS).to_json(), "calls_per_round": t.number} for s, t in per.items()
+                }
+                for row, per in rows.items()
+            }
+            for kind, rows in timings.items()
+        },
+        "ratios_to_linen": {
+            kind: {
+                row: {s: ratio(t[s], t[LINEN]).to_json() for s in t if s != LINEN} for row, t in rows.items()
+            }
+            for kind, rows in timings.items()
+        },
         "programs": programs,
         "targets": checks,
         "profile": profiles,
@@ -517,15 +585,20 @@ def print_profile(profiles: dict[str, tp.Any]) -> None:
     print(f"\ncProfile of the bridge ({profiles['model']}; times under the profiler, per call):")
     for name in ("trace_lower", "eager_train"):
         p = profiles[name]
-        shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in p["self_time_share_by_package"].items()
-                           if v >= 0.005)
-        print(f"  {name}: {p['ms_per_call']:.1f} ms; inside ToLinen.__call__ {p['to_linen_call_ms']:.2f} ms "
-              f"= module's own method {p['module_method_ms']:.2f} ms + bridge machinery "
-              f"{p['bridge_machinery_ms']:.2f} ms")
+        shares = ", ".join(
+            f"{k} {100 * v:.0f}%" for k, v in p["self_time_share_by_package"].items() if v >= 0.005
+        )
+        print(
+            f"  {name}: {p['ms_per_call']:.1f} ms; inside ToLinen.__call__ {p['to_linen_call_ms']:.2f} ms "
+            f"= module's own method {p['module_method_ms']:.2f} ms + bridge machinery "
+            f"{p['bridge_machinery_ms']:.2f} ms"
+        )
         print(f"    self time by package: {shares}")
         for row in p["nnx_bridge_functions"][:8]:
-            print(f"    {row['cum_ms_per_call']:7.2f} ms cum {row['self_ms_per_call']:6.2f} ms self "
-                  f"{row['calls_per_call']:6.1f}x  {row['function']}")
+            print(
+                f"    {row['cum_ms_per_call']:7.2f} ms cum {row['self_ms_per_call']:6.2f} ms self "
+                f"{row['calls_per_call']:6.1f}x  {row['function']}"
+            )
 
 
 if __name__ == "__main__":

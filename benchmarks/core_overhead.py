@@ -196,8 +196,7 @@ def measure(fx: Fixture, rounds: int, min_batch_s: float) -> dict[str, dict[str,
     if eqx is not None and fx.eqx_model is not None:
         groups["partition"]["equinox"] = lambda: eqx.partition(fx.eqx_model, eqx.is_array)
         groups["merge"]["equinox"] = lambda: eqx.combine(fx.eqx_params, fx.eqx_static)
-    return {name: interleave(group, rounds=rounds, min_batch_s=min_batch_s)
-            for name, group in groups.items()}
+    return {name: interleave(group, rounds=rounds, min_batch_s=min_batch_s) for name, group in groups.items()}
 
 
 def summarise(depth: int, timings: dict[str, dict[str, Timing]]) -> dict[str, tp.Any]:
@@ -211,27 +210,33 @@ def summarise(depth: int, timings: dict[str, dict[str, Timing]]) -> dict[str, tp
             for name, t in per.items()
         }
     out["ratios"] = {
-        "partition_flax_over_ours": ratio(timings["partition"]["flax.nnx"],
-                                          timings["partition"]["nnx_bridge"]).to_json(),
-        "merge_flax_over_ours": ratio(timings["merge"]["flax.nnx"],
-                                      timings["merge"]["nnx_bridge"]).to_json(),
-        "dispatch_state_over_dict": ratio(timings["dispatch"]["state"],
-                                          timings["dispatch"]["dict"]).to_json(),
-        "dispatch_linen_over_dict": ratio(timings["dispatch"]["linen"],
-                                          timings["dispatch"]["dict"]).to_json(),
+        "partition_flax_over_ours": ratio(
+            timings["partition"]["flax.nnx"], timings["partition"]["nnx_bridge"]
+        ).to_json(),
+        "merge_flax_over_ours": ratio(timings["merge"]["flax.nnx"], timings["merge"]["nnx_bridge"]).to_json(),
+        "dispatch_state_over_dict": ratio(
+            timings["dispatch"]["state"], timings["dispatch"]["dict"]
+        ).to_json(),
+        "dispatch_linen_over_dict": ratio(
+            timings["dispatch"]["linen"], timings["dispatch"]["dict"]
+        ).to_json(),
     }
     for group in ("partition", "merge"):
         if "equinox" in timings[group]:
-            out["ratios"][f"{group}_equinox_over_ours"] = ratio(timings[group]["equinox"],
-                                                                timings[group]["nnx_bridge"]).to_json()
+            out["ratios"][f"{group}_equinox_over_ours"] = ratio(
+                timings[group]["equinox"], timings[group]["nnx_bridge"]
+            ).to_json()
     return out
 
 
 def check_targets(rows: list[dict[str, tp.Any]]) -> dict[str, dict[str, tp.Any]]:
     """PASS/MISS for each target at `TARGET_DEPTH`, from the round-by-round ratios."""
     row = next((r for r in rows if r["depth"] == TARGET_DEPTH), None)
-    keys = {"partition": "partition_flax_over_ours", "merge": "merge_flax_over_ours",
-            "dispatch": "dispatch_state_over_dict"}
+    keys = {
+        "partition": "partition_flax_over_ours",
+        "merge": "merge_flax_over_ours",
+        "dispatch": "dispatch_state_over_dict",
+    }
     results = {}
     for name, (what, op, bound) in TARGETS.items():
         if row is None:
@@ -239,8 +244,14 @@ def check_targets(rows: list[dict[str, tp.Any]]) -> dict[str, dict[str, tp.Any]]
             continue
         r = row["ratios"][keys[name]]
         ok = r["median"] >= bound if op == ">=" else r["median"] <= bound
-        results[name] = {"what": what, "target": f"{op} {bound}", "median": r["median"],
-                         "q1": r["q1"], "q3": r["q3"], "verdict": "PASS" if ok else "MISS"}
+        results[name] = {
+            "what": what,
+            "target": f"{op} {bound}",
+            "median": r["median"],
+            "q1": r["q1"],
+            "q3": r["q3"],
+            "verdict": "PASS" if ok else "MISS",
+        }
     return results
 
 
@@ -275,8 +286,11 @@ def large_graphs(n_modules: int = 50_000, depth: int = 10_000, repeats: int = 3)
         state, moduledef = model.partition()
         n = len(state)
         best = {"partition": float("inf"), "merge": float("inf"), "update_state": float("inf")}
-        jobs = (("partition", model.partition), ("merge", functools.partial(moduledef.merge, state)),
-                ("update_state", functools.partial(model.update_state, state)))
+        jobs = (
+            ("partition", model.partition),
+            ("merge", functools.partial(moduledef.merge, state)),
+            ("update_state", functools.partial(model.update_state, state)),
+        )
         for _ in range(repeats):
             for what, fn in jobs:
                 t0 = time.perf_counter()
@@ -290,9 +304,11 @@ def print_large(large: dict[str, tp.Any]) -> None:
     """The large-graph figures, µs per Variable (best of a few runs)."""
     print("\nLarge graphs, µs per Variable (best of 3)")
     for name, row in large.items():
-        print(f"  {name:<20} {row['variables']:>7} Variables | partition "
-              f"{row['partition_us_per_variable']:6.2f} | merge {row['merge_us_per_variable']:6.2f} | "
-              f"update_state {row['update_state_us_per_variable']:6.2f}")
+        print(
+            f"  {name:<20} {row['variables']:>7} Variables | partition "
+            f"{row['partition_us_per_variable']:6.2f} | merge {row['merge_us_per_variable']:6.2f} | "
+            f"update_state {row['update_state_us_per_variable']:6.2f}"
+        )
 
 
 # ----------------------------------------------------------------------------------
@@ -308,36 +324,48 @@ def _ratio(s: dict[str, float]) -> str:
 
 def print_tables(rows: list[dict[str, tp.Any]]) -> None:
     """The figures as three tables (medians; ± is the IQR as % of the median)."""
-    print("\nPartition and merge, µs per layer (median ±IQR%), ratio = flax.nnx / nnx_bridge "
-          "[IQR of round-by-round ratios]")
-    print(f"{'depth':>5} | {'partition':>15} {'nnx.split':>15} {'ratio':>21} | "
-          f"{'merge':>15} {'nnx.merge':>15} {'ratio':>21}")
+    print(
+        "\nPartition and merge, µs per layer (median ±IQR%), ratio = flax.nnx / nnx_bridge "
+        "[IQR of round-by-round ratios]"
+    )
+    print(
+        f"{'depth':>5} | {'partition':>15} {'nnx.split':>15} {'ratio':>21} | "
+        f"{'merge':>15} {'nnx.merge':>15} {'ratio':>21}"
+    )
     for r in rows:
         p, m, q = r["partition"], r["merge"], r["ratios"]
-        print(f"{r['depth']:>5} | {_cell(p['nnx_bridge'])} {_cell(p['flax.nnx'])} "
-              f"{_ratio(q['partition_flax_over_ours']):>21} | {_cell(m['nnx_bridge'])} "
-              f"{_cell(m['flax.nnx'])} {_ratio(q['merge_flax_over_ours']):>21}")
+        print(
+            f"{r['depth']:>5} | {_cell(p['nnx_bridge'])} {_cell(p['flax.nnx'])} "
+            f"{_ratio(q['partition_flax_over_ours']):>21} | {_cell(m['nnx_bridge'])} "
+            f"{_cell(m['flax.nnx'])} {_ratio(q['merge_flax_over_ours']):>21}"
+        )
     if any("partition_equinox_over_ours" in r["ratios"] for r in rows):
         print("\nEquinox (optional extra), µs per layer, ratio = equinox / nnx_bridge")
         print(f"{'depth':>5} | {'eqx.partition':>15} {'ratio':>21} | {'eqx.combine':>15} {'ratio':>21}")
         for r in rows:
             q = r["ratios"]
-            print(f"{r['depth']:>5} | {_cell(r['partition']['equinox'])} "
-                  f"{_ratio(q['partition_equinox_over_ours']):>21} | {_cell(r['merge']['equinox'])} "
-                  f"{_ratio(q['merge_equinox_over_ours']):>21}")
+            print(
+                f"{r['depth']:>5} | {_cell(r['partition']['equinox'])} "
+                f"{_ratio(q['partition_equinox_over_ours']):>21} | {_cell(r['merge']['equinox'])} "
+                f"{_ratio(q['merge_equinox_over_ours']):>21}"
+            )
     print("\nLinen layout conversion, µs per layer")
     print(f"{'depth':>5} | {'to_variables':>15} {'from_variables':>15}")
     for r in rows:
         c = r["convert"]
         print(f"{r['depth']:>5} | {_cell(c['to_variables'])} {_cell(c['from_variables'])}")
     print("\nCompiled jax.jit call (trivial body, blocking), µs per call")
-    print(f"{'depth':>5} | {'State':>15} {'plain dict':>15} {'Linen vars':>15} | "
-          f"{'State/dict':>21} {'Linen/dict':>21}")
+    print(
+        f"{'depth':>5} | {'State':>15} {'plain dict':>15} {'Linen vars':>15} | "
+        f"{'State/dict':>21} {'Linen/dict':>21}"
+    )
     for r in rows:
         d, q = r["dispatch"], r["ratios"]
-        print(f"{r['depth']:>5} | {_cell(d['state'])} {_cell(d['dict'])} {_cell(d['linen'])} | "
-              f"{_ratio(q['dispatch_state_over_dict']):>21} "
-              f"{_ratio(q['dispatch_linen_over_dict']):>21}")
+        print(
+            f"{r['depth']:>5} | {_cell(d['state'])} {_cell(d['dict'])} {_cell(d['linen'])} | "
+            f"{_ratio(q['dispatch_state_over_dict']):>21} "
+            f"{_ratio(q['dispatch_linen_over_dict']):>21}"
+        )
 
 
 def print_targets(targets: dict[str, dict[str, tp.Any]]) -> None:
@@ -355,9 +383,11 @@ def print_targets(targets: dict[str, dict[str, tp.Any]]) -> None:
 # ----------------------------------------------------------------------------------
 def profile(fx: Fixture, calls: int, top: int) -> None:
     """cProfile of nnx_bridge's partition, merge and State dispatch at one depth."""
-    jobs = {"partition": fx.model.partition,
-            "merge": lambda: fx.moduledef.merge(fx.state),
-            "dispatch(State)": fx.dispatch("state")}
+    jobs = {
+        "partition": fx.model.partition,
+        "merge": lambda: fx.moduledef.merge(fx.state),
+        "dispatch(State)": fx.dispatch("state"),
+    }
     for name, fn in jobs.items():
         fn()
         prof = cProfile.Profile()
@@ -374,25 +404,44 @@ def profile(fx: Fixture, calls: int, top: int) -> None:
 # ----------------------------------------------------------------------------------
 def parse_args(argv: tp.Sequence[str] | None = None) -> argparse.Namespace:
     """The command-line flags."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--depths", type=int, nargs="+", default=[1, 10, 100, 1000],
-                   help="numbers of Linear layers")
-    p.add_argument("--rounds", type=int, default=40,
-                   help="interleaved rounds per comparison (samples per median)")
-    p.add_argument("--min-batch-ms", type=float, default=5.0,
-                   help="each sample times a batch of calls lasting at least this long")
-    p.add_argument("--layer", choices=["minimal", "nn"], default="minimal",
-                   help="nnx_bridge layer: a kernel+bias Linear, or nnx_bridge.nn.Linear "
-                        "(static fields too, like flax.nnx.Linear); Flax always uses nnx.Linear")
-    p.add_argument("--out", default="results",
-                   help="folder for core_overhead.json (core_overhead_nn.json with --layer nn)")
-    p.add_argument("--profile", action="store_true",
-                   help=f"also cProfile nnx_bridge at depth {TARGET_DEPTH} (or the largest depth)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--depths", type=int, nargs="+", default=[1, 10, 100, 1000], help="numbers of Linear layers"
+    )
+    p.add_argument(
+        "--rounds", type=int, default=40, help="interleaved rounds per comparison (samples per median)"
+    )
+    p.add_argument(
+        "--min-batch-ms",
+        type=float,
+        default=5.0,
+        help="each sample times a batch of calls lasting at least this long",
+    )
+    p.add_argument(
+        "--layer",
+        choices=["minimal", "nn"],
+        default="minimal",
+        help="nnx_bridge layer: a kernel+bias Linear, or nnx_bridge.nn.Linear "
+        "(static fields too, like flax.nnx.Linear); Flax always uses nnx.Linear",
+    )
+    p.add_argument(
+        "--out",
+        default="results",
+        help="folder for core_overhead.json (core_overhead_nn.json with --layer nn)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help=f"also cProfile nnx_bridge at depth {TARGET_DEPTH} (or the largest depth)",
+    )
     p.add_argument("--profile-calls", type=int, default=200, help="calls per profiled operation")
-    p.add_argument("--large", action="store_true",
-                   help="also time partition/merge per Variable at 100,000 Variables and a "
-                        "10,000-deep chain")
+    p.add_argument(
+        "--large",
+        action="store_true",
+        help="also time partition/merge per Variable at 100,000 Variables and a 10,000-deep chain",
+    )
     return p.parse_args(argv)
 
 
@@ -400,9 +449,11 @@ def main(argv: tp.Sequence[str] | None = None) -> dict[str, tp.Any]:
     """Runs the benchmark, prints the tables and targets, writes the JSON."""
     args = parse_args(argv)
     env = environment()
-    print(f"core_overhead on {env['device']} ({env['cpu_count']} CPUs), jax {env['jax']}, "
-          f"flax {env['flax']}; layer {args.layer}; {args.rounds} interleaved rounds per comparison, "
-          f"batches >= {args.min_batch_ms} ms; load average {env['load_avg_1min']:.2f}")
+    print(
+        f"core_overhead on {env['device']} ({env['cpu_count']} CPUs), jax {env['jax']}, "
+        f"flax {env['flax']}; layer {args.layer}; {args.rounds} interleaved rounds per comparison, "
+        f"batches >= {args.min_batch_ms} ms; load average {env['load_avg_1min']:.2f}"
+    )
     start = time.perf_counter()
     rows, fixtures = [], {}
     for depth in args.depths:
@@ -413,13 +464,20 @@ def main(argv: tp.Sequence[str] | None = None) -> dict[str, tp.Any]:
     print_tables(rows)
     targets = check_targets(rows)
     print_targets(targets)
-    result = {"benchmark": "core_overhead", "environment": env,
-              "settings": {"rounds": args.rounds, "min_batch_ms": args.min_batch_ms,
-                           "depths": args.depths, "layer": args.layer},
-              "units": {"partition": "µs/layer", "merge": "µs/layer", "convert": "µs/layer",
-                        "dispatch": "µs/call"},
-              "rows": rows, "targets": targets,
-              "wall_s": time.perf_counter() - start}
+    result = {
+        "benchmark": "core_overhead",
+        "environment": env,
+        "settings": {
+            "rounds": args.rounds,
+            "min_batch_ms": args.min_batch_ms,
+            "depths": args.depths,
+            "layer": args.layer,
+        },
+        "units": {"partition": "µs/layer", "merge": "µs/layer", "convert": "µs/layer", "dispatch": "µs/call"},
+        "rows": rows,
+        "targets": targets,
+        "wall_s": time.perf_counter() - start,
+    }
     if args.large:
         result["large"] = large_graphs()
         print_large(result["large"])
@@ -429,8 +487,12 @@ def main(argv: tp.Sequence[str] | None = None) -> dict[str, tp.Any]:
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     print(f"\nwrote {path} ({result['wall_s']:.0f} s)")
-    if args.layer == "nn" and vars(args) == {**vars(parse_args([])), "layer": "nn", "out": args.out,
-                                               "profile": args.profile}:  # the published run
+    if args.layer == "nn" and vars(args) == {
+        **vars(parse_args([])),
+        "layer": "nn",
+        "out": args.out,
+        "profile": args.profile,
+    }:  # the published run
         figures.publish("core_overhead", result, wall_s=result["wall_s"])
     if args.profile:
         depth = TARGET_DEPTH if TARGET_DEPTH in fixtures else max(fixtures)

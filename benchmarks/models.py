@@ -39,6 +39,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import typing as tp
 
 import flax.linen as nn
@@ -88,10 +89,18 @@ class LinenMLP(nn.Module):
 class BridgeMLP(nnx.Module):
     """The nnx_bridge twin of `LinenMLP` (layers as named attributes, as Linen names them)."""
 
-    def __init__(self, features: int, hidden: tuple[int, ...] = (64,), classes: int = 10,
-                 dropout: float = 0.2, batch_norm: bool = True, *, ctx: nnx.Context):
+    def __init__(
+        self,
+        features: int,
+        hidden: tuple[int, ...] = (64,),
+        classes: int = 10,
+        dropout: float = 0.2,
+        batch_norm: bool = True,
+        *,
+        ctx: nnx.Context,
+    ):
         widths = (features, *hidden)
-        for i, (din, dout) in enumerate(zip(widths[:-1], widths[1:])):
+        for i, (din, dout) in enumerate(itertools.pairwise(widths)):
             setattr(self, f"dense{i}", Linear(din, dout, ctx=ctx))
             if batch_norm:
                 setattr(self, f"bn{i}", BatchNorm(dout, momentum=0.9, ctx=ctx))
@@ -112,10 +121,18 @@ class BridgeMLP(nnx.Module):
 class FlaxMLP(flax_nnx.Module):
     """The Flax NNX twin of `LinenMLP`."""
 
-    def __init__(self, features: int, hidden: tuple[int, ...] = (64,), classes: int = 10,
-                 dropout: float = 0.2, batch_norm: bool = True, *, rngs: flax_nnx.Rngs):
+    def __init__(
+        self,
+        features: int,
+        hidden: tuple[int, ...] = (64,),
+        classes: int = 10,
+        dropout: float = 0.2,
+        batch_norm: bool = True,
+        *,
+        rngs: flax_nnx.Rngs,
+    ):
         widths = (features, *hidden)
-        for i, (din, dout) in enumerate(zip(widths[:-1], widths[1:])):
+        for i, (din, dout) in enumerate(itertools.pairwise(widths)):
             setattr(self, f"dense{i}", flax_nnx.Linear(din, dout, rngs=rngs))
             if batch_norm:
                 setattr(self, f"bn{i}", flax_nnx.BatchNorm(dout, momentum=0.9, rngs=rngs))
@@ -159,8 +176,16 @@ class LinenCNN(nn.Module):
 class BridgeCNN(nnx.Module):
     """The nnx_bridge twin of `LinenCNN`; ``image`` is the input side (28 for MNIST-sized input)."""
 
-    def __init__(self, in_channels: int = 1, channels: tuple[int, int] = (32, 64), hidden: int = 128,
-                 classes: int = 10, *, ctx: nnx.Context, image: int = 28):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        channels: tuple[int, int] = (32, 64),
+        hidden: int = 128,
+        classes: int = 10,
+        *,
+        ctx: nnx.Context,
+        image: int = 28,
+    ):
         self.conv0 = Conv(in_channels, channels[0], (3, 3), ctx=ctx)
         self.conv1 = Conv(channels[0], channels[1], (3, 3), ctx=ctx)
         self.dense = Linear((image // 4) ** 2 * channels[1], hidden, ctx=ctx)
@@ -177,8 +202,16 @@ class BridgeCNN(nnx.Module):
 class FlaxCNN(flax_nnx.Module):
     """The Flax NNX twin of `LinenCNN`."""
 
-    def __init__(self, in_channels: int = 1, channels: tuple[int, int] = (32, 64), hidden: int = 128,
-                 classes: int = 10, *, rngs: flax_nnx.Rngs, image: int = 28):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        channels: tuple[int, int] = (32, 64),
+        hidden: int = 128,
+        classes: int = 10,
+        *,
+        rngs: flax_nnx.Rngs,
+        image: int = 28,
+    ):
         self.conv0 = flax_nnx.Conv(in_channels, channels[0], (3, 3), rngs=rngs)
         self.conv1 = flax_nnx.Conv(channels[0], channels[1], (3, 3), rngs=rngs)
         self.dense = flax_nnx.Linear((image // 4) ** 2 * channels[1], hidden, rngs=rngs)
@@ -242,8 +275,9 @@ class BridgeBlock(nnx.Module):
 class BridgeTransformer(nnx.Module):
     """The nnx_bridge twin of `LinenTransformer`."""
 
-    def __init__(self, d_model: int = 64, heads: int = 4, depth: int = 2, classes: int = 10, *,
-                 ctx: nnx.Context):
+    def __init__(
+        self, d_model: int = 64, heads: int = 4, depth: int = 2, classes: int = 10, *, ctx: nnx.Context
+    ):
         for i in range(depth):
             setattr(self, f"block{i}", BridgeBlock(d_model, heads, ctx=ctx))
         self.depth = depth
@@ -275,8 +309,9 @@ class FlaxBlock(flax_nnx.Module):
 class FlaxTransformer(flax_nnx.Module):
     """The Flax NNX twin of `LinenTransformer`."""
 
-    def __init__(self, d_model: int = 64, heads: int = 4, depth: int = 2, classes: int = 10, *,
-                 rngs: flax_nnx.Rngs):
+    def __init__(
+        self, d_model: int = 64, heads: int = 4, depth: int = 2, classes: int = 10, *, rngs: flax_nnx.Rngs
+    ):
         for i in range(depth):
             setattr(self, f"block{i}", FlaxBlock(d_model, heads, rngs=rngs))
         self.depth = depth
@@ -388,11 +423,23 @@ class Twin:
         return x, jax.random.randint(ky, (size,), 0, self.classes)
 
 
-def mlp(features: int = 784, hidden: tuple[int, ...] = (512, 512), classes: int = 10,
-        dropout: float = 0.2, batch_norm: bool = True) -> Twin:
+def mlp(
+    features: int = 784,
+    hidden: tuple[int, ...] = (512, 512),
+    classes: int = 10,
+    dropout: float = 0.2,
+    batch_norm: bool = True,
+) -> Twin:
     """The MLP twin (default: 784-512-512-10 with BatchNorm and Dropout)."""
-    return Twin("mlp", LinenMLP, BridgeMLP, FlaxMLP, (features, tuple(hidden), classes, dropout, batch_norm),
-                (features,), classes)
+    return Twin(
+        "mlp",
+        LinenMLP,
+        BridgeMLP,
+        FlaxMLP,
+        (features, tuple(hidden), classes, dropout, batch_norm),
+        (features,),
+        classes,
+    )
 
 
 def digits_mlp(hidden: int = 64) -> Twin:
@@ -407,14 +454,29 @@ def tiny_mlp() -> Twin:
 
 def cnn(image: int = 28, channels: tuple[int, int] = (32, 64), hidden: int = 128) -> Twin:
     """The small CNN twin on ``image x image x 1`` inputs."""
-    return Twin("cnn", LinenCNN, BridgeCNN, FlaxCNN, (1, tuple(channels), hidden, 10),
-                (image, image, 1), 10, bridge_kwargs=(("image", image),))
+    return Twin(
+        "cnn",
+        LinenCNN,
+        BridgeCNN,
+        FlaxCNN,
+        (1, tuple(channels), hidden, 10),
+        (image, image, 1),
+        10,
+        bridge_kwargs=(("image", image),),
+    )
 
 
 def transformer(d_model: int = 64, heads: int = 4, depth: int = 2, length: int = 32) -> Twin:
     """The Transformer block stack on ``(length, d_model)`` inputs."""
-    return Twin("transformer", LinenTransformer, BridgeTransformer, FlaxTransformer,
-                (d_model, heads, depth, 10), (length, d_model), 10)
+    return Twin(
+        "transformer",
+        LinenTransformer,
+        BridgeTransformer,
+        FlaxTransformer,
+        (d_model, heads, depth, 10),
+        (length, d_model),
+        10,
+    )
 
 
 def lstm(hidden: int = 128, rows: int = 8, features: int = 8) -> Twin:
@@ -431,12 +493,14 @@ class TrainState(train_state.TrainState):
     batch_stats: tp.Any
 
 
-def make_train_state(model: nn.Module, key: jax.Array, sample: jax.Array,
-                     tx: optax.GradientTransformation) -> TrainState:
+def make_train_state(
+    model: nn.Module, key: jax.Array, sample: jax.Array, tx: optax.GradientTransformation
+) -> TrainState:
     """``model.init`` and a TrainState around its variables."""
     variables = model.init(key, sample, train=False)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                             batch_stats=variables.get("batch_stats", {}), tx=tx)
+    return TrainState.create(
+        apply_fn=model.apply, params=variables["params"], batch_stats=variables.get("batch_stats", {}), tx=tx
+    )
 
 
 def _collections(state: TrainState, params: tp.Any) -> dict[str, tp.Any]:
@@ -445,15 +509,17 @@ def _collections(state: TrainState, params: tp.Any) -> dict[str, tp.Any]:
     return {"params": params}
 
 
-def train_step(state: TrainState, x: jax.Array, y: jax.Array, dropout_key: jax.Array
-               ) -> tuple[TrainState, jax.Array]:
+def train_step(
+    state: TrainState, x: jax.Array, y: jax.Array, dropout_key: jax.Array
+) -> tuple[TrainState, jax.Array]:
     """One Adam/SGD step on the mean cross-entropy; updates ``batch_stats`` if there are any."""
 
     def loss_fn(params: tp.Any) -> tuple[jax.Array, tp.Any]:
         variables = _collections(state, params)
         if state.batch_stats:
-            logits, updates = state.apply_fn(variables, x, train=True, rngs={"dropout": dropout_key},
-                                             mutable=["batch_stats"])
+            logits, updates = state.apply_fn(
+                variables, x, train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"]
+            )
             stats = updates["batch_stats"]
         else:
             logits = state.apply_fn(variables, x, train=True, rngs={"dropout": dropout_key})
@@ -480,16 +546,20 @@ class NNXState(tp.NamedTuple):
     opt_state: tp.Any
 
 
-def nnx_init(module: nnx.Module, tx: optax.GradientTransformation
-             ) -> tuple[NNXState, nnx.ModuleDef[tp.Any]]:
+def nnx_init(module: nnx.Module, tx: optax.GradientTransformation) -> tuple[NNXState, nnx.ModuleDef[tp.Any]]:
     """Partitions `module` into params and batch_stats States and initialises `tx` on the params."""
     params, batch_stats, moduledef = module.partition("params", "batch_stats")
     return NNXState(params, batch_stats, tx.init(params)), moduledef
 
 
-def nnx_train_step(moduledef: nnx.ModuleDef[tp.Any], tx: optax.GradientTransformation,
-                   state: NNXState, x: jax.Array, y: jax.Array, dropout_key: jax.Array
-                   ) -> tuple[NNXState, jax.Array]:
+def nnx_train_step(
+    moduledef: nnx.ModuleDef[tp.Any],
+    tx: optax.GradientTransformation,
+    state: NNXState,
+    x: jax.Array,
+    y: jax.Array,
+    dropout_key: jax.Array,
+) -> tuple[NNXState, jax.Array]:
     """One optimiser step; jit it with ``moduledef`` and ``tx`` bound (e.g. ``functools.partial``)."""
 
     def loss_fn(params: nnx.State) -> tuple[jax.Array, nnx.State]:
@@ -511,8 +581,9 @@ def nnx_predict(module: nnx.Module, x: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------------
 # the flax.nnx loop: nnx.jit + nnx.Optimizer, state updated in place
 # ----------------------------------------------------------------------------------
-def flax_train_step(model: flax_nnx.Module, optimizer: flax_nnx.Optimizer, x: jax.Array,
-                    y: jax.Array) -> jax.Array:
+def flax_train_step(
+    model: flax_nnx.Module, optimizer: flax_nnx.Optimizer, x: jax.Array, y: jax.Array
+) -> jax.Array:
     """One step of the stock ``flax.nnx`` loop; wrap it in ``flax.nnx.jit``.
 
     The model's BatchNorm statistics, its Dropout RNG stream and the optimiser
@@ -540,17 +611,28 @@ def environment() -> dict[str, tp.Any]:
     import flax
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True,
-                                    text=True, check=True).stdout.strip())
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+        )
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = None, None
     device = jax.devices()[0]
     return {
-        "python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
-        "nnx_bridge": nnx.__version__, "device": str(device), "device_kind": device.device_kind,
-        "platform": platform.platform(), "cpu_count": os.cpu_count(),
-        "load_avg_1min": os.getloadavg()[0], "commit": commit, "dirty": dirty,
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "nnx_bridge": nnx.__version__,
+        "device": str(device),
+        "device_kind": device.device_kind,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "load_avg_1min": os.getloadavg()[0],
+        "commit": commit,
+        "dirty": dirty,
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -44,8 +44,9 @@ COMPUTE_BOUND = 1.02
 DISPATCH_BOUND = 2.0
 
 
-def train_step(model: nnx.Module, optimizer: nnx.Optimizer, ctx: nnx.Context, x: jax.Array,
-               y: jax.Array) -> jax.Array:
+def train_step(
+    model: nnx.Module, optimizer: nnx.Optimizer, ctx: nnx.Context, x: jax.Array, y: jax.Array
+) -> jax.Array:
     """One Adam step of the NNX-style loop; wrap it in ``nnx_bridge.jit``.
 
     The model's parameters and BatchNorm statistics, the optimiser state and
@@ -61,8 +62,9 @@ def train_step(model: nnx.Module, optimizer: nnx.Optimizer, ctx: nnx.Context, x:
     return loss
 
 
-def loaded_twin(twin: models.Twin, state: models.TrainState, tx: optax.GradientTransformation
-                ) -> tuple[nnx.Module, nnx.Optimizer]:
+def loaded_twin(
+    twin: models.Twin, state: models.TrainState, tx: optax.GradientTransformation
+) -> tuple[nnx.Module, nnx.Optimizer]:
     """The nnx_bridge twin holding the Linen TrainState's variables, with its Optimizer."""
     model = twin.bridge_module(jax.random.PRNGKey(1))
     collections = {"params": state.params}
@@ -101,22 +103,33 @@ def _steppers(spec: tp.Any) -> dict[str, tp.Callable[[], None]]:
     }
 
 
-def bench_train_step(spec_models: tp.Sequence[tuple[str, tp.Any]], rounds: int, min_batch_s: float
-                     ) -> dict[str, tp.Any]:
+def bench_train_step(
+    spec_models: tp.Sequence[tuple[str, tp.Any]], rounds: int, min_batch_s: float
+) -> dict[str, tp.Any]:
     """ms per step of Linen, nnx_bridge (jit + value_and_grad + Optimizer) and flax.nnx."""
     out: dict[str, tp.Any] = {"models": {}, "targets": []}
     for name, spec in spec_models:
         print(f"  train_step {name} ...", flush=True)
         timings = interleave(_steppers(spec), rounds=rounds, min_batch_s=min_batch_s)
-        ours, theirs = ratio(timings["nnx_bridge"], timings["linen"]), ratio(timings["flax_nnx"], timings["linen"])
+        ours, theirs = (
+            ratio(timings["nnx_bridge"], timings["linen"]),
+            ratio(timings["flax_nnx"], timings["linen"]),
+        )
         bound = STEP_BOUND.get(name, COMPUTE_BOUND)
         out["models"][name] = {
             "description": spec.description,
             "ms": {s: t.summary.scaled(1e3).to_json() for s, t in timings.items()},
-            "nnx_bridge_over_linen": ours.to_json(), "flax_nnx_over_linen": theirs.to_json(),
+            "nnx_bridge_over_linen": ours.to_json(),
+            "flax_nnx_over_linen": theirs.to_json(),
         }
-        out["targets"].append({"what": f"train step {name}: nnx_bridge.jit / Linen", "bound": bound,
-                               "median": ours.median, "ok": ours.median <= bound})
+        out["targets"].append(
+            {
+                "what": f"train step {name}: nnx_bridge.jit / Linen",
+                "bound": bound,
+                "median": ours.median,
+                "ok": ours.median <= bound,
+            }
+        )
     return out
 
 
@@ -148,14 +161,30 @@ def bench_dispatch(depth: int, rounds: int, min_batch_s: float) -> dict[str, tp.
         del tree
 
     ours, plain, theirs = nnx.jit(noop), jax.jit(noop), flax_nnx.jit(noop)
-    timings = interleave({"jax_jit_dict": lambda: plain(arrays), "nnx_bridge": lambda: ours(module),
-                          "flax_nnx": lambda: theirs(flax_module)}, rounds=rounds, min_batch_s=min_batch_s)
+    timings = interleave(
+        {
+            "jax_jit_dict": lambda: plain(arrays),
+            "nnx_bridge": lambda: ours(module),
+            "flax_nnx": lambda: theirs(flax_module),
+        },
+        rounds=rounds,
+        min_batch_s=min_batch_s,
+    )
     r = ratio(timings["nnx_bridge"], timings["jax_jit_dict"])
-    return {"depth": depth, "us": {s: t.summary.scaled(1e6).to_json() for s, t in timings.items()},
-            "nnx_bridge_over_jax_jit": r.to_json(),
-            "flax_nnx_over_jax_jit": ratio(timings["flax_nnx"], timings["jax_jit_dict"]).to_json(),
-            "targets": [{"what": f"jitted no-op over {depth} layers: nnx_bridge.jit / jax.jit(dict)",
-                         "bound": DISPATCH_BOUND, "median": r.median, "ok": r.median <= DISPATCH_BOUND}]}
+    return {
+        "depth": depth,
+        "us": {s: t.summary.scaled(1e6).to_json() for s, t in timings.items()},
+        "nnx_bridge_over_jax_jit": r.to_json(),
+        "flax_nnx_over_jax_jit": ratio(timings["flax_nnx"], timings["jax_jit_dict"]).to_json(),
+        "targets": [
+            {
+                "what": f"jitted no-op over {depth} layers: nnx_bridge.jit / jax.jit(dict)",
+                "bound": DISPATCH_BOUND,
+                "median": r.median,
+                "ok": r.median <= DISPATCH_BOUND,
+            }
+        ],
+    }
 
 
 # ----------------------------------------------------------------------------------
@@ -182,9 +211,19 @@ def trajectory(steps: int = 50, batch: int = 64) -> dict[str, tp.Any]:
         linen_losses.append(float(loss))
         nnx_losses.append(float(step(model, optimizer, ctx, x_all[idx], y_all[idx])))
     same = [np.float32(a).tobytes() for a in linen_losses] == [np.float32(b).tobytes() for b in nnx_losses]
-    return {"linen": linen_losses, "nnx_bridge": nnx_losses, "bitwise_equal": same,
-            "targets": [{"what": f"{steps}-step loss trajectory equals Linen's bit for bit", "bound": "equal",
-                         "median": float(same), "ok": same}]}
+    return {
+        "linen": linen_losses,
+        "nnx_bridge": nnx_losses,
+        "bitwise_equal": same,
+        "targets": [
+            {
+                "what": f"{steps}-step loss trajectory equals Linen's bit for bit",
+                "bound": "equal",
+                "median": float(same),
+                "ok": same,
+            }
+        ],
+    }
 
 
 # ----------------------------------------------------------------------------------
@@ -195,14 +234,22 @@ def table(results: dict[str, tp.Any]) -> str:
     lines = ["| model | Linen ms/step | nnx_bridge.jit / Linen | flax.nnx.jit / Linen |", "|---|---|---|---|"]
     for name, per in results["train_step"]["models"].items():
         a, b = per["nnx_bridge_over_linen"], per["flax_nnx_over_linen"]
-        lines.append(f"| {name} | {per['ms']['linen']['median']:.3f} | {a['median']:.3f}x "
-                     f"[{a['q1']:.2f}-{a['q3']:.2f}] | {b['median']:.2f}x [{b['q1']:.2f}-{b['q3']:.2f}] |")
+        lines.append(
+            f"| {name} | {per['ms']['linen']['median']:.3f} | {a['median']:.3f}x "
+            f"[{a['q1']:.2f}-{a['q3']:.2f}] | {b['median']:.2f}x [{b['q1']:.2f}-{b['q3']:.2f}] |"
+        )
     d = results["dispatch"]
     lines += ["", f"| jitted no-op, {d['depth']} layers | µs/call | / jax.jit(dict) |", "|---|---|---|"]
-    for s, label in (("jax_jit_dict", "jax.jit, arrays as a dict"), ("nnx_bridge", "nnx_bridge.jit"),
-                     ("flax_nnx", "flax.nnx.jit")):
-        r = {"jax_jit_dict": "1", "nnx_bridge": f"{d['nnx_bridge_over_jax_jit']['median']:.2f}",
-             "flax_nnx": f"{d['flax_nnx_over_jax_jit']['median']:.1f}"}[s]
+    for s, label in (
+        ("jax_jit_dict", "jax.jit, arrays as a dict"),
+        ("nnx_bridge", "nnx_bridge.jit"),
+        ("flax_nnx", "flax.nnx.jit"),
+    ):
+        r = {
+            "jax_jit_dict": "1",
+            "nnx_bridge": f"{d['nnx_bridge_over_jax_jit']['median']:.2f}",
+            "flax_nnx": f"{d['flax_nnx_over_jax_jit']['median']:.1f}",
+        }[s]
         lines.append(f"| {label} | {d['us'][s]['median']:.1f} | {r}x |")
     lines += ["", "| target | bound | measured | |", "|---|---|---|---|"]
     for t in all_targets(results):
@@ -212,7 +259,12 @@ def table(results: dict[str, tp.Any]) -> str:
 
 def all_targets(results: dict[str, tp.Any]) -> list[dict[str, tp.Any]]:
     """Every target of the run, in order."""
-    return [t for key in ("train_step", "dispatch", "trajectory") if key in results for t in results[key]["targets"]]
+    return [
+        t
+        for key in ("train_step", "dispatch", "trajectory")
+        if key in results
+        for t in results[key]["targets"]
+    ]
 
 
 def run(quick: bool = False, out: pathlib.Path | None = None) -> dict[str, tp.Any]:
@@ -221,8 +273,11 @@ def run(quick: bool = False, out: pathlib.Path | None = None) -> dict[str, tp.An
 
     settings = suite.QUICK if quick else suite.FULL
     env = models.environment()
-    print(f"NNX-style training ({settings.name}) on {env['device_kind']}, {env['cpu_count']} CPU cores, "
-          f"load {env['load_avg_1min']:.1f}", flush=True)
+    print(
+        f"NNX-style training ({settings.name}) on {env['device_kind']}, {env['cpu_count']} CPU cores, "
+        f"load {env['load_avg_1min']:.1f}",
+        flush=True,
+    )
     results: dict[str, tp.Any] = {"environment": env}
     results["train_step"] = bench_train_step(settings.models, settings.step_rounds, settings.step_min_batch_s)
     results["dispatch"] = bench_dispatch(100, settings.overhead_rounds, settings.overhead_min_batch_s)

@@ -66,10 +66,14 @@ from benchmarks.timing import Summary, Timing, compile_split, interleave, ratio
 LINEN, BRIDGE, NNX_STYLE, FLAX_NNX = "linen", "bridge", "nnx_style", "flax_nnx"
 NNX_JIT = "nnx_jit"
 STYLES = (LINEN, BRIDGE, NNX_STYLE, FLAX_NNX, NNX_JIT)
-LABELS = {LINEN: "Linen", BRIDGE: "nnx_bridge", NNX_STYLE: "NNX-style", FLAX_NNX: "flax.nnx",
-          NNX_JIT: "nnx_bridge.jit"}
-COLORS = {LINEN: "#4c72b0", BRIDGE: "#dd8452", NNX_STYLE: "#55a868", FLAX_NNX: "#8172b3",
-          NNX_JIT: "#c44e52"}
+LABELS = {
+    LINEN: "Linen",
+    BRIDGE: "nnx_bridge",
+    NNX_STYLE: "NNX-style",
+    FLAX_NNX: "flax.nnx",
+    NNX_JIT: "nnx_bridge.jit",
+}
+COLORS = {LINEN: "#4c72b0", BRIDGE: "#dd8452", NNX_STYLE: "#55a868", FLAX_NNX: "#8172b3", NNX_JIT: "#c44e52"}
 NNX_JIT_BOUND = {"tiny_mlp": nnx_style.STEP_BOUND["tiny_mlp"]}  # nnx_jit / Linen; else COMPUTE
 BENCHMARKS = ("train_step", "hlo", "compile", "overhead", "memory")
 # compile runs first: its first (untimed) compile of each style is reused by the others
@@ -118,26 +122,44 @@ FULL = Settings(
     models=(
         ("mlp", ModelSpec(models.mlp, 128, "MLP 784-512-512-10 (BatchNorm, Dropout), batch 128")),
         ("cnn", ModelSpec(models.cnn, 64, "CNN conv32-conv64-dense128 on 28x28x1, batch 64")),
-        ("transformer", ModelSpec(models.transformer, 32,
-                                  "Transformer, 2 pre-norm blocks, d=64, 4 heads, 32 tokens, batch 32")),
+        (
+            "transformer",
+            ModelSpec(
+                models.transformer, 32, "Transformer, 2 pre-norm blocks, d=64, 4 heads, 32 tokens, batch 32"
+            ),
+        ),
         ("tiny_mlp", ModelSpec(models.tiny_mlp, 32, "tiny MLP 16-32-32-4, batch 32")),
         ("lstm", ModelSpec(models.lstm, 128, "LSTM nn.RNN(nn.LSTMCell(128)) over 8 rows of 8, batch 128")),
     ),
-    step_rounds=30, step_min_batch_s=0.05, compile_rounds=6,
-    depths=(1, 10, 100, 1000), overhead_rounds=30, overhead_min_batch_s=0.005,
+    step_rounds=30,
+    step_min_batch_s=0.05,
+    compile_rounds=6,
+    depths=(1, 10, 100, 1000),
+    overhead_rounds=30,
+    overhead_min_batch_s=0.005,
 )
 QUICK = Settings(
     name="quick",
     models=(
         ("mlp", ModelSpec(functools.partial(models.mlp, 64, (32, 32)), 16, "MLP 64-32-32-10, batch 16")),
         ("cnn", ModelSpec(functools.partial(models.cnn, 8, (4, 8), 16), 8, "CNN 4-8-16 on 8x8x1, batch 8")),
-        ("transformer", ModelSpec(functools.partial(models.transformer, 16, 2, 1, 8), 4,
-                                  "Transformer, 1 block, d=16, 2 heads, 8 tokens, batch 4")),
+        (
+            "transformer",
+            ModelSpec(
+                functools.partial(models.transformer, 16, 2, 1, 8),
+                4,
+                "Transformer, 1 block, d=16, 2 heads, 8 tokens, batch 4",
+            ),
+        ),
         ("tiny_mlp", ModelSpec(models.tiny_mlp, 8, "tiny MLP 16-32-32-4, batch 8")),
         ("lstm", ModelSpec(functools.partial(models.lstm, 16), 8, "LSTM(16) over 8 rows of 8, batch 8")),
     ),
-    step_rounds=6, step_min_batch_s=0.005, compile_rounds=1,
-    depths=(1, 10, 100), overhead_rounds=6, overhead_min_batch_s=0.002,
+    step_rounds=6,
+    step_min_batch_s=0.005,
+    compile_rounds=1,
+    depths=(1, 10, 100),
+    overhead_rounds=6,
+    overhead_min_batch_s=0.002,
 )
 
 
@@ -224,11 +246,18 @@ class ModelBench:
 # ----------------------------------------------------------------------------------
 # verdicts and formatting
 # ----------------------------------------------------------------------------------
-def verdict(benchmark: str, what: str, target: str, measured: str, ok: bool,
-            note: str = "") -> dict[str, str]:
+def verdict(
+    benchmark: str, what: str, target: str, measured: str, ok: bool, note: str = ""
+) -> dict[str, str]:
     """One target's line: PASS or MISS, with the figure it was judged on."""
-    return {"benchmark": benchmark, "what": what, "target": target, "measured": measured,
-            "verdict": "PASS" if ok else "MISS", "note": note}
+    return {
+        "benchmark": benchmark,
+        "what": what,
+        "target": target,
+        "measured": measured,
+        "verdict": "PASS" if ok else "MISS",
+        "note": note,
+    }
 
 
 def _cell(s: Summary, unit: float = MS) -> str:
@@ -243,14 +272,22 @@ def _ratio(r: Summary | dict[str, float]) -> str:
 
 def _ratios(timings: dict[str, Timing]) -> dict[str, dict[str, dict[str, float]]]:
     """Round-by-round ratios of every style to Linen and to flax.nnx."""
-    return {base: {s: ratio(timings[s], timings[base]).to_json() for s in timings if s != base}
-            for base in (LINEN, FLAX_NNX) if base in timings}
+    return {
+        base: {s: ratio(timings[s], timings[base]).to_json() for s in timings if s != base}
+        for base in (LINEN, FLAX_NNX)
+        if base in timings
+    }
 
 
 def _table(head: tp.Sequence[str], rows: tp.Sequence[tp.Sequence[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
-                               for i, (c, w) in enumerate(zip(r, widths)))
+
+    def line(r):
+        return "  ".join(
+            str(c).ljust(w) if i == 0 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=False))
+        )
+
     return "\n".join([line(head), "-" * (sum(widths) + 2 * (len(widths) - 1)), *map(line, rows)])
 
 
@@ -263,26 +300,58 @@ def bench_train_step(benches: dict[str, ModelBench], settings: Settings) -> dict
     rows = []
     for name, bench in benches.items():
         print(f"  train_step {name} ...", flush=True)
-        timings = interleave({s: bench.stepper(s) for s in STYLES}, rounds=settings.step_rounds,
-                             min_batch_s=settings.step_min_batch_s)
+        timings = interleave(
+            {s: bench.stepper(s) for s in STYLES},
+            rounds=settings.step_rounds,
+            min_batch_s=settings.step_min_batch_s,
+        )
         ratios = _ratios(timings)
         out["models"][name] = {
             "description": bench.spec.description,
-            "styles": {s: {**t.summary.scaled(MS).to_json(), "calls_per_round": t.number}
-                       for s, t in timings.items()},
-            "ratio_to_linen": ratios[LINEN], "ratio_to_flax_nnx": ratios[FLAX_NNX],
+            "styles": {
+                s: {**t.summary.scaled(MS).to_json(), "calls_per_round": t.number} for s, t in timings.items()
+            },
+            "ratio_to_linen": ratios[LINEN],
+            "ratio_to_flax_nnx": ratios[FLAX_NNX],
         }
         bound = STEP_BOUND.get(name, COMPUTE_BOUND)
         r = ratios[LINEN][BRIDGE]
-        out["targets"].append(verdict("train_step", f"train step {name}: nnx_bridge / Linen",
-                                      f"<= {bound:.2f}x", _ratio(r), r["median"] <= bound))
+        out["targets"].append(
+            verdict(
+                "train_step",
+                f"train step {name}: nnx_bridge / Linen",
+                f"<= {bound:.2f}x",
+                _ratio(r),
+                r["median"] <= bound,
+            )
+        )
         jit_bound, r = NNX_JIT_BOUND.get(name, nnx_style.COMPUTE_BOUND), ratios[LINEN][NNX_JIT]
-        out["targets"].append(verdict("train_step", f"train step {name}: nnx_bridge.jit / Linen",
-                                      f"<= {jit_bound:.2f}x", _ratio(r), r["median"] <= jit_bound))
-        rows.append([name, *(_cell(timings[s].summary) for s in STYLES),
-                     *(_ratio(ratios[LINEN][s]) for s in STYLES[1:]), _ratio(ratios[FLAX_NNX][BRIDGE])])
-    out["table"] = _table(["model", *(f"{LABELS[s]} ms" for s in STYLES),
-                           *(f"{LABELS[s]} / Linen" for s in STYLES[1:]), "nnx_bridge / flax.nnx"], rows)
+        out["targets"].append(
+            verdict(
+                "train_step",
+                f"train step {name}: nnx_bridge.jit / Linen",
+                f"<= {jit_bound:.2f}x",
+                _ratio(r),
+                r["median"] <= jit_bound,
+            )
+        )
+        rows.append(
+            [
+                name,
+                *(_cell(timings[s].summary) for s in STYLES),
+                *(_ratio(ratios[LINEN][s]) for s in STYLES[1:]),
+                _ratio(ratios[FLAX_NNX][BRIDGE]),
+            ]
+        )
+    out["table"] = _table(
+        [
+            "model",
+            *(f"{LABELS[s]} ms" for s in STYLES),
+            *(f"{LABELS[s]} / Linen" for s in STYLES[1:]),
+            "nnx_bridge / flax.nnx",
+        ],
+        rows,
+    )
     return out
 
 
@@ -291,10 +360,9 @@ def plot_train_step(result: dict[str, tp.Any], path: pathlib.Path, title: str) -
     plt = _pyplot()
     names = list(result["models"])
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.2), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], names, strict=False):
         per = result["models"][name]
-        _bars(ax, per["styles"], {s: per["ratio_to_linen"].get(s, {"median": 1.0})["median"]
-                                  for s in STYLES})
+        _bars(ax, per["styles"], {s: per["ratio_to_linen"].get(s, {"median": 1.0})["median"] for s in STYLES})
         ax.set(title=name, ylabel="ms per step (median, IQR)")
     fig.suptitle(title, fontsize=10)
     _save(fig, path)
@@ -317,20 +385,36 @@ def bench_hlo(benches: dict[str, ModelBench]) -> dict[str, tp.Any]:
             facts = linen if s == LINEN else cmp[s]["other"]
             same = "" if s == LINEN else _identity(cmp[s])
             delta = "" if s == LINEN else " ".join(f"{k} {v:+d}" for k, v in cmp[s]["op_count_delta"].items())
-            rows.append([name if s == LINEN else "", LABELS[s], sum(facts["ops"].values()),
-                         f"{facts['cost'].get('flops', float('nan')):.4g}",
-                         f"{facts['cost'].get('bytes accessed', float('nan')):.4g}",
-                         f"{facts['cost'].get('transcendentals', float('nan')):.4g}", same, str(delta)])
+            rows.append(
+                [
+                    name if s == LINEN else "",
+                    LABELS[s],
+                    sum(facts["ops"].values()),
+                    f"{facts['cost'].get('flops', float('nan')):.4g}",
+                    f"{facts['cost'].get('bytes accessed', float('nan')):.4g}",
+                    f"{facts['cost'].get('transcendentals', float('nan')):.4g}",
+                    same,
+                    str(delta),
+                ]
+            )
         kinds_lines.append(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in linen["ops"].items()))
         b = cmp[BRIDGE]
         note = _explain(b)
-        identical = b["ops_identical"] and b["cost_identical"] and (
-            b["text_identical_up_to_names"] or note.startswith(RNG_CONSTANTS_ONLY))
+        identical = (
+            b["ops_identical"]
+            and b["cost_identical"]
+            and (b["text_identical_up_to_names"] or note.startswith(RNG_CONSTANTS_ONLY))
+        )
         measured = _identity(b) + (" (dropout RNG)" if note.startswith(RNG_CONSTANTS_ONLY) else "")
-        out["targets"].append(verdict("hlo", f"optimized HLO {name}: nnx_bridge vs Linen", "identical",
-                                      measured, identical, note))
-    out["table"] = _table(["model", "style", "ops", "flops", "bytes accessed", "transcendentals",
-                           "vs Linen", "op-count delta"], rows)
+        out["targets"].append(
+            verdict(
+                "hlo", f"optimized HLO {name}: nnx_bridge vs Linen", "identical", measured, identical, note
+            )
+        )
+    out["table"] = _table(
+        ["model", "style", "ops", "flops", "bytes accessed", "transcendentals", "vs Linen", "op-count delta"],
+        rows,
+    )
     out["table"] += "\n" + HLO_NOTES + "\nop counts by kind (Linen):\n" + "\n".join(kinds_lines)
     return out
 
@@ -362,12 +446,17 @@ def _explain(cmp: dict[str, tp.Any]) -> str:
     if cmp["text_identical_up_to_names"]:
         return ""
     changed = [line for line in cmp["diff_head"] if line.startswith(("-", "+"))]
-    if (cmp["text_identical_up_to_names_and_constants"] and cmp["diff_lines"] <= len(cmp["diff_head"])
-            and all(_U32_CONSTANT.search(line) for line in changed)):
-        return (f"{RNG_CONSTANTS_ONLY} ({len(changed) // 2} of them): the fold_in data of the dropout "
-                "key, which Linen derives from each Dropout's scope path (Linen's Dropout_0, Dropout_1 "
-                "vs the bridge's own paths), so the two draw different dropout masks from the same key; "
-                "op counts, flops, bytes and memory are identical")
+    if (
+        cmp["text_identical_up_to_names_and_constants"]
+        and cmp["diff_lines"] <= len(cmp["diff_head"])
+        and all(_U32_CONSTANT.search(line) for line in changed)
+    ):
+        return (
+            f"{RNG_CONSTANTS_ONLY} ({len(changed) // 2} of them): the fold_in data of the dropout "
+            "key, which Linen derives from each Dropout's scope path (Linen's Dropout_0, Dropout_1 "
+            "vs the bridge's own paths), so the two draw different dropout masks from the same key; "
+            "op counts, flops, bytes and memory are identical"
+        )
     return "first differing lines: " + " | ".join(line[:160] for line in changed[:4])
 
 
@@ -378,15 +467,16 @@ def plot_hlo(result: dict[str, tp.Any], path: pathlib.Path, title: str) -> None:
 
     names = list(result["models"])
     fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 6.0), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], names, strict=False):
         per = result["models"][name]
         ops = {LINEN: per["linen"]["ops"], **{s: c["other"]["ops"] for s, c in per["vs_linen"].items()}}
         kinds = sorted(set().union(*ops.values()), key=lambda k: -ops[LINEN].get(k, 0))
         pos = np.arange(len(kinds))
         height = 0.8 / len(STYLES)
         for i, s in enumerate(STYLES):
-            ax.barh(pos + i * height, [ops[s].get(k, 0) for k in kinds], height, color=COLORS[s],
-                    label=LABELS[s])
+            ax.barh(
+                pos + i * height, [ops[s].get(k, 0) for k in kinds], height, color=COLORS[s], label=LABELS[s]
+            )
         ax.set_yticks(pos + 0.4 - height / 2, kinds, fontsize=7)
         ax.invert_yaxis()
         ax.set(xscale="log", xlabel="instructions", title=f"{name}: {_identity(per['vs_linen'][BRIDGE])}")
@@ -407,8 +497,9 @@ def bench_compile(benches: dict[str, ModelBench], settings: Settings) -> dict[st
         print(f"  compile {name} ...", flush=True)
         splits: dict[str, list[dict[str, float]]] = {s: [] for s in STYLES}
 
-        def sampler(style: str, bench: ModelBench = bench,
-                    splits: dict[str, list[dict[str, float]]] = splits) -> tp.Callable[[], None]:
+        def sampler(
+            style: str, bench: ModelBench = bench, splits: dict[str, list[dict[str, float]]] = splits
+        ) -> tp.Callable[[], None]:
             def call() -> None:
                 compiled, split = compile_split(bench.fresh(style), *bench.args[style])
                 bench.compiled.setdefault(style, compiled)
@@ -418,27 +509,53 @@ def bench_compile(benches: dict[str, ModelBench], settings: Settings) -> dict[st
 
         bench.warm_up()
         interleave({s: sampler(s) for s in STYLES}, rounds=rounds, number=1, warmup=0)
-        timings = {phase: {s: Timing(s, tuple(x[phase] for x in splits[s]), 1) for s in STYLES}
-                   for phase in PHASES}
+        timings = {
+            phase: {s: Timing(s, tuple(x[phase] for x in splits[s]), 1) for s in STYLES} for phase in PHASES
+        }
         ratios = {phase: _ratios(timings[phase]) for phase in PHASES}
         out["models"][name] = {
-            "phases": {phase: {s: t.summary.to_json() for s, t in per.items()}
-                       for phase, per in timings.items()},
+            "phases": {
+                phase: {s: t.summary.to_json() for s, t in per.items()} for phase, per in timings.items()
+            },
             "ratio_to_linen": {phase: r[LINEN] for phase, r in ratios.items()},
             "ratio_to_flax_nnx": {phase: r[FLAX_NNX] for phase, r in ratios.items()},
         }
         r = ratios["total"][LINEN][BRIDGE]
-        out["targets"].append(verdict("compile", f"trace+lower+compile {name}: nnx_bridge / Linen",
-                                      f"<= {COMPILE_BOUND:.2f}x", _ratio(r), r["median"] <= COMPILE_BOUND))
+        out["targets"].append(
+            verdict(
+                "compile",
+                f"trace+lower+compile {name}: nnx_bridge / Linen",
+                f"<= {COMPILE_BOUND:.2f}x",
+                _ratio(r),
+                r["median"] <= COMPILE_BOUND,
+            )
+        )
         for s in STYLES:
-            rows.append([name if s == LINEN else "", LABELS[s],
-                         *(_cell(timings[p][s].summary) for p in ("trace", "lower", "compile")),
-                         f"{timings['total'][s].summary.median:.3f}",
-                         "" if s == LINEN else _ratio(ratios["total"][LINEN][s]),
-                         "" if s == FLAX_NNX else _ratio(ratios["total"][FLAX_NNX][s]),
-                         "" if s == LINEN else _ratio(ratios["trace"][LINEN][s])])
-    out["table"] = _table(["model", "style", "trace ms", "lower ms", "compile ms", "total s",
-                           "total / Linen", "total / flax.nnx", "trace / Linen"], rows)
+            rows.append(
+                [
+                    name if s == LINEN else "",
+                    LABELS[s],
+                    *(_cell(timings[p][s].summary) for p in ("trace", "lower", "compile")),
+                    f"{timings['total'][s].summary.median:.3f}",
+                    "" if s == LINEN else _ratio(ratios["total"][LINEN][s]),
+                    "" if s == FLAX_NNX else _ratio(ratios["total"][FLAX_NNX][s]),
+                    "" if s == LINEN else _ratio(ratios["trace"][LINEN][s]),
+                ]
+            )
+    out["table"] = _table(
+        [
+            "model",
+            "style",
+            "trace ms",
+            "lower ms",
+            "compile ms",
+            "total s",
+            "total / Linen",
+            "total / flax.nnx",
+            "trace / Linen",
+        ],
+        rows,
+    )
     return out
 
 
@@ -448,18 +565,33 @@ def plot_compile(result: dict[str, tp.Any], path: pathlib.Path, title: str) -> N
     names = list(result["models"])
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.2), squeeze=False)
     shades = {"trace": 1.0, "lower": 0.65, "compile": 0.35}
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], names, strict=False):
         phases = result["models"][name]["phases"]
         bottom = [0.0] * len(STYLES)
         for phase, alpha in shades.items():
             heights = [phases[phase][s]["median"] for s in STYLES]
-            ax.bar(range(len(STYLES)), heights, bottom=bottom, color=[COLORS[s] for s in STYLES],
-                   alpha=alpha, label=phase, edgecolor="black", linewidth=0.4)
-            bottom = [b + h for b, h in zip(bottom, heights)]
+            ax.bar(
+                range(len(STYLES)),
+                heights,
+                bottom=bottom,
+                color=[COLORS[s] for s in STYLES],
+                alpha=alpha,
+                label=phase,
+                edgecolor="black",
+                linewidth=0.4,
+            )
+            bottom = [b + h for b, h in zip(bottom, heights, strict=False)]
         for i, s in enumerate(STYLES):
             r = result["models"][name]["ratio_to_linen"]["total"].get(s, {"median": 1.0})["median"]
-            ax.annotate(f"{r:.2f}x", (i, bottom[i]), ha="center", va="bottom", fontsize=8,
-                        xytext=(0, 3), textcoords="offset points")
+            ax.annotate(
+                f"{r:.2f}x",
+                (i, bottom[i]),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                xytext=(0, 3),
+                textcoords="offset points",
+            )
         ax.set_xticks(range(len(STYLES)), [LABELS[s] for s in STYLES], fontsize=8)
         ax.set(title=name, ylabel="seconds (median): trace / lower / compile")
         ax.legend(fontsize=7)
@@ -480,15 +612,21 @@ def bench_overhead(settings: Settings) -> dict[str, tp.Any]:
         rows.append(core_overhead.summarise(depth, timings))
     checks = core_overhead.check_targets(rows)
     targets = []
-    for key, c in checks.items():
-        measured = (f"{c['median']:.2f}x [{c['q1']:.2f}-{c['q3']:.2f}]" if "median" in c else "not measured")
+    for _key, c in checks.items():
+        measured = f"{c['median']:.2f}x [{c['q1']:.2f}-{c['q3']:.2f}]" if "median" in c else "not measured"
         op, bound = c["target"].split()
         ok = "median" in c and (c["median"] >= float(bound) if op == ">=" else c["median"] <= float(bound))
-        targets.append(verdict("overhead", f"depth {core_overhead.TARGET_DEPTH} {c['what']}",
-                               f"{op} {bound}x", measured, ok))
-    return {"units": {"partition": "µs/layer", "merge": "µs/layer", "convert": "µs/layer",
-                      "dispatch": "µs/call"},
-            "equinox": core_overhead.equinox() is not None, "rows": rows, "targets": targets}
+        targets.append(
+            verdict(
+                "overhead", f"depth {core_overhead.TARGET_DEPTH} {c['what']}", f"{op} {bound}x", measured, ok
+            )
+        )
+    return {
+        "units": {"partition": "µs/layer", "merge": "µs/layer", "convert": "µs/layer", "dispatch": "µs/call"},
+        "equinox": core_overhead.equinox() is not None,
+        "rows": rows,
+        "targets": targets,
+    }
 
 
 def plot_overhead(result: dict[str, tp.Any], path: pathlib.Path, title: str) -> None:
@@ -497,14 +635,13 @@ def plot_overhead(result: dict[str, tp.Any], path: pathlib.Path, title: str) -> 
     rows = result["rows"]
     depths = [r["depth"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for ax, group in zip(axes, ("partition", "merge", "convert")):
+    for ax, group in zip(axes, ("partition", "merge", "convert"), strict=False):
         for impl in rows[0][group]:
             med = [r[group][impl]["median"] for r in rows]
             lo = [r[group][impl]["median"] - r[group][impl]["q1"] for r in rows]
             hi = [r[group][impl]["q3"] - r[group][impl]["median"] for r in rows]
             ax.errorbar(depths, med, yerr=[lo, hi], marker="o", capsize=3, label=impl)
-        ax.set(xscale="log", yscale="log", xlabel="layers", ylabel="µs per layer (median, IQR)",
-               title=group)
+        ax.set(xscale="log", yscale="log", xlabel="layers", ylabel="µs per layer (median, IQR)", title=group)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     _save(fig, path)
@@ -520,24 +657,52 @@ def bench_memory(benches: dict[str, ModelBench]) -> dict[str, tp.Any]:
     for name, bench in benches.items():
         memory = {s: bridge_overhead.program_facts(bench.compile(s))["memory"] for s in STYLES}
         peak = {s: memory[s].get("peak_memory_in_bytes") or _peak_estimate(memory[s]) for s in STYLES}
-        out["models"][name] = {"styles": memory, "peak_bytes": peak,
-                               "peak_ratio_to_linen": {s: peak[s] / peak[LINEN] for s in STYLES},
-                               "peak_ratio_to_flax_nnx": {s: peak[s] / peak[FLAX_NNX] for s in STYLES}}
+        out["models"][name] = {
+            "styles": memory,
+            "peak_bytes": peak,
+            "peak_ratio_to_linen": {s: peak[s] / peak[LINEN] for s in STYLES},
+            "peak_ratio_to_flax_nnx": {s: peak[s] / peak[FLAX_NNX] for s in STYLES},
+        }
         for s in STYLES:
             m = memory[s]
-            rows.append([name if s == LINEN else "", LABELS[s], _kib(peak[s]),
-                         _kib(m.get("argument_size_in_bytes", 0)), _kib(m.get("output_size_in_bytes", 0)),
-                         _kib(m.get("alias_size_in_bytes", 0)), _kib(m.get("temp_size_in_bytes", 0)),
-                         f"{peak[s] / peak[LINEN]:.3f}x", f"{peak[s] / peak[FLAX_NNX]:.3f}x"])
-    out["table"] = _table(["model", "style", "peak KiB", "arguments", "outputs", "aliased", "temporaries",
-                           "peak / Linen", "peak / flax.nnx"], rows)
+            rows.append(
+                [
+                    name if s == LINEN else "",
+                    LABELS[s],
+                    _kib(peak[s]),
+                    _kib(m.get("argument_size_in_bytes", 0)),
+                    _kib(m.get("output_size_in_bytes", 0)),
+                    _kib(m.get("alias_size_in_bytes", 0)),
+                    _kib(m.get("temp_size_in_bytes", 0)),
+                    f"{peak[s] / peak[LINEN]:.3f}x",
+                    f"{peak[s] / peak[FLAX_NNX]:.3f}x",
+                ]
+            )
+    out["table"] = _table(
+        [
+            "model",
+            "style",
+            "peak KiB",
+            "arguments",
+            "outputs",
+            "aliased",
+            "temporaries",
+            "peak / Linen",
+            "peak / flax.nnx",
+        ],
+        rows,
+    )
     return out
 
 
 def _peak_estimate(memory: dict[str, int]) -> int:
     """Arguments + outputs - aliased + temporaries, where the backend reports no peak."""
-    return (memory.get("argument_size_in_bytes", 0) + memory.get("output_size_in_bytes", 0)
-            - memory.get("alias_size_in_bytes", 0) + memory.get("temp_size_in_bytes", 0))
+    return (
+        memory.get("argument_size_in_bytes", 0)
+        + memory.get("output_size_in_bytes", 0)
+        - memory.get("alias_size_in_bytes", 0)
+        + memory.get("temp_size_in_bytes", 0)
+    )
 
 
 def _kib(n: int) -> str:
@@ -549,7 +714,7 @@ def plot_memory(result: dict[str, tp.Any], path: pathlib.Path, title: str) -> No
     plt = _pyplot()
     names = list(result["models"])
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.2), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], names, strict=False):
         per = result["models"][name]
         mib = {s: {"median": per["peak_bytes"][s] / 2**20} for s in STYLES}
         _bars(ax, mib, per["peak_ratio_to_linen"])
@@ -574,14 +739,23 @@ def _bars(ax: tp.Any, values: dict[str, dict[str, float]], to_linen: dict[str, f
     """Bars of ``values[style]["median"]`` (IQR whiskers where given) labelled ``x Linen``."""
     styles = [s for s in STYLES if s in values]
     med = [values[s]["median"] for s in styles]
-    err = [[m - values[s].get("q1", m) for s, m in zip(styles, med)],
-           [values[s].get("q3", m) - m for s, m in zip(styles, med)]]
+    err = [
+        [m - values[s].get("q1", m) for s, m in zip(styles, med, strict=False)],
+        [values[s].get("q3", m) - m for s, m in zip(styles, med, strict=False)],
+    ]
     ax.bar(range(len(styles)), med, yerr=err, capsize=4, color=[COLORS[s] for s in styles])
     for i, s in enumerate(styles):
-        ax.annotate(f"{to_linen[s]:.3f}x", (i, med[i] + err[1][i]), ha="center", va="bottom", fontsize=8,
-                    xytext=(0, 3), textcoords="offset points")
+        ax.annotate(
+            f"{to_linen[s]:.3f}x",
+            (i, med[i] + err[1][i]),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            xytext=(0, 3),
+            textcoords="offset points",
+        )
     ax.set_xticks(range(len(styles)), [LABELS[s] for s in styles], fontsize=8)
-    ax.set_ylim(0, max(m + e for m, e in zip(med, err[1])) * 1.2)
+    ax.set_ylim(0, max(m + e for m, e in zip(med, err[1], strict=False)) * 1.2)
 
 
 def _save(fig: tp.Any, path: pathlib.Path) -> None:
@@ -593,8 +767,13 @@ def _save(fig: tp.Any, path: pathlib.Path) -> None:
 # ----------------------------------------------------------------------------------
 # the run
 # ----------------------------------------------------------------------------------
-PLOTS = {"train_step": plot_train_step, "hlo": plot_hlo, "compile": plot_compile,
-         "overhead": plot_overhead, "memory": plot_memory}
+PLOTS = {
+    "train_step": plot_train_step,
+    "hlo": plot_hlo,
+    "compile": plot_compile,
+    "overhead": plot_overhead,
+    "memory": plot_memory,
+}
 TITLES = {
     "train_step": "steady train step, interleaved (median, IQR), labelled x Linen",
     "hlo": "optimized HLO of the jitted train step: instructions by kind",
@@ -607,22 +786,30 @@ TITLES = {
 def device() -> dict[str, str]:
     """The device the figures were taken on."""
     d = jax.devices()[0]
-    return {"platform": d.platform, "device_kind": d.device_kind, "device": str(d),
-            "device_count": str(jax.device_count())}
+    return {
+        "platform": d.platform,
+        "device_kind": d.device_kind,
+        "device": str(d),
+        "device_count": str(jax.device_count()),
+    }
 
 
-def run(settings: Settings, only: tp.Sequence[str] = BENCHMARKS,
-        out: pathlib.Path = pathlib.Path("results/suite")) -> dict[str, dict[str, tp.Any]]:
+def run(
+    settings: Settings, only: tp.Sequence[str] = BENCHMARKS, out: pathlib.Path = pathlib.Path("results/suite")
+) -> dict[str, dict[str, tp.Any]]:
     """Runs the chosen benchmarks, prints their tables, writes JSON, PNG and summary.md."""
     unknown = sorted(set(only) - set(BENCHMARKS))
     if unknown:
         raise ValueError(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}.")
     out.mkdir(parents=True, exist_ok=True)
     env = {**models.environment(), **device()}
-    print(f"benchmark suite ({settings.name} settings) on {env['platform']} / {env['device_kind']} "
-          f"({env['device_count']} device(s), {env['cpu_count']} CPU cores, "
-          f"load {env['load_avg_1min']:.1f}); "
-          f"jax {env['jax']}, flax {env['flax']}, nnx_bridge {env['nnx_bridge']}", flush=True)
+    print(
+        f"benchmark suite ({settings.name} settings) on {env['platform']} / {env['device_kind']} "
+        f"({env['device_count']} device(s), {env['cpu_count']} CPU cores, "
+        f"load {env['load_avg_1min']:.1f}); "
+        f"jax {env['jax']}, flax {env['flax']}, nnx_bridge {env['nnx_bridge']}",
+        flush=True,
+    )
     started = time.perf_counter()
     benches: dict[str, ModelBench] = {}
     if set(only) & {"train_step", "hlo", "compile", "memory"}:
@@ -640,8 +827,13 @@ def run(settings: Settings, only: tp.Sequence[str] = BENCHMARKS,
             continue
         t0 = time.perf_counter()
         result = jobs[name]()
-        result = {"benchmark": name, "environment": env, "settings": settings.to_json(), **result,
-                  "seconds": time.perf_counter() - t0}
+        result = {
+            "benchmark": name,
+            "environment": env,
+            "settings": settings.to_json(),
+            **result,
+            "seconds": time.perf_counter() - t0,
+        }
         (out / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
         title = f"{TITLES[name]} — {env['device_kind']} ({env['platform']})"
         PLOTS[name](result, out / f"{name}.png", title)
@@ -668,21 +860,28 @@ def run(settings: Settings, only: tp.Sequence[str] = BENCHMARKS,
 
 def markdown(results: dict[str, dict[str, tp.Any]], env: dict[str, tp.Any]) -> str:
     """The README tables: per model step, compile and memory ratios; overhead by depth; targets."""
-    lines = [f"Device: {env['device_kind']} ({env['platform']}), {env['cpu_count']} CPU cores; "
-             f"jax {env['jax']}, flax {env['flax']}. Medians of interleaved rounds, ratios round by round, "
-             "[interquartile range].", ""]
+    lines = [
+        f"Device: {env['device_kind']} ({env['platform']}), {env['cpu_count']} CPU cores; "
+        f"jax {env['jax']}, flax {env['flax']}. Medians of interleaved rounds, ratios round by round, "
+        "[interquartile range].",
+        "",
+    ]
     step, hlo, comp, mem = (results.get(k) for k in ("train_step", "hlo", "compile", "memory"))
     names = next((list(r["models"]) for r in (step, comp, hlo, mem) if r), [])
     if names:
-        lines += ["| model | Linen ms/step | nnx_bridge | NNX-style | flax.nnx | nnx_bridge.jit | HLO vs Linen | "
-                  "compile, bridge / Linen | peak memory, bridge / Linen |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| model | Linen ms/step | nnx_bridge | NNX-style | flax.nnx | nnx_bridge.jit | HLO vs Linen | "
+            "compile, bridge / Linen | peak memory, bridge / Linen |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for n in names:
             cells = [n]
             if step:
                 per = step["models"][n]
-                cells += [f"{per['styles'][LINEN]['median']:.3f}",
-                          *(_ratio(per["ratio_to_linen"][s]) for s in (BRIDGE, NNX_STYLE, FLAX_NNX, NNX_JIT))]
+                cells += [
+                    f"{per['styles'][LINEN]['median']:.3f}",
+                    *(_ratio(per["ratio_to_linen"][s]) for s in (BRIDGE, NNX_STYLE, FLAX_NNX, NNX_JIT)),
+                ]
             else:
                 cells += ["-"] * 5
             cells.append(_identity(hlo["models"][n]["vs_linen"][BRIDGE]) if hlo else "-")
@@ -691,14 +890,19 @@ def markdown(results: dict[str, dict[str, tp.Any]], env: dict[str, tp.Any]) -> s
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     if "overhead" in results:
-        lines += ["| layers | partition µs/layer | flax.nnx.split / partition | merge µs/layer | "
-                  "flax.nnx.merge / merge |", "|---|---|---|---|---|"]
+        lines += [
+            "| layers | partition µs/layer | flax.nnx.split / partition | merge µs/layer | "
+            "flax.nnx.merge / merge |",
+            "|---|---|---|---|---|",
+        ]
         for r in results["overhead"]["rows"]:
             q = r["ratios"]
-            lines.append(f"| {r['depth']} | {r['partition']['nnx_bridge']['median']:.2f} | "
-                         f"{_ratio(q['partition_flax_over_ours'])} | "
-                         f"{r['merge']['nnx_bridge']['median']:.2f} | "
-                         f"{_ratio(q['merge_flax_over_ours'])} |")
+            lines.append(
+                f"| {r['depth']} | {r['partition']['nnx_bridge']['median']:.2f} | "
+                f"{_ratio(q['partition_flax_over_ours'])} | "
+                f"{r['merge']['nnx_bridge']['median']:.2f} | "
+                f"{_ratio(q['merge_flax_over_ours'])} |"
+            )
         lines.append("")
     lines += ["| target | measured | |", "|---|---|---|"]
     for name in BENCHMARKS:
@@ -709,15 +913,31 @@ def markdown(results: dict[str, dict[str, tp.Any]], env: dict[str, tp.Any]) -> s
 
 def parse_args(argv: tp.Sequence[str] | None = None) -> argparse.Namespace:
     """The command-line flags."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="tiny models and few rounds: a smoke run")
-    p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), metavar="NAME",
-                   help=f"benchmarks to run, from {', '.join(BENCHMARKS)}")
-    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results/suite"),
-                   help="folder for the JSON, PNG and summary.md files")
-    p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
-                   help=f"models to run (default: all), from {', '.join(n for n, _ in FULL.models)}")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=BENCHMARKS,
+        default=list(BENCHMARKS),
+        metavar="NAME",
+        help=f"benchmarks to run, from {', '.join(BENCHMARKS)}",
+    )
+    p.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=pathlib.Path("results/suite"),
+        help="folder for the JSON, PNG and summary.md files",
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        metavar="MODEL",
+        help=f"models to run (default: all), from {', '.join(n for n, _ in FULL.models)}",
+    )
     return p.parse_args(argv)
 
 

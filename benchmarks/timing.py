@@ -59,8 +59,14 @@ class Summary:
 
     def scaled(self, factor: float) -> "Summary":
         """The same summary with every figure multiplied by `factor` (e.g. to µs)."""
-        return Summary(self.median * factor, self.q1 * factor, self.q3 * factor,
-                       self.low * factor, self.high * factor, self.rounds)
+        return Summary(
+            self.median * factor,
+            self.q1 * factor,
+            self.q3 * factor,
+            self.low * factor,
+            self.high * factor,
+            self.rounds,
+        )
 
     def to_json(self) -> dict[str, float]:
         """A plain dict for JSON output."""
@@ -208,4 +214,4 @@ def ratio(numerator: Timing, denominator: Timing) -> Summary:
             f"ratio: {numerator.name!r} has {numerator.rounds} rounds and {denominator.name!r} "
             f"has {denominator.rounds}; time them together with one interleave(...) call."
         )
-    return Summary.of([a / b for a, b in zip(numerator.samples, denominator.samples)])
+    return Summary.of([a / b for a, b in zip(numerator.samples, denominator.samples, strict=False)])

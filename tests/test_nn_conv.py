@@ -86,7 +86,7 @@ def check_layer(
     theirs = (y_linen, plain(g_linen[0]), g_linen[1:])
     mine = (y_ours, plain(nnx.to_variables(g_ours[0]).get("params", {})), g_ours[1:])
     assert_same_layout(mine, theirs)
-    for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(theirs)):
+    for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(theirs), strict=False):
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))  # bit for bit
 
 
@@ -253,7 +253,7 @@ def test_same_keys_give_linens_initial_parameters(case):
     expected = linen_params_from_our_keys(make_linen, rbg_key(0), 2, *inputs, **defaults)
     ours = plain(nnx.to_variables(make_ours(nnx.Context(rbg_key(0))).partition()[0]))
     assert jax.tree.structure(ours) == jax.tree.structure(expected)
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(expected)):
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(expected), strict=False):
         np.testing.assert_array_equal(a, b)
 
 

@@ -52,13 +52,13 @@ def assert_same_layout(ours: tp.Any, theirs: tp.Any) -> None:
         jax.tree.map(jnp.shape, ours),
         jax.tree.map(jnp.shape, theirs),
     )
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=False):
         assert (jnp.shape(a), jnp.result_type(a)) == (jnp.shape(b), jnp.result_type(b))
 
 
 def assert_trees_close(ours: tp.Any, theirs: tp.Any) -> None:
     assert_same_layout(ours, theirs)
-    for a, b in zip(jax.tree.leaves(plain(ours)), jax.tree.leaves(plain(theirs))):
+    for a, b in zip(jax.tree.leaves(plain(ours)), jax.tree.leaves(plain(theirs)), strict=False):
         np.testing.assert_allclose(
             np.asarray(a, np.float32), np.asarray(b, np.float32), **tolerance(jnp.result_type(b))
         )
@@ -69,7 +69,7 @@ def random_like(shapes: tp.Any, seed: int = 1) -> tp.Any:
     rng = np.random.default_rng(seed)
     return {
         collection: jax.tree.map(
-            lambda leaf: jnp.asarray(
+            lambda leaf, collection=collection: jnp.asarray(
                 rng.uniform(0.5, 1.5, leaf.shape)
                 if collection == "batch_stats"
                 else 0.5 * rng.standard_normal(leaf.shape),

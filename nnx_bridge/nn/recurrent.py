@@ -97,6 +97,10 @@ class RNNCellBase(Module):
         """(number of carry arrays, shape of each) for one step's input shape."""
         raise NotImplementedError(f"{type(self).__name__} must define _carry_shapes.")
 
+    def __call__(self, carry: tp.Any, inputs: jax.Array) -> tuple[tp.Any, jax.Array]:
+        """One time step: ``(new_carry, output)``."""
+        raise NotImplementedError(f"{type(self).__name__} must define __call__(carry, inputs).")
+
     def initialize_carry(
         self,
         rng: tp.Any = None,
