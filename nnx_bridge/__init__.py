@@ -76,8 +76,6 @@ from nnx_bridge.nn import make_causal_mask as make_causal_mask
 from nnx_bridge.nn import max_pool as max_pool
 from nnx_bridge.nn import min_pool as min_pool
 from nnx_bridge.nn import pool as pool
-from nnx_bridge.optimizer import Optimizer as Optimizer
-from nnx_bridge.optimizer import OptState as OptState
 from nnx_bridge.scan import Scan as Scan
 from nnx_bridge.scan import stack as stack
 from nnx_bridge.scan import unstack as unstack
@@ -92,10 +90,13 @@ from nnx_bridge.variables import variable_type as variable_type
 
 __version__ = "0.1.0"
 
-# The Linen bridge and the helpers that need Flax load on first use, so that the
-# core and the layers (`import nnx_bridge`, `nnx_bridge.nn`) never import Flax.
+# The Linen bridge and the helpers that need Flax (or Optax) load on first use, so that
+# the core and the layers (`import nnx_bridge`, `nnx_bridge.nn`) never import Flax.
 _ON_FIRST_USE: dict[str, tuple[str, str | None]] = {
     "linen": ("nnx_bridge.linen", None),
+    "optimizer": ("nnx_bridge.optimizer", None),
+    "Optimizer": ("nnx_bridge.optimizer", "Optimizer"),
+    "OptState": ("nnx_bridge.optimizer", "OptState"),
     "sharding": ("nnx_bridge.sharding", None),
     "training": ("nnx_bridge.training", None),
     "from_linen": ("nnx_bridge.linen", "from_linen"),
@@ -110,12 +111,15 @@ _ON_FIRST_USE: dict[str, tuple[str, str | None]] = {
 }
 
 if _tp.TYPE_CHECKING:
+    from nnx_bridge import optimizer as optimizer
     from nnx_bridge import sharding as sharding
     from nnx_bridge import training as training
     from nnx_bridge.linen import FromLinen as FromLinen
     from nnx_bridge.linen import ToLinen as ToLinen
     from nnx_bridge.linen.from_linen import from_linen as from_linen
     from nnx_bridge.linen.to_linen import to_linen as to_linen
+    from nnx_bridge.optimizer import Optimizer as Optimizer
+    from nnx_bridge.optimizer import OptState as OptState
     from nnx_bridge.sharding import get_named_sharding as get_named_sharding
     from nnx_bridge.sharding import get_partition_spec as get_partition_spec
     from nnx_bridge.sharding import sharded_init as sharded_init
