@@ -871,9 +871,9 @@ class _Walk:
     def state(self) -> State:
         paths, values = self.var_paths, self.var_values
         if not self.unsorted:
-            return State._from_sorted(zip(paths, values))
+            return State.from_sorted(zip(paths, values))
         order = sorted(range(len(paths)), key=lambda i: _sort_key(paths[i]))
-        return State._from_sorted([(paths[i], values[i]) for i in order])
+        return State.from_sorted([(paths[i], values[i]) for i in order])
 
     def moduledef(self) -> ModuleDef[tp.Any]:
         values = self.var_values

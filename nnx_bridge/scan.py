@@ -143,14 +143,14 @@ def unstack(scan: Scan) -> list[Module]:
 
 
 def _add_axis(state: State, axis_name: str | None) -> State:
-    return State._from_sorted(
+    return State.from_sorted(
         (path, _with_sharding(v, None if v.sharding is None else (axis_name, *v.sharding)))
         for path, v in state.items()
     )
 
 
 def _drop_axis(state: State) -> State:
-    return State._from_sorted(
+    return State.from_sorted(
         (path, _with_sharding(v, None if v.sharding is None else v.sharding[1:])) for path, v in state.items()
     )
 

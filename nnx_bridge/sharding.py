@@ -75,7 +75,7 @@ def get_partition_spec(tree: tp.Any, rules: Rules | None = None) -> tp.Any:
     """
     rules = _checked_rules(rules)
     if isinstance(tree, State):
-        return State._from_sorted(
+        return State.from_sorted(
             (path, v.replace(_variable_spec(path, v, rules))) for path, v in tree.items()
         )
     return jax.tree_util.tree_map_with_path(
@@ -105,7 +105,7 @@ def get_named_sharding(tree: tp.Any, mesh: Mesh, rules: Rules | None = None) -> 
     _check_mesh(mesh, "get_named_sharding")
     specs = get_partition_spec(tree, rules)
     if isinstance(specs, State):
-        return State._from_sorted(
+        return State.from_sorted(
             (path, v.replace(_named(mesh, v.value, f"path {path!r}"))) for path, v in specs.items()
         )
     leaves = jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))

@@ -138,7 +138,21 @@ class State(dict):  # type: ignore[type-arg]
         super().__init__(sorted(items.items(), key=_item_key))
 
     @classmethod
-    def _from_sorted(cls, items: tp.Iterable[tuple[str, tp.Any]]) -> "State":
+    def from_sorted(cls, items: tp.Iterable[tuple[str, tp.Any]]) -> "State":
+        """A State from ``(path, variable)`` pairs already in State order, without re-checking.
+
+        The fast constructor for code that derives items from another State (a
+        filter, a map over its Variables, a pytree unflatten): the paths must be
+        valid and in `path_sort_key` order, as they are when taken from a State
+        in order. Use ``State(mapping)`` for anything else; it checks and sorts.
+
+        Example:
+            >>> import nnx_bridge as nnx
+            >>> s = nnx.State({"b": nnx.Param(1.0), "a": nnx.Param(2.0)})
+            >>> doubled = nnx.State.from_sorted((p, v.replace(v.value * 2)) for p, v in s.items())
+            >>> list(doubled), doubled["a"].value
+            (['a', 'b'], 4.0)
+        """
         new = dict.__new__(cls)
         dict.__init__(new, items)
         return new
@@ -176,7 +190,7 @@ class State(dict):  # type: ignore[type-arg]
 
     def copy(self) -> "State":
         """A shallow copy (the same Variable objects)."""
-        return State._from_sorted(self.items())
+        return State.from_sorted(self.items())
 
     # -- selecting ---------------------------------------------------------------
     def filter(self, *filters: filterlib.Filter) -> "State":
@@ -191,9 +205,7 @@ class State(dict):  # type: ignore[type-arg]
         if not filters:
             raise TypeError("State.filter needs at least one filter, e.g. state.filter('params').")
         predicates = [filterlib.to_predicate(f) for f in filters]
-        return State._from_sorted(
-            (path, v) for path, v in self.items() if any(p(path, v) for p in predicates)
-        )
+        return State.from_sorted((path, v) for path, v in self.items() if any(p(path, v) for p in predicates))
 
     def split(self, *filters: filterlib.Filter) -> tp.Any:
         """Splits into one State per filter; each Variable goes to the first that matches.
@@ -228,7 +240,7 @@ class State(dict):  # type: ignore[type-arg]
                 f"{filters!r}: {shown}{more}. Add a filter for them, or end the filters "
                 f"with ... to collect the rest."
             )
-        states = tuple(State._from_sorted(bucket) for bucket in buckets)
+        states = tuple(State.from_sorted(bucket) for bucket in buckets)
         return states[0] if len(states) == 1 else states
 
     def merge(*states: "State") -> "State":
@@ -248,7 +260,7 @@ class State(dict):  # type: ignore[type-arg]
                     f"Wrap plain Linen variables with nnx.from_variables(...)."
                 )
         if len(states) == 1 and isinstance(states[0], State):
-            return State._from_sorted(states[0].items())
+            return State.from_sorted(states[0].items())
         merged: dict[str, tp.Any] = {}
         for state in states:
             merged.update(state)
@@ -274,7 +286,7 @@ def _flatten(state: State) -> tuple[tuple[tp.Any, ...], tuple[str, ...]]:
 
 
 def _unflatten(paths: tuple[str, ...], children: tp.Iterable[tp.Any]) -> State:
-    return State._from_sorted(zip(paths, children))
+    return State.from_sorted(zip(paths, children))
 
 
 jax.tree_util.register_pytree_with_keys(State, _flatten_with_keys, _unflatten, flatten_func=_flatten)

@@ -158,7 +158,7 @@ def map_variables(
         {'params': {'w': 'w'}}
     """
     if isinstance(tree, State):
-        return State._from_sorted((p, v.replace(fn(p, v))) for p, v in tree.items())
+        return State.from_sorted((p, v.replace(fn(p, v))) for p, v in tree.items())
     if not isinstance(tree, tp.Mapping):
         raise TypeError(f"Expected a State or a (nested) dict of variables; found {type(tree).__name__}.")
     if not isinstance(collection, str) or not collection:

@@ -18,7 +18,7 @@ def boxed_variables(
     A Variable with its own ``sharding_rules`` is boxed as ``nn.LogicallyPartitioned``
     carrying them, whatever `box` is.
     """
-    boxed = State._from_sorted(
+    boxed = State.from_sorted(
         (path, v.replace(_box(v, box)) if v.sharding is not None else v) for path, v in state.items()
     )
     return to_variables(boxed)

@@ -256,7 +256,7 @@ class ToLinen(nn.Module):
                 )
             items.append((path, expected.replace(value)))
             leaves[path] = leaf
-        return State._from_sorted(items), leaves
+        return State.from_sorted(items), leaves
 
     @nn.nowrap
     def _raise_unexpected(self, found: list[tuple[str, str]]) -> tp.NoReturn:
