@@ -22,6 +22,7 @@ import numpy as np
 from nnx_bridge import filters as filterlib
 from nnx_bridge import phase as phaselib
 from nnx_bridge import statics
+from nnx_bridge.errors import ReadableKeyError, listing
 from nnx_bridge.state import State, escape_name, path_sort_key, unescape_name
 from nnx_bridge.variables import Variable, make_variable, variable_type
 
@@ -195,15 +196,12 @@ class ModuleDef(tp.Generic[M]):
                     f"merge: expected a State (from Module.partition()), found {type(state).__name__}."
                 )
             _raise_path_mismatch("merge", self.type, frozenset(meta), state)
-        new = object.__new__
         variables: list[tp.Any] = [None] * len(self._vars[0])
         for path, variable in state.items():
             number, expected, collection = meta[path]
             if type(variable) is not expected or variable.collection != collection:
                 _check_merged(path, variable, expected, collection)
-            copy = new(type(variable))
-            copy.__dict__ = variable.__dict__.copy()
-            variables[number] = copy
+            variables[number] = variable.copy()
         return _build(self._nodes, self._root, self._slotted, variables)  # type: ignore[no-any-return]
 
     def apply(self, *states: State) -> "Apply[M]":
@@ -678,7 +676,7 @@ class _Walk:
                     path = prefix + name
                     if vid not in var_number:  # a new Variable (its value is checked after the walk)
                         number = var_number[vid] = len(var_number)
-                        if copy_variables:
+                        if copy_variables:  # Variable.copy() inlined: this loop is the measured hot path
                             copy = new(value_type)
                             copy.__dict__ = value.__dict__.copy()
                             value = copy
@@ -750,9 +748,7 @@ class _Walk:
         _check_variable_value(variable, path)
         number = self.var_number[id(variable)] = len(self.var_number)
         if self.copy:
-            copy = object.__new__(type(variable))
-            copy.__dict__ = variable.__dict__.copy()
-            variable = copy
+            variable = variable.copy()
         if path < self.last:
             self.unsorted = True
         self.last = path
@@ -1154,19 +1150,14 @@ def _raise_path_mismatch(what: str, module_type: type, expected: frozenset[str],
     unknown = sorted(state.keys() - expected)
     parts = []
     if missing:
-        parts.append(f"missing path(s) {_listing(missing)}")
+        parts.append(f"missing path(s) {listing(missing)}")
     if unknown:
-        parts.append(f"unknown path(s) {_listing(unknown)}")
+        parts.append(f"unknown path(s) {listing(unknown)}")
     raise ValueError(
         f"{what}: the State does not fit the {module_type.__name__} ModuleDef: "
         f"{'; '.join(parts)}. Pass the States from this module's partition() "
         f"(all of them, e.g. moduledef.{what}(params, counts)), with no extra paths."
     )
-
-
-def _listing(paths: list[str]) -> str:
-    shown = ", ".join(repr(p) for p in paths[:10])
-    return shown + (f" and {len(paths) - 10} more" if len(paths) > 10 else "")
 
 
 # ----------------------------------------------------------------------------------
@@ -1235,11 +1226,8 @@ def _where(path: str) -> str:
     return repr(path) if path else "the root"
 
 
-class UnknownPathError(KeyError):
+class UnknownPathError(ReadableKeyError):
     """A State path that does not lead to a Variable of the module."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def _unknown_path(path: str, reason: str) -> UnknownPathError:

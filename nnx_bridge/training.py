@@ -7,6 +7,7 @@ import typing as tp
 from flax.core import meta
 
 from nnx_bridge import filters as filterlib
+from nnx_bridge.errors import listing
 from nnx_bridge.state import State, escape_name
 from nnx_bridge.variables import Variable, make_variable
 
@@ -70,10 +71,9 @@ def labels(
 
     result = map_variables(tree, label_of, collection=collection, variables=variables)
     if unmatched:
-        shown = ", ".join(repr(p) for p in unmatched[:10])
         raise ValueError(
             f"labels: {len(unmatched)} variable(s) matched none of the filters for labels "
-            f"{list(label_filters)}: {shown}{' ...' if len(unmatched) > 10 else ''}. Add a filter "
+            f"{list(label_filters)}: {listing(unmatched)}. Add a filter "
             f"for them, or pass default=<label>."
         )
     if not allow_empty:
@@ -123,9 +123,7 @@ def mask(
 def _raise_selects_nothing(
     what: str, which: str, filter: tp.Any, paths: list[str], variables: bool
 ) -> tp.NoReturn:
-    shown = ", ".join(repr(p) for p in paths[:10]) + (
-        f" and {len(paths) - 10} more" if len(paths) > 10 else ""
-    )
+    shown = listing(paths)
     hint = (
         ""
         if variables

@@ -16,6 +16,7 @@ from flax.core import meta
 from nnx_bridge.context import Context, MissingRngStreamError
 from nnx_bridge.linen import arguments
 from nnx_bridge.module import Module
+from nnx_bridge.state import flatten_nested, nest, nest_into
 from nnx_bridge.variables import Variable, make_variable
 
 # The one attribute of a FromLinen that is not a Linen variable name (see `_reserved_names`).
@@ -94,13 +95,7 @@ class FromLinen(Module):
             >>> jax.tree.map(jnp.shape, dense.linen_variables())
             {'params': {'bias': (2,), 'kernel': (3, 2)}}
         """
-        variables: dict[str, dict[str, tp.Any]] = {}
-        for (collection, path), variable in self._leaves().items():
-            node = variables.setdefault(collection, {})
-            *parents, leaf = path
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = variable.value
+        variables = nest(((collection, *path), v.value) for (collection, path), v in self._leaves().items())
         return {collection: variables[collection] for collection in sorted(variables)}
 
     def __call__(
@@ -140,7 +135,7 @@ class FromLinen(Module):
             return result
         out, updated = result
         for collection, tree in updated.items():
-            for path, value in _flat(tree, ()):
+            for path, value in flatten_nested(tree):
                 variable = leaves.get((collection, path))
                 if variable is None:
                     raise ValueError(
@@ -310,14 +305,6 @@ def _concrete(x: tp.Any) -> tp.Any:
     return jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x
 
 
-def _flat(tree: tp.Any, prefix: tuple[str, ...]) -> tp.Iterator[tuple[tuple[str, ...], tp.Any]]:
-    if isinstance(tree, tp.Mapping):
-        for key, value in tree.items():
-            yield from _flat(value, (*prefix, key))
-    else:
-        yield prefix, tree
-
-
 def _reserved_names() -> frozenset[str]:
     return frozenset(n for n in dir(FromLinen) if not n.startswith("__")) | {_CONFIG}
 
@@ -336,7 +323,7 @@ def _attributes(variables: tp.Any, owner: str) -> dict[str, tp.Any]:
     leaves: dict[tuple[str, ...], str] = {}  # linen path -> its collection
     prefixes: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {}  # -> a (collection, path) below
     for collection in sorted(variables):
-        for path, leaf in _flat(variables[collection], ()):
+        for path, leaf in flatten_nested(variables[collection]):
             if not path:
                 continue
             full = "/".join((collection, *path))
@@ -365,10 +352,7 @@ def _attributes(variables: tp.Any, owner: str) -> dict[str, tp.Any]:
             leaves[path] = collection
             for depth in range(1, len(path)):
                 prefixes.setdefault(path[:depth], (collection, path))
-            node = tree
-            for part in path[:-1]:
-                node = node.setdefault(part, {})
-            node[path[-1]] = _variable(collection, leaf, full, owner)
+            nest_into(tree, path, _variable(collection, leaf, full, owner))  # no clash: checked above
     return tree
 
 

@@ -19,6 +19,7 @@ import typing as tp
 
 from flax.core import meta
 
+from nnx_bridge.errors import ReadableKeyError
 from nnx_bridge.linen import boxes
 from nnx_bridge.module import Module
 from nnx_bridge.phase import Phase
@@ -128,7 +129,7 @@ class BridgePhase(Phase):
         return [(m, n) for m, n in found if isinstance(vars(m).get(n), Variable)]
 
 
-class MissingVariableError(KeyError):
+class MissingVariableError(ReadableKeyError):
     """A ``variable(...)`` during ``apply`` for a Variable that the given variables lack.
 
     Example:
@@ -147,9 +148,6 @@ class MissingVariableError(KeyError):
         ...     print(str(error).split(' would')[0])
         ToLinen(Cache) at '/': missing variable 'cache/last': Cache.variable('cache', 'last', ...)
     """
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def _node_at(root: Module, parts: list[str]) -> tp.Any:
