@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nnx_bridge.context import Context
 from nnx_bridge.module import Module, ModuleDef
+from nnx_bridge.partition_under import partition_under
 from nnx_bridge.state import State
 from nnx_bridge.variables import Variable
 
@@ -142,17 +143,15 @@ def sharded_init(
     """
     _check_mesh(mesh, "sharded_init")
     rules = _checked_rules(rules)
-    moduledefs: list[ModuleDef[tp.Any]] = []
 
-    def build(key: jax.Array) -> State:
-        state, moduledef = factory(*args, ctx=Context(key), **kwargs).partition()
-        moduledefs.append(moduledef)
-        return state
+    def make(key: jax.Array) -> Module:
+        return factory(*args, ctx=Context(key), **kwargs)
 
     key = jax.random.PRNGKey(key) if isinstance(key, int) else key
-    abstract = jax.eval_shape(build, key)
-    state = jax.jit(build, out_shardings=get_named_sharding(abstract, mesh, rules))(key)
-    return state, moduledefs[0]
+    abstract, moduledef = partition_under(lambda build: jax.eval_shape(build, key), make)
+    shardings = get_named_sharding(abstract, mesh, rules)
+    state, _ = partition_under(lambda build: jax.jit(build, out_shardings=shardings)(key), make)
+    return state, moduledef
 
 
 # ----------------------------------------------------------------------------------
