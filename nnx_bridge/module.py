@@ -591,10 +591,12 @@ class _Walk:
     """One partition walk: records, Variables by path, and what merge needs to rebuild."""
 
     __slots__ = (
+        "containers",
         "copy",
         "firsts",
         "last",
         "module_index",
+        "modules",
         "nodes",
         "owner",
         "paths",
@@ -608,7 +610,7 @@ class _Walk:
         "var_values",
     )
 
-    def __init__(self, copy: bool) -> None:
+    def __init__(self, copy: bool, objects: bool = False) -> None:
         self.nodes: list[tp.Any] = []  # one record per module, by index
         self.firsts: list[tuple[int, tp.Any]] = []  # (parent index, attribute) where each module was found
         self.paths: list[str] = []  # the path each module was found at, plus "/" ("" for the root)
@@ -625,6 +627,9 @@ class _Walk:
         self.last = ""
         self.copy = copy
         self.owner: type = object
+        # With `objects` (graph.walk): every Module in walk order, every list and dict with its items.
+        self.modules: list[Module] | None = [] if objects else None
+        self.containers: list[tuple[tp.Any, tuple[tp.Any, ...]]] | None = [] if objects else None
 
     # Paths are compared as plain strings while walking. That is State order (which
     # compares part by part) as long as no part holds a character sorting before
@@ -645,9 +650,11 @@ class _Walk:
         self.paths.append("")
         stack = [(root, "", 0)]
         last, unsorted = "", False
-        children = self.pending
+        children, found_modules = self.pending, self.modules
         while stack:
             module, prefix, index = stack.pop()
+            if found_modules is not None:
+                found_modules.append(module)
             cls = type(module)
             attributes = module.__dict__
             names = _SORTED_NAMES_GET((cls, *attributes))  # None: new names, or slots to read
@@ -803,6 +810,11 @@ class _Walk:
                 f"other (and to themselves), containers may not."
             )
         active[id(value)] = value
+        if self.containers is not None:
+            if type(value) is list:
+                self.containers.append((value, tuple(value)))
+            elif type(value) is dict:
+                self.containers.append((value, tuple(value.items())))
         if kind == statics.DICT:
             keys = sorted(value, key=str)
             names = [str(k) for k in keys]
@@ -941,6 +953,29 @@ def _entries(record: tuple[tp.Any, ...], prefix: str, index: int) -> tp.Iterator
                     names = [str(i) for i in range(len(spec[1]))]
                 children = sorted(zip(names, _spec_children(spec)), key=_first, reverse=True)
                 stack.extend((f"{path}/{segment(n)}", child) for n, child in children)
+
+
+def graph_objects(
+    root: "Module",
+) -> tuple[State, list["Module"], list[tuple[tp.Any, tuple[tp.Any, ...]]]]:
+    """Partition's walk without copies: the Variables themselves, the Modules and the containers.
+
+    The State holds `root`'s own Variable objects at the paths `partition` gives
+    them; the Modules are in walk order (the root first); every list and dict met
+    comes with a snapshot of its items. `nnx_bridge.graph.walk` is built on it.
+
+    Example:
+        >>> import nnx_bridge as nnx
+        >>> from nnx_bridge.module import graph_objects
+        >>> layer = nnx.Linear(2, 2, ctx=nnx.Context(0))
+        >>> state, modules, containers = graph_objects(layer)
+        >>> state["kernel"] is layer.kernel, modules == [layer], containers
+        (True, True, [])
+    """
+    walk = _Walk(copy=False, objects=True)
+    _without_gc(walk.run, root)
+    assert walk.modules is not None and walk.containers is not None
+    return walk.state(), walk.modules, walk.containers
 
 
 def _partition(module: "Module") -> tuple[State, ModuleDef[tp.Any]]:
