@@ -24,11 +24,14 @@ class Graph(tp.NamedTuple):
       modules: every Module, in the order the walk meets them (the root first).
       containers: every list and dict met, with a snapshot of its items, so an
         in-place change (``layers.append(...)``) can be noticed later.
+      module_paths: the path of each of `modules` (``""`` for the root), as partition
+        records it.
     """
 
     variables: dict[str, Variable[tp.Any]]
     modules: list[Module]
     containers: list[tuple[tp.Any, tuple[tp.Any, ...]]]
+    module_paths: list[str]
 
 
 def walk(root: Module) -> Graph:
@@ -46,7 +49,9 @@ def walk(root: Module) -> Graph:
         (['alias/bias', 'alias/kernel'], 2)
     """
     variables, modules, containers = graph_objects(root)  # partition's own walk: the same paths
-    return Graph(dict(variables), modules, containers)
+    return Graph(
+        dict(variables), [m for m, _ in modules], containers, [prefix.rstrip("/") for _, prefix in modules]
+    )
 
 
 def unchanged(containers: tp.Sequence[tuple[tp.Any, tuple[tp.Any, ...]]]) -> bool:

@@ -627,8 +627,9 @@ class _Walk:
         self.last = ""
         self.copy = copy
         self.owner: type = object
-        # With `objects` (graph.walk): every Module in walk order, every list and dict with its items.
-        self.modules: list[Module] | None = [] if objects else None
+        # With `objects` (graph.walk): every Module in walk order with its path prefix, every
+        # list and dict with its items.
+        self.modules: list[tuple[Module, str]] | None = [] if objects else None
         self.containers: list[tuple[tp.Any, tuple[tp.Any, ...]]] | None = [] if objects else None
 
     # Paths are compared as plain strings while walking. That is State order (which
@@ -654,7 +655,7 @@ class _Walk:
         while stack:
             module, prefix, index = stack.pop()
             if found_modules is not None:
-                found_modules.append(module)
+                found_modules.append((module, prefix))
             cls = type(module)
             attributes = module.__dict__
             names = _SORTED_NAMES_GET((cls, *attributes))  # None: new names, or slots to read
@@ -957,19 +958,21 @@ def _entries(record: tuple[tp.Any, ...], prefix: str, index: int) -> tp.Iterator
 
 def graph_objects(
     root: "Module",
-) -> tuple[State, list["Module"], list[tuple[tp.Any, tuple[tp.Any, ...]]]]:
+) -> tuple[State, list[tuple["Module", str]], list[tuple[tp.Any, tuple[tp.Any, ...]]]]:
     """Partition's walk without copies: the Variables themselves, the Modules and the containers.
 
     The State holds `root`'s own Variable objects at the paths `partition` gives
-    them; the Modules are in walk order (the root first); every list and dict met
-    comes with a snapshot of its items. `nnx_bridge.graph.walk` is built on it.
+    them; the Modules come in walk order (the root first), each with the path
+    prefix where the walk found it (``""`` for the root, else ending in ``"/"``);
+    every list and dict met comes with a snapshot of its items.
+    `nnx_bridge.graph.walk` is built on it.
 
     Example:
         >>> import nnx_bridge as nnx
         >>> from nnx_bridge.module import graph_objects
         >>> layer = nnx.Linear(2, 2, ctx=nnx.Context(0))
         >>> state, modules, containers = graph_objects(layer)
-        >>> state["kernel"] is layer.kernel, modules == [layer], containers
+        >>> state["kernel"] is layer.kernel, modules == [(layer, "")], containers
         (True, True, [])
     """
     walk = _Walk(copy=False, objects=True)
