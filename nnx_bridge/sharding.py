@@ -49,7 +49,9 @@ def logical_to_mesh(names: tp.Sequence[str | None] | None, rules: Rules | None =
     rules = _rules_in_use(_checked_rules(rules))
     if rules is None:
         return PartitionSpec(*names)
-    return nn.logical_to_mesh_axes(tuple(names), rules)
+    spec = nn.logical_to_mesh_axes(tuple(names), rules)
+    assert spec is not None  # Flax returns None only for names=None
+    return spec
 
 
 def get_partition_spec(tree: tp.Any, rules: Rules | None = None) -> tp.Any:
@@ -228,7 +230,7 @@ def _checked_rules(rules: tp.Any) -> Rules | None:
                 f"axis may be None or a tuple of axes); found the entry {rule!r} in {rules!r}. "
                 f"Pair the names up instead of listing them flat."
             )
-    return tuple(tuple(rule) for rule in rules)  # type: ignore[misc]
+    return tuple(tuple(rule) for rule in rules)
 
 
 def _check_mesh(mesh: tp.Any, what: str) -> None:

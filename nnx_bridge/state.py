@@ -112,7 +112,7 @@ def _item_key(item: tuple[str, tp.Any]) -> str:
     return path.replace("/", "\0")
 
 
-class State(dict):  # type: ignore[type-arg]
+class State(dict[tp.Any, tp.Any]):  # keys are paths (str); Any keeps dict's | and |= overridable
     """A flat mapping from ``"a/b/c"`` paths to Variables, always sorted by path.
 
     A name that itself contains ``"/"`` is one segment written with escapes
@@ -166,22 +166,22 @@ class State(dict):  # type: ignore[type-arg]
         _check_path(path)
         self._resort({**self, path: variable})
 
-    def update(self, *args: tp.Any, **kwargs: tp.Any) -> None:  # type: ignore[override]
+    def update(self, *args: tp.Any, **kwargs: tp.Any) -> None:
         incoming = dict(*args, **kwargs)
         for path in incoming:
             _check_path(path)
         self._resort({**self, **incoming})
 
-    def setdefault(self, path: str, default: tp.Any = None) -> tp.Any:  # type: ignore[override]
+    def setdefault(self, path: str, default: tp.Any = None) -> tp.Any:
         if path not in self:
             self[path] = default
         return self[path]
 
-    def __ior__(self, other: tp.Any) -> "State":  # type: ignore[override]
+    def __ior__(self, other: tp.Any) -> "State":
         self.update(other)
         return self
 
-    def __or__(self, other: tp.Any) -> "State":  # type: ignore[override]
+    def __or__(self, other: tp.Any) -> "State":
         return State({**self, **other})
 
     def _resort(self, items: dict[str, tp.Any]) -> None:
@@ -208,7 +208,20 @@ class State(dict):  # type: ignore[type-arg]
         predicates = [filterlib.to_predicate(f) for f in filters]
         return State.from_sorted((path, v) for path, v in self.items() if any(p(path, v) for p in predicates))
 
-    def split(self, *filters: filterlib.Filter) -> tp.Any:
+    @tp.overload
+    def split(self, first: filterlib.Filter, /) -> State: ...
+    @tp.overload
+    def split(self, first: filterlib.Filter, second: filterlib.Filter, /) -> tuple[State, State]: ...
+    @tp.overload
+    def split(
+        self,
+        first: filterlib.Filter,
+        second: filterlib.Filter,
+        third: filterlib.Filter,
+        /,
+        *filters: filterlib.Filter,
+    ) -> tuple[State, ...]: ...
+    def split(self, *filters: filterlib.Filter) -> State | tuple[State, ...]:
         """Splits into one State per filter; each Variable goes to the first that matches.
 
         Returns a single State for a single filter, else a tuple. Every Variable
@@ -227,7 +240,7 @@ class State(dict):  # type: ignore[type-arg]
         buckets: list[list[tuple[str, tp.Any]]] = [[] for _ in filters]
         leftover: list[str] = []
         for path, variable in self.items():
-            for bucket, predicate in zip(buckets, predicates):
+            for bucket, predicate in zip(buckets, predicates, strict=True):
                 if predicate(path, variable):
                     bucket.append((path, variable))
                     break
@@ -285,7 +298,7 @@ def _flatten(state: State) -> tuple[tuple[tp.Any, ...], tuple[str, ...]]:
 
 
 def _unflatten(paths: tuple[str, ...], children: tp.Iterable[tp.Any]) -> State:
-    return State.from_sorted(zip(paths, children))
+    return State.from_sorted(zip(paths, children, strict=True))
 
 
 jax.tree_util.register_pytree_with_keys(State, _flatten_with_keys, _unflatten, flatten_func=_flatten)

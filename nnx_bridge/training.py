@@ -193,4 +193,7 @@ def _map_nested(
 
 
 def _rebuild(original: tp.Mapping[str, tp.Any], items: dict[str, tp.Any]) -> tp.Any:
-    return items if type(original) is dict else type(original)(items)
+    if type(original) is dict:
+        return items
+    rebuild: tp.Callable[[dict[str, tp.Any]], tp.Any] = tp.cast(tp.Any, type(original))  # e.g. FrozenDict
+    return rebuild(items)

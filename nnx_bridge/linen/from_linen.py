@@ -168,9 +168,13 @@ class FromLinen(Module):
             (4, 2)
         """
         config = self.__dict__.get(_CONFIG)
-        if config is not None and not name.startswith("_") and name not in _LINEN_MODULE_NAMES:
-            if callable(getattr(type(config.module), name, None)):
-                return functools.partial(self.__call__, method=name)
+        if (
+            config is not None
+            and not name.startswith("_")
+            and name not in _LINEN_MODULE_NAMES
+            and callable(getattr(type(config.module), name, None))
+        ):
+            return functools.partial(self.__call__, method=name)
         raise AttributeError(
             f"{type(self).__name__} has no attribute {name!r}"
             + (f" (and {_owner(config.module)} has no method of that name)" if config is not None else "")
@@ -343,10 +347,11 @@ def _attributes(variables: tp.Any, owner: str) -> dict[str, tp.Any]:
             clash = _clash(path, leaves, prefixes)
             if clash is not None:
                 other_collection, other_path = clash
-                shared = "/".join(min(other_path, path, key=len))
+                shared = "/".join(other_path if len(other_path) <= len(path) else path)
                 raise ValueError(
                     f"{owner}: the Linen variables {'/'.join((other_collection, *other_path))!r} and "
-                    f"{full!r} share the path {shared!r} below the module. nnx_bridge State paths leave out the collection, so they "
+                    f"{full!r} share the path {shared!r} below the module. nnx_bridge State paths "
+                    f"leave out the collection, so they "
                     f"would collide; rename one of them in the Linen module."
                 )
             leaves[path] = collection

@@ -449,7 +449,8 @@ def _call_method(
             f"{type(module).__name__} has no method {method!r} to call through to_linen; "
             f"pass method= the name of one of its methods."
         )
-    if "ctx" not in kwargs and _takes_ctx(type(module), method):
+    module_type: type = type(module)
+    if "ctx" not in kwargs and _takes_ctx(module_type, method):
         kwargs = {**kwargs, "ctx": ctx}
     return function(*args, **kwargs)
 
