@@ -18,8 +18,12 @@ from benchmarks import models, suite, timing
 TINY = suite.Settings(
     name="smoke",
     models=(("tiny_mlp", suite.ModelSpec(models.tiny_mlp, 4, "tiny MLP, batch 4")),),
-    step_rounds=2, step_min_batch_s=0.0, compile_rounds=1,
-    depths=(1, 10), overhead_rounds=2, overhead_min_batch_s=0.0,
+    step_rounds=2,
+    step_min_batch_s=0.0,
+    compile_rounds=1,
+    depths=(1, 10),
+    overhead_rounds=2,
+    overhead_min_batch_s=0.0,
 )
 
 

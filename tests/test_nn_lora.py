@@ -16,7 +16,7 @@ import optax
 import pytest
 from flax import nnx as fnnx
 from flax.training import train_state
-from test_nn_parity import assert_same_layout, normal, plain, rbg_key, weighted_sum
+from helpers import assert_same_layout, normal, plain, rbg_key, weighted_sum
 
 import nnx_bridge as nnx
 from nnx_bridge import nn

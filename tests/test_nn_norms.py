@@ -20,7 +20,7 @@ import numpy as np
 import optax
 import pytest
 from flax.training import train_state
-from test_nn_parity import (
+from helpers import (
     FAST_COMPILE,
     assert_same_layout,
     build_abstract,

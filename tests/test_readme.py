@@ -33,5 +33,7 @@ def test_readme_blocks_run(monkeypatch):
 def test_readme_setup_commands_match_ci():
     text = README.read_text()
     ci = (README.parent / ".ci" / "run").read_text()
-    test_command = next(line for line in text.splitlines() if line.startswith("python3 -m venv") and "[test]" in line)
+    test_command = next(
+        line for line in text.splitlines() if line.startswith("python3 -m venv") and "[test]" in line
+    )
     assert test_command in ci.splitlines()
