@@ -71,13 +71,13 @@ def assert_same_layout(ours: tp.Any, theirs: tp.Any) -> None:
         jax.tree.map(jnp.shape, ours),
         jax.tree.map(jnp.shape, theirs),
     )
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
         assert (jnp.shape(a), jnp.result_type(a)) == (jnp.shape(b), jnp.result_type(b))
 
 
 def assert_trees_close(ours: tp.Any, theirs: tp.Any) -> None:
     assert_same_layout(ours, theirs)
-    for a, b in zip(jax.tree.leaves(plain(ours)), jax.tree.leaves(plain(theirs))):
+    for a, b in zip(jax.tree.leaves(plain(ours)), jax.tree.leaves(plain(theirs)), strict=True):
         np.testing.assert_allclose(
             np.asarray(a, np.float32), np.asarray(b, np.float32), **tolerance(jnp.result_type(b))
         )
@@ -88,7 +88,7 @@ def random_like(shapes: tp.Any, seed: int = 1) -> tp.Any:
     rng = np.random.default_rng(seed)
     return {
         collection: jax.tree.map(
-            lambda leaf: jnp.asarray(
+            lambda leaf, collection=collection: jnp.asarray(
                 rng.uniform(0.5, 1.5, leaf.shape)
                 if collection == "batch_stats"
                 else 0.5 * rng.standard_normal(leaf.shape),
@@ -306,5 +306,5 @@ def check_layer(
     theirs = (y_linen, plain(g_linen[0]), g_linen[1:])
     mine = (y_ours, plain(nnx.to_variables(g_ours[0]).get("params", {})), g_ours[1:])
     assert_same_layout(mine, theirs)
-    for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(theirs)):
+    for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(theirs), strict=True):
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))  # bit for bit

@@ -205,7 +205,7 @@ def test_same_keys_give_linens_initial_parameters(case):
     expected = linen_params_from_our_keys(make_linen, rbg_key(0), 2, *inputs, **defaults)
     ours = plain(nnx.to_variables(make_ours(nnx.Context(rbg_key(0))).partition()[0]))
     assert jax.tree.structure(ours) == jax.tree.structure(expected)
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(expected)):
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(expected), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

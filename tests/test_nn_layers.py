@@ -91,7 +91,9 @@ def test_same_keys_give_linens_initial_parameters(case):
     expected = linen_params_from_our_keys(make_linen, key, draws, *inputs, **defaults)
     ours = make_ours(nnx.Context(key))
     assert_trees_close(nnx.to_variables(ours.partition()[0]), expected)
-    for a, b in zip(jax.tree.leaves(nnx.to_variables(ours.partition()[0])), jax.tree.leaves(expected)):
+    for a, b in zip(
+        jax.tree.leaves(nnx.to_variables(ours.partition()[0])), jax.tree.leaves(expected), strict=True
+    ):
         np.testing.assert_array_equal(a, b)  # not just close: the same numbers
 
 
@@ -184,7 +186,7 @@ def _static_values(moduledef: nnx.ModuleDef) -> tp.Iterator[tp.Any]:
 
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_layers_keep_only_structural_static_fields(name):
-    state, moduledef = build_abstract(lambda: LAYERS[name](nnx.Context(0))).partition()
+    _state, moduledef = build_abstract(lambda: LAYERS[name](nnx.Context(0))).partition()
     _, again = build_abstract(lambda: LAYERS[name](nnx.Context(1))).partition()
     assert moduledef == again and hash(moduledef) == hash(again)  # hashable, key-independent
     for value in _static_values(moduledef):  # no initialiser (or other function) kept

@@ -42,7 +42,7 @@ EXACT, CLOSE = "exact", "close"
 def assert_match(ours: tp.Any, theirs: tp.Any, how: str) -> None:
     """Same layout; equal bits (EXACT), or within 1e-6 relative in float32 (CLOSE)."""
     assert_same_layout(ours, theirs)
-    for a, b in zip(jax.tree.leaves(plain(ours)), jax.tree.leaves(plain(theirs))):
+    for a, b in zip(jax.tree.leaves(plain(ours)), jax.tree.leaves(plain(theirs)), strict=True):
         a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
         if how == EXACT:
             np.testing.assert_array_equal(a, b)
@@ -243,8 +243,8 @@ def test_wrapper_trees_as_linen_init_stores_them():
             dict(update_stats=False),
         ),
     ]:
-        theirs = jax.eval_shape(lambda k: linen_layer.init(k, x, **call), rbg_key(0))
-        mine = jax.eval_shape(lambda: nnx.to_variables(make().partition()[0]))
+        theirs = jax.eval_shape(lambda k, layer=linen_layer, call=call: layer.init(k, x, **call), rbg_key(0))
+        mine = jax.eval_shape(lambda make=make: nnx.to_variables(make().partition()[0]))
         assert_same_layout(mine, theirs)
         assert mine["params"]["layer_instance"]["kernel"].dtype == BF16
     wn = nn.WeightNorm(nn.Linear(3, 4, ctx=ctx()), ctx=ctx())

@@ -52,7 +52,7 @@ def tree_loss(tree: tp.Any) -> jax.Array:
 
 def assert_bitwise(ours: tp.Any, theirs: tp.Any) -> None:
     assert_same_layout(ours, theirs)
-    for a, b in zip(jax.tree.leaves(plain(ours)), jax.tree.leaves(plain(theirs))):
+    for a, b in zip(jax.tree.leaves(plain(ours)), jax.tree.leaves(plain(theirs)), strict=True):
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
 
 

@@ -67,7 +67,7 @@ def children(obj) -> list[tuple[str, tp.Any]]:
     if isinstance(obj, nnx.Module):
         return [(name, vars(obj)[name]) for name in sorted(vars(obj))]
     if isinstance(obj, tuple) and hasattr(type(obj), "_fields"):
-        return list(zip(obj._fields, obj))
+        return list(zip(obj._fields, obj, strict=True))
     if isinstance(obj, (list, tuple)):
         return [(str(i), x) for i, x in enumerate(obj)]
     if isinstance(obj, dict):
@@ -133,7 +133,7 @@ def assert_isomorphic(original, rebuilt):
         else:
             assert a == b, f"{where}: static {a!r} != {b!r}"
             return
-        for (part, x), (other_part, y) in zip(children(a), children(b)):
+        for (part, x), (other_part, y) in zip(children(a), children(b), strict=True):
             assert part == other_part, where
             visit(x, y, f"{where}/{part}")
 
@@ -263,7 +263,7 @@ def build(plan):
             return Pair(*(resolve(t) for t in content))
         return {key: resolve(t) for key, t in content.items()}
 
-    for module, (_, attributes) in zip(modules, module_specs):
+    for module, (_, attributes) in zip(modules, module_specs, strict=True):
         for name, tree in attributes.items():
             setattr(module, name, resolve(tree))
     return modules[0]
@@ -488,7 +488,7 @@ def states(draw, canonical=False):
 def test_state_flatten_unflatten_is_an_exact_inverse(state):
     leaves, treedef = jax.tree_util.tree_flatten(state)
     assert len(leaves) == len(state)
-    assert all(leaf is v.value for leaf, v in zip(leaves, state.values()))
+    assert all(leaf is v.value for leaf, v in zip(leaves, state.values(), strict=True))
     rebuilt = jax.tree_util.tree_unflatten(treedef, leaves)
     assert_states_equal(rebuilt, state)
     assert all(rebuilt[p] is not state[p] for p in state)
@@ -540,4 +540,4 @@ def test_to_variables_inverts_from_variables(variables):
             assert state[path].collection == collection and state[path].sharding is None
     again = nnx.to_variables(state)
     assert jax.tree.structure(again) == jax.tree.structure(variables)
-    assert all(a is b for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(variables)))
+    assert all(a is b for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(variables), strict=True))
