@@ -3,17 +3,16 @@
 `Module.partition` copies Variables into a State; the stateful transforms
 (`nnx_bridge.jit`, `nnx_bridge.grad`, `nnx_bridge.Optimizer`) need the caller's own
 Variable objects, at the same paths and in the same order, to write results back.
-`walk` finds them with partition's rules: attributes in sorted order, list and
-tuple items by index, dict items by their key's string form, namedtuple items by
-field, and every Module and Variable at the first path where it is met.
+`walk` runs partition's own walk (without copying), so it finds every Variable
+at the path `partition` gives it (a shared one at its smallest path, names with
+"/" escaped, slots included) and the two can never disagree.
 """
 
 from __future__ import annotations
 
 import typing as tp
 
-from nnx_bridge.module import Module
-from nnx_bridge.state import path_sort_key
+from nnx_bridge.module import Module, graph_objects
 from nnx_bridge.variables import Variable
 
 
@@ -25,11 +24,14 @@ class Graph(tp.NamedTuple):
       modules: every Module, in the order the walk meets them (the root first).
       containers: every list and dict met, with a snapshot of its items, so an
         in-place change (``layers.append(...)``) can be noticed later.
+      module_paths: the path of each of `modules` (``""`` for the root), as partition
+        records it.
     """
 
     variables: dict[str, Variable[tp.Any]]
     modules: list[Module]
     containers: list[tuple[tp.Any, tuple[tp.Any, ...]]]
+    module_paths: list[str]
 
 
 def walk(root: Module) -> Graph:
@@ -46,40 +48,10 @@ def walk(root: Module) -> Graph:
         >>> list(g.variables), len(g.modules)
         (['alias/bias', 'alias/kernel'], 2)
     """
-    variables: dict[str, Variable[tp.Any]] = {}
-    seen: set[int] = set()
-    modules: list[Module] = []
-    containers: list[tuple[tp.Any, tuple[tp.Any, ...]]] = []
-
-    def visit(value: tp.Any, path: str) -> None:
-        if isinstance(value, Module):
-            if id(value) in seen:
-                return
-            seen.add(id(value))
-            modules.append(value)
-            attributes = value.__dict__
-            for name in sorted(attributes):
-                visit(attributes[name], f"{path}{name}" if not path else f"{path}/{name}")
-        elif isinstance(value, Variable):
-            if id(value) not in seen:
-                seen.add(id(value))
-                variables[path] = value
-        elif type(value) is list:
-            containers.append((value, tuple(value)))
-            for i, item in enumerate(value):
-                visit(item, f"{path}/{i}")
-        elif type(value) is dict:
-            containers.append((value, tuple(value.items())))
-            for key in sorted(value, key=str):
-                visit(value[key], f"{path}/{key}")
-        elif isinstance(value, tuple):
-            names = getattr(type(value), "_fields", None)
-            for i, item in enumerate(value):
-                visit(item, f"{path}/{names[i] if names else i}")
-
-    visit(root, "")
-    ordered = dict(sorted(variables.items(), key=lambda item: path_sort_key(item[0])))
-    return Graph(ordered, modules, containers)
+    variables, modules, containers = graph_objects(root)  # partition's own walk: the same paths
+    return Graph(
+        dict(variables), [m for m, _ in modules], containers, [prefix.rstrip("/") for _, prefix in modules]
+    )
 
 
 def unchanged(containers: tp.Sequence[tuple[tp.Any, tuple[tp.Any, ...]]]) -> bool:

@@ -56,12 +56,11 @@ def check_structure(
     """
     known = {id(v) for v in variables}
     created: list[tuple[int, str, Variable[tp.Any]]] = []
-    paths = _module_paths(graph)
-    for index, (module, old) in enumerate(zip(graph.modules, before)):
+    for index, (module, old) in enumerate(zip(graph.modules, before, strict=True)):
         new = module.__dict__
         if new.keys() == old.keys() and all(new[k] is old[k] for k in old):
             continue
-        where = paths.get(index, "")
+        where = relative(graph.module_paths[index])
         for name in sorted(old.keys() | new.keys()):
             at = f"{where}/{name}" if where else name
             if name not in new:
@@ -92,29 +91,6 @@ def _same(a: tp.Any, b: tp.Any) -> bool:
         return type(a) is type(b) and bool(a == b)
     except Exception:
         return False
-
-
-def _module_paths(graph: Graph) -> dict[int, str]:
-    paths: dict[int, str] = {}
-    index = {id(m): k for k, m in enumerate(graph.modules)}
-
-    def visit(value: tp.Any, path: str) -> None:
-        if isinstance(value, Module):
-            k = index.get(id(value))
-            if k is None or k in paths:
-                return
-            paths[k] = relative(path)
-            for name in sorted(value.__dict__):
-                visit(value.__dict__[name], f"{path}/{name}" if path else name)
-        elif isinstance(value, (list, tuple)):
-            for i, item in enumerate(value):
-                visit(item, f"{path}/{i}")
-        elif isinstance(value, dict):
-            for key in sorted(value, key=str):
-                visit(value[key], f"{path}/{key}")
-
-    visit(graph.modules[0], "")
-    return paths
 
 
 def structure_error(caller: str, what: str) -> ValueError:

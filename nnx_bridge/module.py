@@ -22,6 +22,7 @@ import numpy as np
 from nnx_bridge import filters as filterlib
 from nnx_bridge import phase as phaselib
 from nnx_bridge import statics
+from nnx_bridge.errors import ReadableKeyError, listing
 from nnx_bridge.state import State, escape_name, path_sort_key, unescape_name
 from nnx_bridge.variables import Variable, make_variable, variable_type
 
@@ -204,15 +205,12 @@ class ModuleDef(tp.Generic[M]):
                     f"merge: expected a State (from Module.partition()), found {type(state).__name__}."
                 )
             _raise_path_mismatch("merge", self.type, frozenset(meta), state)
-        new = object.__new__
         variables: list[tp.Any] = [None] * len(self._vars[0])
         for path, variable in state.items():
             number, expected, collection = meta[path]
             if type(variable) is not expected or variable.collection != collection:
                 _check_merged(path, variable, expected, collection)
-            copy = new(type(variable))
-            copy.__dict__ = variable.__dict__.copy()
-            variables[number] = copy
+            variables[number] = variable.copy()
         return _build(self._nodes, self._root, self._slotted, variables)
 
     def apply(self, *states: State) -> "Apply[M]":
@@ -631,10 +629,12 @@ class _Walk:
     """One partition walk: records, Variables by path, and what merge needs to rebuild."""
 
     __slots__ = (
+        "containers",
         "copy",
         "firsts",
         "last",
         "module_index",
+        "modules",
         "nodes",
         "owner",
         "paths",
@@ -648,7 +648,7 @@ class _Walk:
         "var_values",
     )
 
-    def __init__(self, copy: bool) -> None:
+    def __init__(self, copy: bool, objects: bool = False) -> None:
         self.nodes: list[tp.Any] = []  # one record per module, by index
         self.firsts: list[tuple[int, tp.Any]] = []  # (parent index, attribute) where each module was found
         self.paths: list[str] = []  # the path each module was found at, plus "/" ("" for the root)
@@ -665,6 +665,10 @@ class _Walk:
         self.last = ""
         self.copy = copy
         self.owner: type = object
+        # With `objects` (graph.walk): every Module in walk order with its path prefix, every
+        # list and dict with its items.
+        self.modules: list[tuple[Module, str]] | None = [] if objects else None
+        self.containers: list[tuple[tp.Any, tuple[tp.Any, ...]]] | None = [] if objects else None
 
     # Paths are compared as plain strings while walking. That is State order (which
     # compares part by part) as long as no part holds a character sorting before
@@ -685,9 +689,11 @@ class _Walk:
         self.paths.append("")
         stack = [(root, "", 0)]
         last, unsorted = "", False
-        children = self.pending
+        children, found_modules = self.pending, self.modules
         while stack:
             module, prefix, index = stack.pop()
+            if found_modules is not None:
+                found_modules.append((module, prefix))
             cls = type(module)
             attributes = module.__dict__
             names = _SORTED_NAMES_GET((cls, *attributes))  # None: new names, or slots to read
@@ -716,7 +722,7 @@ class _Walk:
                     path = prefix + name
                     if vid not in var_number:  # a new Variable (its value is checked after the walk)
                         number = var_number[vid] = len(var_number)
-                        if copy_variables:
+                        if copy_variables:  # Variable.copy() inlined: this loop is the measured hot path
                             copy = new(value_type)
                             copy.__dict__ = value.__dict__.copy()
                             value = copy
@@ -788,9 +794,7 @@ class _Walk:
         _check_variable_value(variable, path)
         number = self.var_number[id(variable)] = len(self.var_number)
         if self.copy:
-            copy = object.__new__(type(variable))
-            copy.__dict__ = variable.__dict__.copy()
-            variable = copy
+            variable = variable.copy()
         if path < self.last:
             self.unsorted = True
         self.last = path
@@ -845,6 +849,11 @@ class _Walk:
                 f"other (and to themselves), containers may not."
             )
         active[id(value)] = value
+        if self.containers is not None:
+            if type(value) is list:
+                self.containers.append((value, tuple(value)))
+            elif type(value) is dict:
+                self.containers.append((value, tuple(value.items())))
         if kind == statics.DICT:
             keys = sorted(value, key=str)
             names = [str(k) for k in keys]
@@ -917,9 +926,9 @@ class _Walk:
     def state(self) -> State:
         paths, values = self.var_paths, self.var_values
         if not self.unsorted:
-            return State._from_sorted(zip(paths, values, strict=True))
+            return State.from_sorted(zip(paths, values, strict=True))
         order = sorted(range(len(paths)), key=lambda i: _sort_key(paths[i]))
-        return State._from_sorted([(paths[i], values[i]) for i in order])
+        return State.from_sorted([(paths[i], values[i]) for i in order])
 
     def moduledef(self) -> ModuleDef[tp.Any]:
         values = self.var_values
@@ -991,6 +1000,31 @@ def _entries(record: tuple[tp.Any, ...], prefix: str, index: int) -> tp.Iterator
                     names = [str(i) for i in range(len(spec[1]))]
                 children = sorted(zip(names, _spec_children(spec), strict=True), key=_first, reverse=True)
                 stack.extend((f"{path}/{segment(n)}", child) for n, child in children)
+
+
+def graph_objects(
+    root: "Module",
+) -> tuple[State, list[tuple["Module", str]], list[tuple[tp.Any, tuple[tp.Any, ...]]]]:
+    """Partition's walk without copies: the Variables themselves, the Modules and the containers.
+
+    The State holds `root`'s own Variable objects at the paths `partition` gives
+    them; the Modules come in walk order (the root first), each with the path
+    prefix where the walk found it (``""`` for the root, else ending in ``"/"``);
+    every list and dict met comes with a snapshot of its items.
+    `nnx_bridge.graph.walk` is built on it.
+
+    Example:
+        >>> import nnx_bridge as nnx
+        >>> from nnx_bridge.module import graph_objects
+        >>> layer = nnx.Linear(2, 2, ctx=nnx.Context(0))
+        >>> state, modules, containers = graph_objects(layer)
+        >>> state["kernel"] is layer.kernel, modules == [(layer, "")], containers
+        (True, True, [])
+    """
+    walk = _Walk(copy=False, objects=True)
+    _without_gc(walk.run, root)
+    assert walk.modules is not None and walk.containers is not None
+    return walk.state(), walk.modules, walk.containers
 
 
 def _partition(module: "Module") -> tuple[State, ModuleDef[tp.Any]]:
@@ -1200,19 +1234,14 @@ def _raise_path_mismatch(what: str, module_type: type, expected: frozenset[str],
     unknown = sorted(state.keys() - expected)
     parts = []
     if missing:
-        parts.append(f"missing path(s) {_listing(missing)}")
+        parts.append(f"missing path(s) {listing(missing)}")
     if unknown:
-        parts.append(f"unknown path(s) {_listing(unknown)}")
+        parts.append(f"unknown path(s) {listing(unknown)}")
     raise ValueError(
         f"{what}: the State does not fit the {module_type.__name__} ModuleDef: "
         f"{'; '.join(parts)}. Pass the States from this module's partition() "
         f"(all of them, e.g. moduledef.{what}(params, counts)), with no extra paths."
     )
-
-
-def _listing(paths: list[str]) -> str:
-    shown = ", ".join(repr(p) for p in paths[:10])
-    return shown + (f" and {len(paths) - 10} more" if len(paths) > 10 else "")
 
 
 # ----------------------------------------------------------------------------------
@@ -1281,11 +1310,8 @@ def _where(path: str) -> str:
     return repr(path) if path else "the root"
 
 
-class UnknownPathError(KeyError):
+class UnknownPathError(ReadableKeyError):
     """A State path that does not lead to a Variable of the module."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def _unknown_path(path: str, reason: str) -> UnknownPathError:

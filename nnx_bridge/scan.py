@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from nnx_bridge.context import Context
-from nnx_bridge.module import Module, ModuleDef
+from nnx_bridge.module import Module
+from nnx_bridge.partition_under import partition_under
 from nnx_bridge.state import State
 from nnx_bridge.variables import Variable
 
@@ -57,16 +58,35 @@ class Scan(Module):
     ):
         if not isinstance(length, int) or length < 1:
             raise ValueError(f"Scan: length must be a positive int (the number of layers); found {length!r}.")
-        moduledefs: list[ModuleDef[tp.Any]] = []
-
-        def build(key: jax.Array) -> State:
-            state, moduledef = factory(*args, ctx=Context(key), **kwargs).partition()
-            moduledefs.append(moduledef)
-            return state
-
         keys = jax.random.split(ctx.make_rng("params"), length)
-        stacked = jax.vmap(build)(keys)
-        self.block = moduledefs[0].merge(_add_axis(stacked, axis_name))
+        stacked, moduledef = partition_under(
+            lambda build: jax.vmap(build)(keys), lambda key: factory(*args, ctx=Context(key), **kwargs)
+        )
+        self._set(moduledef.merge(_add_axis(stacked, axis_name)), length, axis_name)
+
+    @classmethod
+    def of_stacked(cls, block: Module, length: int, *, axis_name: str | None = "layers") -> Scan:
+        """A Scan around `block`, whose Variables already hold `length` layers stacked on axis 0.
+
+        No layer is built: the named constructor behind `stack` (``Scan(...)`` builds
+        its layers from a factory). Sharded Variables must already have the axis
+        name in front.
+
+        Example:
+            >>> import jax.numpy as jnp, nnx_bridge as nnx
+            >>> from nnx_bridge.scan import Scan
+            >>> block = nnx.Linear(2, 2, ctx=nnx.Context(0))
+            >>> block.kernel.value = jnp.stack([block.kernel.value] * 3)
+            >>> block.bias.value = jnp.stack([block.bias.value] * 3)
+            >>> Scan.of_stacked(block, 3)(jnp.ones((1, 2))).shape
+            (1, 2)
+        """
+        scan = object.__new__(cls)
+        scan._set(block, length, axis_name)
+        return scan
+
+    def _set(self, block: Module, length: int, axis_name: str | None) -> None:
+        self.block = block
         self.length = length
         self.axis_name = axis_name
 
@@ -116,11 +136,7 @@ def stack(blocks: tp.Sequence[Module], *, axis_name: str | None = "layers") -> S
                     f"{v0.sharding!r}. Only blocks of the same shapes stack."
                 )
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(state for state, _ in partitions))
-    scan = object.__new__(Scan)
-    scan.block = moduledef.merge(_add_axis(stacked, axis_name))
-    scan.length = len(blocks)
-    scan.axis_name = axis_name
-    return scan
+    return Scan.of_stacked(moduledef.merge(_add_axis(stacked, axis_name)), len(blocks), axis_name=axis_name)
 
 
 def unstack(scan: Scan) -> list[Module]:
@@ -143,14 +159,14 @@ def unstack(scan: Scan) -> list[Module]:
 
 
 def _add_axis(state: State, axis_name: str | None) -> State:
-    return State._from_sorted(
+    return State.from_sorted(
         (path, _with_sharding(v, None if v.sharding is None else (axis_name, *v.sharding)))
         for path, v in state.items()
     )
 
 
 def _drop_axis(state: State) -> State:
-    return State._from_sorted(
+    return State.from_sorted(
         (path, _with_sharding(v, None if v.sharding is None else v.sharding[1:])) for path, v in state.items()
     )
 

@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nnx_bridge.context import Context
 from nnx_bridge.module import Module, ModuleDef
+from nnx_bridge.partition_under import partition_under
 from nnx_bridge.state import State
 from nnx_bridge.variables import Variable
 
@@ -48,7 +49,9 @@ def logical_to_mesh(names: tp.Sequence[str | None] | None, rules: Rules | None =
     rules = _rules_in_use(_checked_rules(rules))
     if rules is None:
         return PartitionSpec(*names)
-    return nn.logical_to_mesh_axes(tuple(names), rules)
+    spec = nn.logical_to_mesh_axes(tuple(names), rules)
+    assert spec is not None  # Flax returns None only for names=None
+    return spec
 
 
 def get_partition_spec(tree: tp.Any, rules: Rules | None = None) -> tp.Any:
@@ -75,7 +78,7 @@ def get_partition_spec(tree: tp.Any, rules: Rules | None = None) -> tp.Any:
     """
     rules = _checked_rules(rules)
     if isinstance(tree, State):
-        return State._from_sorted(
+        return State.from_sorted(
             (path, v.replace(_variable_spec(path, v, rules))) for path, v in tree.items()
         )
     return jax.tree_util.tree_map_with_path(
@@ -105,7 +108,7 @@ def get_named_sharding(tree: tp.Any, mesh: Mesh, rules: Rules | None = None) -> 
     _check_mesh(mesh, "get_named_sharding")
     specs = get_partition_spec(tree, rules)
     if isinstance(specs, State):
-        return State._from_sorted(
+        return State.from_sorted(
             (path, v.replace(_named(mesh, v.value, f"path {path!r}"))) for path, v in specs.items()
         )
     leaves = jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
@@ -142,17 +145,15 @@ def sharded_init(
     """
     _check_mesh(mesh, "sharded_init")
     rules = _checked_rules(rules)
-    moduledefs: list[ModuleDef[tp.Any]] = []
 
-    def build(key: jax.Array) -> State:
-        state, moduledef = factory(*args, ctx=Context(key), **kwargs).partition()
-        moduledefs.append(moduledef)
-        return state
+    def make(key: jax.Array) -> Module:
+        return factory(*args, ctx=Context(key), **kwargs)
 
     key = jax.random.PRNGKey(key) if isinstance(key, int) else key
-    abstract = jax.eval_shape(build, key)
-    state = jax.jit(build, out_shardings=get_named_sharding(abstract, mesh, rules))(key)
-    return state, moduledefs[0]
+    abstract, moduledef = partition_under(lambda build: jax.eval_shape(build, key), make)
+    shardings = get_named_sharding(abstract, mesh, rules)
+    state, _ = partition_under(lambda build: jax.jit(build, out_shardings=shardings)(key), make)
+    return state, moduledef
 
 
 # ----------------------------------------------------------------------------------
@@ -229,7 +230,7 @@ def _checked_rules(rules: tp.Any) -> Rules | None:
                 f"axis may be None or a tuple of axes); found the entry {rule!r} in {rules!r}. "
                 f"Pair the names up instead of listing them flat."
             )
-    return tuple(tuple(rule) for rule in rules)  # type: ignore[misc]
+    return tuple(tuple(rule) for rule in rules)
 
 
 def _check_mesh(mesh: tp.Any, what: str) -> None:

@@ -7,6 +7,7 @@ import typing as tp
 import jax
 
 from nnx_bridge import filters as filterlib
+from nnx_bridge.errors import listing
 from nnx_bridge.variables import Variable, make_variable
 
 _DictKey = jax.tree_util.DictKey
@@ -111,7 +112,7 @@ def _item_key(item: tuple[str, tp.Any]) -> str:
     return path.replace("/", "\0")
 
 
-class State(dict):  # type: ignore[type-arg]
+class State(dict[tp.Any, tp.Any]):  # keys are paths (str); Any keeps dict's | and |= overridable
     """A flat mapping from ``"a/b/c"`` paths to Variables, always sorted by path.
 
     A name that itself contains ``"/"`` is one segment written with escapes
@@ -138,7 +139,21 @@ class State(dict):  # type: ignore[type-arg]
         super().__init__(sorted(items.items(), key=_item_key))
 
     @classmethod
-    def _from_sorted(cls, items: tp.Iterable[tuple[str, tp.Any]]) -> "State":
+    def from_sorted(cls, items: tp.Iterable[tuple[str, tp.Any]]) -> "State":
+        """A State from ``(path, variable)`` pairs already in State order, without re-checking.
+
+        The fast constructor for code that derives items from another State (a
+        filter, a map over its Variables, a pytree unflatten): the paths must be
+        valid and in `path_sort_key` order, as they are when taken from a State
+        in order. Use ``State(mapping)`` for anything else; it checks and sorts.
+
+        Example:
+            >>> import nnx_bridge as nnx
+            >>> s = nnx.State({"b": nnx.Param(1.0), "a": nnx.Param(2.0)})
+            >>> doubled = nnx.State.from_sorted((p, v.replace(v.value * 2)) for p, v in s.items())
+            >>> list(doubled), doubled["a"].value
+            (['a', 'b'], 4.0)
+        """
         new = dict.__new__(cls)
         dict.__init__(new, items)
         return new
@@ -151,22 +166,22 @@ class State(dict):  # type: ignore[type-arg]
         _check_path(path)
         self._resort({**self, path: variable})
 
-    def update(self, *args: tp.Any, **kwargs: tp.Any) -> None:  # type: ignore[override]
+    def update(self, *args: tp.Any, **kwargs: tp.Any) -> None:
         incoming = dict(*args, **kwargs)
         for path in incoming:
             _check_path(path)
         self._resort({**self, **incoming})
 
-    def setdefault(self, path: str, default: tp.Any = None) -> tp.Any:  # type: ignore[override]
+    def setdefault(self, path: str, default: tp.Any = None) -> tp.Any:
         if path not in self:
             self[path] = default
         return self[path]
 
-    def __ior__(self, other: tp.Any) -> "State":  # type: ignore[override]
+    def __ior__(self, other: tp.Any) -> "State":
         self.update(other)
         return self
 
-    def __or__(self, other: tp.Any) -> "State":  # type: ignore[override]
+    def __or__(self, other: tp.Any) -> "State":
         return State({**self, **other})
 
     def _resort(self, items: dict[str, tp.Any]) -> None:
@@ -176,7 +191,7 @@ class State(dict):  # type: ignore[type-arg]
 
     def copy(self) -> "State":
         """A shallow copy (the same Variable objects)."""
-        return State._from_sorted(self.items())
+        return State.from_sorted(self.items())
 
     # -- selecting ---------------------------------------------------------------
     def filter(self, *filters: filterlib.Filter) -> "State":
@@ -191,11 +206,22 @@ class State(dict):  # type: ignore[type-arg]
         if not filters:
             raise TypeError("State.filter needs at least one filter, e.g. state.filter('params').")
         predicates = [filterlib.to_predicate(f) for f in filters]
-        return State._from_sorted(
-            (path, v) for path, v in self.items() if any(p(path, v) for p in predicates)
-        )
+        return State.from_sorted((path, v) for path, v in self.items() if any(p(path, v) for p in predicates))
 
-    def split(self, *filters: filterlib.Filter) -> tp.Any:
+    @tp.overload
+    def split(self, first: filterlib.Filter, /) -> State: ...
+    @tp.overload
+    def split(self, first: filterlib.Filter, second: filterlib.Filter, /) -> tuple[State, State]: ...
+    @tp.overload
+    def split(
+        self,
+        first: filterlib.Filter,
+        second: filterlib.Filter,
+        third: filterlib.Filter,
+        /,
+        *filters: filterlib.Filter,
+    ) -> tuple[State, ...]: ...
+    def split(self, *filters: filterlib.Filter) -> State | tuple[State, ...]:
         """Splits into one State per filter; each Variable goes to the first that matches.
 
         Returns a single State for a single filter, else a tuple. Every Variable
@@ -214,21 +240,19 @@ class State(dict):  # type: ignore[type-arg]
         buckets: list[list[tuple[str, tp.Any]]] = [[] for _ in filters]
         leftover: list[str] = []
         for path, variable in self.items():
-            for bucket, predicate in zip(buckets, predicates):
+            for bucket, predicate in zip(buckets, predicates, strict=True):
                 if predicate(path, variable):
                     bucket.append((path, variable))
                     break
             else:
                 leftover.append(path)
         if leftover:
-            shown = ", ".join(repr(p) for p in leftover[:10])
-            more = f" and {len(leftover) - 10} more" if len(leftover) > 10 else ""
             raise ValueError(
                 f"split: {len(leftover)} variable(s) matched none of the filters "
-                f"{filters!r}: {shown}{more}. Add a filter for them, or end the filters "
+                f"{filters!r}: {listing(leftover)}. Add a filter for them, or end the filters "
                 f"with ... to collect the rest."
             )
-        states = tuple(State._from_sorted(bucket) for bucket in buckets)
+        states = tuple(State.from_sorted(bucket) for bucket in buckets)
         return states[0] if len(states) == 1 else states
 
     def merge(*states: "State") -> "State":
@@ -248,7 +272,7 @@ class State(dict):  # type: ignore[type-arg]
                     f"Wrap plain Linen variables with nnx.from_variables(...)."
                 )
         if len(states) == 1 and isinstance(states[0], State):
-            return State._from_sorted(states[0].items())
+            return State.from_sorted(states[0].items())
         merged: dict[str, tp.Any] = {}
         for state in states:
             merged.update(state)
@@ -274,7 +298,7 @@ def _flatten(state: State) -> tuple[tuple[tp.Any, ...], tuple[str, ...]]:
 
 
 def _unflatten(paths: tuple[str, ...], children: tp.Iterable[tp.Any]) -> State:
-    return State._from_sorted(zip(paths, children))
+    return State.from_sorted(zip(paths, children, strict=True))
 
 
 jax.tree_util.register_pytree_with_keys(State, _flatten_with_keys, _unflatten, flatten_func=_flatten)
@@ -300,21 +324,18 @@ def to_variables(state: tp.Mapping[str, Variable[tp.Any]]) -> dict[str, dict[str
                 f"to_variables: expected a Variable at path {path!r}, found "
                 f"{type(variable).__name__}. Build States with Module.partition() or nnx.from_variables()."
             )
-        node = variables.setdefault(variable.collection, {})
-        *parents, leaf = split_path(path)  # Linen's keys: escaped segments unescaped
-        for i, part in enumerate(parents):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(
-                    f"to_variables: path {path!r} goes through {join_path(parents[: i + 1])!r}, "
-                    f"which is itself a variable of collection {variable.collection!r}."
-                )
-        if leaf in node:
+        names = split_path(path)  # Linen's keys: escaped segments unescaped
+        clash = nest_into(variables.setdefault(variable.collection, {}), names, variable.value)
+        if clash is not None and len(clash) < len(names):
+            raise ValueError(
+                f"to_variables: path {path!r} goes through {join_path(clash)!r}, "
+                f"which is itself a variable of collection {variable.collection!r}."
+            )
+        if clash is not None:
             raise ValueError(
                 f"to_variables: path {path!r} of collection {variable.collection!r} is both a "
                 f"variable and a prefix of other paths."
             )
-        node[leaf] = variable.value
     return {collection: variables[collection] for collection in sorted(variables)}
 
 
@@ -346,7 +367,8 @@ def from_variables(variables: tp.Mapping[str, tp.Mapping[str, tp.Any]]) -> State
                 f"{type(tree).__name__}. Pass the whole variables dict, e.g. "
                 f"{{'params': params}}, not a single collection's leaves."
             )
-        for path, value in _flatten_nested(tree, ()):
+        for names, value in flatten_nested(tree):
+            path = _checked_path(names)
             if path in items:
                 raise ValueError(
                     f"from_variables: path {path!r} appears in collections "
@@ -357,17 +379,89 @@ def from_variables(variables: tp.Mapping[str, tp.Mapping[str, tp.Any]]) -> State
     return State(items)
 
 
-def _flatten_nested(
-    tree: tp.Mapping[str, tp.Any], prefix: tuple[str, ...]
-) -> tp.Iterator[tuple[str, tp.Any]]:
-    for key, value in tree.items():
+def _checked_path(names: tuple[tp.Any, ...]) -> str:
+    for i, key in enumerate(names):
         if not isinstance(key, str) or not key:
             raise ValueError(
                 f"from_variables: keys must be non-empty strings; found {key!r} "
-                f"under {repr('/'.join(prefix)) if prefix else 'the top level'}."
+                f"under {repr(join_path(names[:i])) if i else 'the top level'}."
             )
-        segment = escape_name(key)  # a key containing "/" stays one segment
-        if isinstance(value, tp.Mapping):
-            yield from _flatten_nested(value, (*prefix, segment))
+    return join_path(names)  # a key containing "/" stays one (escaped) segment
+
+
+# ----------------------------------------------------------------------------------
+# Nested dicts: the one flatten/nest pair of the package
+# ----------------------------------------------------------------------------------
+def flatten_nested(tree: tp.Any) -> tp.Iterator[tuple[tuple[tp.Any, ...], tp.Any]]:
+    """The ``(keys, leaf)`` pairs of nested mappings, depth first in each mapping's order.
+
+    Keys are returned as they are (not escaped, not checked); a `tree` that is
+    not a mapping is one leaf with no keys. `nest` is the inverse.
+
+    Example:
+        >>> from nnx_bridge.state import flatten_nested
+        >>> list(flatten_nested({"a": {"b": 1, "c/d": 2}, "e": 3}))
+        [(('a', 'b'), 1), (('a', 'c/d'), 2), (('e',), 3)]
+    """
+    if not isinstance(tree, tp.Mapping):
+        yield (), tree
+        return
+    stack: list[tuple[tuple[tp.Any, ...], tp.Iterator[tuple[tp.Any, tp.Any]]]] = [((), iter(tree.items()))]
+    while stack:
+        prefix, items = stack[-1]
+        for key, value in items:
+            if isinstance(value, tp.Mapping):
+                stack.append(((*prefix, key), iter(value.items())))
+                break
+            yield (*prefix, key), value
         else:
-            yield "/".join((*prefix, segment)), value
+            stack.pop()
+
+
+def nest_into(
+    tree: dict[tp.Any, tp.Any], keys: tp.Sequence[tp.Any], value: tp.Any
+) -> tuple[tp.Any, ...] | None:
+    """Puts `value` at `keys` in nested dicts `tree`, creating the dicts on the way.
+
+    Returns None when placed. When the place is taken it places nothing and
+    returns the keys of what is in the way: a shorter prefix of `keys` that
+    holds a leaf, or `keys` itself when something is already there.
+
+    Example:
+        >>> from nnx_bridge.state import nest_into
+        >>> tree = {}
+        >>> nest_into(tree, ("a", "b"), 1), nest_into(tree, ("a", "b", "c"), 2), tree
+        (None, ('a', 'b'), {'a': {'b': 1}})
+    """
+    node = tree
+    for depth, key in enumerate(keys[:-1]):
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            return tuple(keys[: depth + 1])
+    if keys[-1] in node:
+        return tuple(keys)
+    node[keys[-1]] = value
+    return None
+
+
+def nest(items: tp.Iterable[tuple[tp.Sequence[tp.Any], tp.Any]]) -> dict[tp.Any, tp.Any]:
+    """Nested dicts from ``(keys, leaf)`` pairs; the inverse of `flatten_nested`.
+
+    Raises:
+        ValueError: if one pair's keys are a prefix of another's, or repeat.
+
+    Example:
+        >>> from nnx_bridge.state import nest
+        >>> nest([(("a", "b"), 1), (("a", "c/d"), 2), (("e",), 3)])
+        {'a': {'b': 1, 'c/d': 2}, 'e': 3}
+    """
+    tree: dict[tp.Any, tp.Any] = {}
+    for keys, value in items:
+        clash = nest_into(tree, keys, value)
+        if clash is not None:
+            raise ValueError(
+                f"nest: cannot place a leaf at {list(keys)!r}: {list(clash)!r} already holds "
+                f"{'a leaf' if len(clash) < len(keys) else 'a value'}. Each key path must lead "
+                f"to one leaf and be no prefix of another."
+            )
+    return tree

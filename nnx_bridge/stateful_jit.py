@@ -168,10 +168,7 @@ class _Entry:
         """Same objects, no Module attribute set since, no list or dict changed in place."""
         if self.version != structure_version() or self.containers != self.copies:
             return False
-        for ref, obj in zip(self.objects, objects):
-            if ref() is not obj:
-                return False
-        return True
+        return all(ref() is obj for ref, obj in zip(self.objects, objects, strict=False))
 
     def module(self, index: int) -> Module:
         module = self.modules[index]()
@@ -263,7 +260,7 @@ class Jitted(tp.Generic[F]):
         list(map(setattr, entry.written[1], _VALUE_NAMES, changed))  # variable.value = new, at C speed
         if contexts:
             cache = self._positions
-            for c, position in zip(contexts, positions):
+            for c, position in zip(contexts, positions, strict=False):
                 c.count += 1
                 cached = cache.get(id(c))
                 ref = cached[0] if cached is not None and cached[0]() is c else weakref.ref(c)
@@ -271,7 +268,7 @@ class Jitted(tp.Generic[F]):
         if not facts.created and facts.plain:
             return result
         created_vars: list[Variable[tp.Any]] = []
-        for (module_index, name, meta), value in zip(facts.created, created):
+        for (module_index, name, meta), value in zip(facts.created, created, strict=True):
             variable = _rebuild_variable(meta, value)
             setattr(entry.module(module_index), name, variable)
             created_vars.append(variable)
@@ -504,7 +501,7 @@ class Jitted(tp.Generic[F]):
                 f"(None, a Sharding, or for a Module a State of shardings from get_named_sharding)."
             )
         by_variable: dict[int, tp.Any] = {}
-        for arg, entry in zip(args, given):
+        for arg, entry in zip(args, given, strict=False):
             if entry is None:
                 continue
             if isinstance(entry, jax.sharding.Sharding):
@@ -537,7 +534,8 @@ class Jitted(tp.Generic[F]):
             others = _join(donated_leaves, kept_leaves, spec.donated_leaves)
         else:
             values, ctx_in, others = flat
-        state = State(dict(zip(spec.paths, (_rebuild_variable(m, v) for m, v in zip(spec.metas, values)))))
+        rebuilt = (_rebuild_variable(m, v) for m, v in zip(spec.metas, values, strict=False))
+        state = State(dict(zip(spec.paths, rebuilt, strict=False)))
         container = spec.moduledef.merge(state)
         graph = walk(container)
         inner_vars = list(graph.variables.values())
@@ -545,14 +543,14 @@ class Jitted(tp.Generic[F]):
         before = [dict(m.__dict__) for m in graph.modules]
         inner_contexts = [
             _inner_context(key, position, streams)
-            for (key, position), streams in zip(ctx_in, spec.ctx_streams)
+            for (key, position), streams in zip(ctx_in, spec.ctx_streams, strict=False)
         ]
         leaves: list[tp.Any] = [None] * spec.treedef.num_leaves
-        for i, obj in zip(spec.graph_positions, container.refs):
+        for i, obj in zip(spec.graph_positions, container.refs, strict=False):
             leaves[i] = obj
         for i, k in spec.ctx_positions:
             leaves[i] = inner_contexts[k]
-        for i, leaf in zip(spec.other_positions, others):
+        for i, leaf in zip(spec.other_positions, others, strict=False):
             leaves[i] = leaf
         args, kwargs = jax.tree.unflatten(spec.treedef, leaves)
         if spec.static:
@@ -561,7 +559,7 @@ class Jitted(tp.Generic[F]):
         created = check_structure(graph, before, inner_vars, f"jit({_name(self.fn)})")
         changed = tuple(
             i
-            for i, (v, old) in enumerate(zip(inner_vars, inner_values))
+            for i, (v, old) in enumerate(zip(inner_vars, inner_values, strict=False))
             if v.value is not old or (spec.donated_vars and spec.donated_vars[i])
         )
         changed_values = [inner_vars[i].value for i in changed]
@@ -665,7 +663,8 @@ class Jitted(tp.Generic[F]):
                 dict(
                     zip(
                         facts.new_paths,
-                        (_rebuild_variable(m, v) for m, v in zip(facts.new_metas, new_values)),
+                        (_rebuild_variable(m, v) for m, v in zip(facts.new_metas, new_values, strict=False)),
+                        strict=False,
                     )
                 )
             )
@@ -855,7 +854,9 @@ def _distinct(contexts: list[Context]) -> list[Context]:
 
 
 def _split(values: list[tp.Any], mask: tuple[bool, ...]) -> tuple[list[tp.Any], list[tp.Any]]:
-    return [v for v, m in zip(values, mask) if m], [v for v, m in zip(values, mask) if not m]
+    return [v for v, m in zip(values, mask, strict=True) if m], [
+        v for v, m in zip(values, mask, strict=True) if not m
+    ]
 
 
 def _join(yes: list[tp.Any], no: list[tp.Any], mask: tuple[bool, ...]) -> list[tp.Any]:

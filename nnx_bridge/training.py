@@ -7,6 +7,7 @@ import typing as tp
 from flax.core import meta
 
 from nnx_bridge import filters as filterlib
+from nnx_bridge.errors import listing
 from nnx_bridge.state import State, escape_name
 from nnx_bridge.variables import Variable, make_variable
 
@@ -70,10 +71,9 @@ def labels(
 
     result = map_variables(tree, label_of, collection=collection, variables=variables)
     if unmatched:
-        shown = ", ".join(repr(p) for p in unmatched[:10])
         raise ValueError(
             f"labels: {len(unmatched)} variable(s) matched none of the filters for labels "
-            f"{list(label_filters)}: {shown}{' ...' if len(unmatched) > 10 else ''}. Add a filter "
+            f"{list(label_filters)}: {listing(unmatched)}. Add a filter "
             f"for them, or pass default=<label>."
         )
     if not allow_empty:
@@ -123,9 +123,7 @@ def mask(
 def _raise_selects_nothing(
     what: str, which: str, filter: tp.Any, paths: list[str], variables: bool
 ) -> tp.NoReturn:
-    shown = ", ".join(repr(p) for p in paths[:10]) + (
-        f" and {len(paths) - 10} more" if len(paths) > 10 else ""
-    )
+    shown = listing(paths)
     hint = (
         ""
         if variables
@@ -158,7 +156,7 @@ def map_variables(
         {'params': {'w': 'w'}}
     """
     if isinstance(tree, State):
-        return State._from_sorted((p, v.replace(fn(p, v))) for p, v in tree.items())
+        return State.from_sorted((p, v.replace(fn(p, v))) for p, v in tree.items())
     if not isinstance(tree, tp.Mapping):
         raise TypeError(f"Expected a State or a (nested) dict of variables; found {type(tree).__name__}.")
     if not isinstance(collection, str) or not collection:
@@ -195,4 +193,7 @@ def _map_nested(
 
 
 def _rebuild(original: tp.Mapping[str, tp.Any], items: dict[str, tp.Any]) -> tp.Any:
-    return items if type(original) is dict else type(original)(items)
+    if type(original) is dict:
+        return items
+    rebuild: tp.Callable[[dict[str, tp.Any]], tp.Any] = tp.cast(tp.Any, type(original))  # e.g. FrozenDict
+    return rebuild(items)

@@ -7,11 +7,9 @@ on two CPU cores; ``thorough`` is for hunting bugs locally
 
 import os
 
-import numpy as np
+import helpers
 import pytest
 from hypothesis import HealthCheck, settings
-
-import nnx_bridge as nnx
 
 settings.register_profile(
     "nnx_bridge",
@@ -30,19 +28,6 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "nnx_bridge"))
 
 
-def _assert_variables_equal(path, a, b):
-    assert type(a) is type(b), f"{path}: {type(a).__name__} != {type(b).__name__}"
-    assert isinstance(a, nnx.Variable), f"{path}: not a Variable: {a!r}"
-    assert {k: v for k, v in vars(a).items() if k != "value"} == {
-        k: v for k, v in vars(b).items() if k != "value"
-    }, f"{path}: metadata differs: {vars(a)} != {vars(b)}"
-    assert type(a.value) is type(b.value) or (hasattr(a.value, "dtype") and hasattr(b.value, "dtype")), (
-        f"{path}: value types {type(a.value).__name__} != {type(b.value).__name__}"
-    )
-    np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value), err_msg=path)
-    assert np.asarray(a.value).dtype == np.asarray(b.value).dtype, path
-
-
 @pytest.fixture(scope="session")
 def assert_states_equal():
     """Checks two States hold the same paths in the same order, with equal Variables.
@@ -51,10 +36,4 @@ def assert_states_equal():
     and any other attribute), equal values of the same dtype.
     """
 
-    def check(a, b):
-        assert type(a) is nnx.State and type(b) is nnx.State, (type(a), type(b))
-        assert list(a) == list(b)
-        for path in a:
-            _assert_variables_equal(path, a[path], b[path])
-
-    return check
+    return helpers.assert_states_equal

@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
-from linen_loop import load_digits_split
 
 import nnx_bridge as nnx
+from benchmarks.linen_loop import load_digits_split
 
 
 class LinenCNN(nn.Module):

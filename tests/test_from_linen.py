@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax.core import meta
-from linen_loop import load_digits_split, train
 
 import nnx_bridge as nnx
+from benchmarks.linen_loop import load_digits_split, train
 from nnx_bridge.linen import config
 from nnx_bridge.linen.from_linen import FromLinen, from_linen
 
@@ -126,7 +126,7 @@ def test_variables_are_one_per_leaf_at_the_linen_paths_with_collection_kept():
     assert _shapes(nnx.to_variables(state)) == _shapes(nnx.to_variables(expected))
 
 
-# ---- the mixed model in the stock TrainState loop (tests/linen_loop.py) -------------------------
+# ---- the mixed model in the stock TrainState loop (benchmarks/linen_loop.py) -------------------------
 @pytest.fixture(scope="module")
 def digits():
     return load_digits_split()

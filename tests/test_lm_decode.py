@@ -25,9 +25,8 @@ import numpy as np
 import optax
 import pytest
 from flax.training import train_state
+from helpers import FAST_COMPILE, assert_equal_trees, random_like, rbg_key
 from jax import lax
-from test_nn_attention import assert_equal_trees
-from test_nn_parity import FAST_COMPILE, random_like, rbg_key
 
 import nnx_bridge as nnx
 from nnx_bridge import nn

@@ -19,28 +19,21 @@ import numpy as np
 import optax
 import pytest
 from flax.training import train_state
-from test_nn_parity import FAST_COMPILE, build_abstract, load, plain, random_like, rbg_key, weighted_sum
+from helpers import (
+    FAST_COMPILE,
+    assert_equal_trees,
+    build_abstract,
+    load,
+    normal,
+    random_like,
+    rbg_key,
+    weighted_sum,
+)
 
 import nnx_bridge as nnx
 from nnx_bridge import nn
 
 F32, BF16 = jnp.float32, jnp.bfloat16
-
-
-def normal(shape: tuple[int, ...], dtype: tp.Any = F32, seed: int = 0) -> jax.Array:
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
-
-
-def assert_equal_trees(ours: tp.Any, theirs: tp.Any) -> None:
-    """Same structure, shapes and dtypes, and bit-for-bit equal leaves."""
-    ours, theirs = plain(ours), plain(theirs)
-    assert jax.tree.structure(ours) == jax.tree.structure(theirs), (
-        jax.tree.map(jnp.shape, ours),
-        jax.tree.map(jnp.shape, theirs),
-    )
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
-        assert (jnp.shape(a), jnp.result_type(a)) == (jnp.shape(b), jnp.result_type(b))
-        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
 
 
 # ----------------------------------------------------------------------------------

@@ -19,75 +19,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from linen_loop import create_state, load_digits_split, predict, train_step
-from test_nn_layers import linen_params_from_our_keys, raises, shardings
-from test_nn_parity import (
+from helpers import (
     FAST_COMPILE,
-    assert_same_layout,
     build_abstract,
+    check_layer,
+    linen_params_from_our_keys,
     load,
     normal,
     plain,
+    raises,
     random_like,
     rbg_key,
-    weighted_sum,
+    shardings,
 )
 
 import nnx_bridge as nnx
 from benchmarks.bridge_overhead import canonical_names, hlo_computations
+from benchmarks.linen_loop import create_state, load_digits_split, predict, train_step
 from nnx_bridge import nn
 from nnx_bridge.nn.spatial import KernelMask
 
 F32, BF16 = jnp.float32, jnp.bfloat16
-
-
-def check_layer(
-    linen_layer: linen.Module,
-    make_ours: tp.Callable[[], nnx.Module],
-    *inputs: tp.Any,
-    linen_call: dict[str, tp.Any] | None = None,
-    our_call: dict[str, tp.Any] | None = None,
-) -> None:
-    """Same variable tree as Linen; with Linen's variables, the same outputs and gradients.
-
-    Outputs and gradients with respect to the parameters and every float input
-    must be equal bit for bit: every layer of this issue runs Linen's arithmetic.
-    """
-    linen_call, our_call = linen_call or {}, our_call or {}
-    shapes = jax.eval_shape(lambda key, *a: linen_layer.init(key, *a, **linen_call), rbg_key(0), *inputs)
-    variables = random_like(shapes)
-    ours = build_abstract(make_ours)
-    ours_tree = plain(nnx.to_variables(ours.partition()[0]))
-    assert jax.tree.map(jnp.shape, ours_tree) == jax.tree.map(jnp.shape, variables)
-    assert_same_layout(ours_tree, variables)
-    load(ours, variables)
-    params, rest, moduledef = ours.partition("params", ...)
-    argnums = (0,) + tuple(
-        1 + i for i, x in enumerate(inputs) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-    )
-
-    def linen_loss(p: tp.Any, *args: tp.Any) -> tp.Any:
-        y = linen_layer.apply({"params": p}, *args, **linen_call)
-        return weighted_sum(y), y
-
-    def our_loss(p: nnx.State, *args: tp.Any) -> tp.Any:
-        y, _ = moduledef.apply(p, rest)(*args, **our_call)
-        return weighted_sum(y), y
-
-    @jax.jit
-    def both(linen_params: tp.Any, our_params: nnx.State, *args: tp.Any) -> tp.Any:
-        return (
-            jax.value_and_grad(linen_loss, argnums, has_aux=True)(linen_params, *args),
-            jax.value_and_grad(our_loss, argnums, has_aux=True)(our_params, *args),
-        )
-
-    args = (variables.get("params", {}), params, *inputs)
-    ((_, y_linen), g_linen), ((_, y_ours), g_ours) = both.lower(*args).compile(FAST_COMPILE)(*args)
-    theirs = (y_linen, plain(g_linen[0]), g_linen[1:])
-    mine = (y_ours, plain(nnx.to_variables(g_ours[0]).get("params", {})), g_ours[1:])
-    assert_same_layout(mine, theirs)
-    for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(theirs), strict=False):
-        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))  # bit for bit
 
 
 def tril_mask(shape: tuple[int, ...]) -> np.ndarray:
@@ -253,7 +205,7 @@ def test_same_keys_give_linens_initial_parameters(case):
     expected = linen_params_from_our_keys(make_linen, rbg_key(0), 2, *inputs, **defaults)
     ours = plain(nnx.to_variables(make_ours(nnx.Context(rbg_key(0))).partition()[0]))
     assert jax.tree.structure(ours) == jax.tree.structure(expected)
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(expected), strict=False):
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(expected), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -401,7 +353,7 @@ def test_compiled_gradient_program_is_linens(case):
 
 
 # ----------------------------------------------------------------------------------
-# Every layer of this issue through to_linen, in the stock TrainState loop (tests/linen_loop.py)
+# Every layer of this issue through to_linen, in the stock TrainState loop (benchmarks/linen_loop.py)
 # ----------------------------------------------------------------------------------
 def _image(x: jax.Array) -> jax.Array:
     return x.reshape(-1, 8, 8, 1)

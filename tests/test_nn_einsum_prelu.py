@@ -7,9 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_nn_conv import check_layer
-from test_nn_layers import raises
-from test_nn_parity import build_abstract, normal, plain, rbg_key
+from helpers import build_abstract, check_layer, normal, plain, raises, rbg_key
 
 import nnx_bridge as nnx
 from nnx_bridge import nn

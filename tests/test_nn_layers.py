@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import typing as tp
 
 import flax.linen as linen
@@ -10,7 +9,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_nn_parity import assert_trees_close, build_abstract, normal, plain, rbg_key, replay
+from helpers import (
+    assert_trees_close,
+    build_abstract,
+    linen_params_from_our_keys,
+    normal,
+    raises,
+    rbg_key,
+    shardings,
+)
 
 import nnx_bridge as nnx
 from nnx_bridge import nn
@@ -21,25 +28,6 @@ F32 = jnp.float32
 # ----------------------------------------------------------------------------------
 # Same key, same initial parameters as Linen
 # ----------------------------------------------------------------------------------
-def fed(init: tp.Callable[..., jax.Array], keys: tp.Iterator[jax.Array]) -> tp.Callable[..., jax.Array]:
-    """`init` called with the next key of `keys` instead of the key Linen derives."""
-    return lambda _key, shape, dtype=F32: init(next(keys), shape, dtype)
-
-
-def linen_params_from_our_keys(
-    make_linen: tp.Callable[..., linen.Module],
-    key: jax.Array,
-    draws: int,
-    *inputs: jax.Array,
-    **init_names: tp.Any,
-) -> tp.Any:
-    """Linen's params when its initialisers get, in Linen's creation order, the keys our
-    ``Context(key)`` hands out. ``init_names`` maps each init attribute to Linen's default."""
-    keys = iter(replay(key, "params", draws))
-    layer = make_linen(**{name: fed(init, keys) for name, init in init_names.items()})
-    variables = plain(layer.init(rbg_key(123), *inputs))
-    assert next(keys, None) is None, "Linen drew fewer keys than ours"
-    return variables
 
 
 CASES = {
@@ -103,8 +91,9 @@ def test_same_keys_give_linens_initial_parameters(case):
     expected = linen_params_from_our_keys(make_linen, key, draws, *inputs, **defaults)
     ours = make_ours(nnx.Context(key))
     assert_trees_close(nnx.to_variables(ours.partition()[0]), expected)
-    ours_leaves = jax.tree.leaves(nnx.to_variables(ours.partition()[0]))
-    for a, b in zip(ours_leaves, jax.tree.leaves(expected), strict=True):
+    for a, b in zip(
+        jax.tree.leaves(nnx.to_variables(ours.partition()[0])), jax.tree.leaves(expected), strict=True
+    ):
         np.testing.assert_array_equal(a, b)  # not just close: the same numbers
 
 
@@ -130,8 +119,6 @@ def test_batch_norm_initial_statistics_are_linens():
 # ----------------------------------------------------------------------------------
 # Sharding names
 # ----------------------------------------------------------------------------------
-def shardings(module: nnx.Module) -> dict[str, tp.Any]:
-    return {path: v.sharding for path, v in module.partition()[0].items()}
 
 
 def test_sharding_names_reach_every_parameter():
@@ -250,8 +237,6 @@ def test_attention_key_and_value_default_like_linen():
 # ----------------------------------------------------------------------------------
 # Errors name the argument, what was expected, what was found, and the fix
 # ----------------------------------------------------------------------------------
-def raises(error: type[Exception], *fragments: str) -> tp.Any:
-    return pytest.raises(error, match=".*".join(re.escape(f) for f in fragments))
 
 
 def abstract(make: tp.Callable[[nnx.Context], nnx.Module]) -> nnx.Module:

@@ -16,7 +16,7 @@ import optax
 import pytest
 from flax import nnx as fnnx
 from flax.training import train_state
-from test_nn_parity import assert_same_layout, normal, plain, rbg_key, weighted_sum
+from helpers import assert_same_layout, normal, plain, rbg_key, weighted_sum
 
 import nnx_bridge as nnx
 from nnx_bridge import nn
@@ -53,7 +53,7 @@ def parity_with_flax_nnx(theirs: fnnx.Module, ours: nnx.Module, x: jax.Array) ->
     np.testing.assert_array_equal(np.asarray(y_ours, np.float32), np.asarray(y_theirs, np.float32))
     ours_g, theirs_g = nnx.to_variables(g_ours[0])["params"], g_theirs[0].to_pure_dict()
     assert_same_layout(ours_g, theirs_g)
-    for a, b in zip(jax.tree.leaves(ours_g), jax.tree.leaves(theirs_g), strict=False):
+    for a, b in zip(jax.tree.leaves(ours_g), jax.tree.leaves(theirs_g), strict=True):
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
     np.testing.assert_array_equal(np.asarray(g_ours[1], np.float32), np.asarray(g_theirs[1], np.float32))
 

@@ -20,7 +20,7 @@ import flax.linen as linen
 import jax
 import jax.numpy as jnp
 import pytest
-from test_nn_parity import check_parity, normal, rbg_key, replay
+from helpers import check_parity, normal, rbg_key, replay
 
 import nnx_bridge as nnx
 from nnx_bridge import nn

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 import pytest
 from flax.training import train_state
-from test_nn_parity import (
+from helpers import (
     FAST_COMPILE,
     assert_same_layout,
     build_abstract,
@@ -42,7 +42,7 @@ EXACT, CLOSE = "exact", "close"
 def assert_match(ours: tp.Any, theirs: tp.Any, how: str) -> None:
     """Same layout; equal bits (EXACT), or within 1e-6 relative in float32 (CLOSE)."""
     assert_same_layout(ours, theirs)
-    for a, b in zip(jax.tree.leaves(plain(ours)), jax.tree.leaves(plain(theirs)), strict=False):
+    for a, b in zip(jax.tree.leaves(plain(ours)), jax.tree.leaves(plain(theirs)), strict=True):
         a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
         if how == EXACT:
             np.testing.assert_array_equal(a, b)

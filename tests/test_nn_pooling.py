@@ -8,9 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax.linen import pooling as linen_pooling
+from helpers import FAST_COMPILE, normal, raises, weighted_sum
 from jax import lax
-from test_nn_layers import raises
-from test_nn_parity import FAST_COMPILE, normal, weighted_sum
 
 import nnx_bridge as nnx
 from nnx_bridge import nn

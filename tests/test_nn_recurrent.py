@@ -24,8 +24,7 @@ import numpy as np
 import optax
 import pytest
 from flax.training import train_state
-from linen_loop import load_digits_split, train
-from test_nn_parity import (
+from helpers import (
     FAST_COMPILE,
     assert_same_layout,
     build_abstract,
@@ -37,6 +36,7 @@ from test_nn_parity import (
 )
 
 import nnx_bridge as nnx
+from benchmarks.linen_loop import load_digits_split, train
 from nnx_bridge import nn
 
 F32, BF16 = jnp.float32, jnp.bfloat16
@@ -52,7 +52,7 @@ def tree_loss(tree: tp.Any) -> jax.Array:
 
 def assert_bitwise(ours: tp.Any, theirs: tp.Any) -> None:
     assert_same_layout(ours, theirs)
-    for a, b in zip(jax.tree.leaves(plain(ours)), jax.tree.leaves(plain(theirs)), strict=False):
+    for a, b in zip(jax.tree.leaves(plain(ours)), jax.tree.leaves(plain(theirs)), strict=True):
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
 
 

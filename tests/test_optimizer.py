@@ -16,9 +16,9 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
-from linen_loop import create_state, load_digits_split, train_step
 
 import nnx_bridge as nnx
+from benchmarks.linen_loop import create_state, load_digits_split, train_step
 
 
 class Encoder(nnx.Module):

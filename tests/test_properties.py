@@ -13,6 +13,7 @@ import typing as tp
 import jax
 import jax.numpy as jnp
 import numpy as np
+from helpers import assert_states_equal, assert_variables_equal
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -102,19 +103,6 @@ def assert_values_equal(a, b, where):
     assert type(a) is type(b) or (hasattr(a, "dtype") and hasattr(b, "dtype")), where
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=where)
     assert np.asarray(a).dtype == np.asarray(b).dtype, where
-
-
-def assert_variables_equal(a, b, where):
-    assert type(a) is type(b), f"{where}: {type(a).__name__} != {type(b).__name__}"
-    assert metadata(a) == metadata(b), where
-    assert_values_equal(a.value, b.value, where)
-
-
-def assert_states_equal(a, b):
-    assert type(a) is nnx.State and type(b) is nnx.State
-    assert list(a) == list(b)
-    for path in a:
-        assert_variables_equal(a[path], b[path], path)
 
 
 def assert_isomorphic(original, rebuilt):

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from linen_loop import create_state, load_digits_split, predict, train
 
 import nnx_bridge as nnx
+from benchmarks.linen_loop import create_state, load_digits_split, predict, train
 from nnx_bridge.linen import config
 
 

@@ -7,7 +7,7 @@ import typing as tp
 import flax.linen as nn
 from flax.core import meta
 
-from nnx_bridge.state import State, escape_name, to_variables
+from nnx_bridge.state import State, flatten_nested, join_path, to_variables
 
 
 def boxed_variables(
@@ -18,7 +18,7 @@ def boxed_variables(
     A Variable with its own ``sharding_rules`` is boxed as ``nn.LogicallyPartitioned``
     carrying them, whatever `box` is.
     """
-    boxed = State._from_sorted(
+    boxed = State.from_sorted(
         (path, v.replace(_box(v, box)) if v.sharding is not None else v) for path, v in state.items()
     )
     return to_variables(boxed)
@@ -33,24 +33,12 @@ def _box(variable: tp.Any, box: type[meta.Partitioned]) -> meta.Partitioned:
 
 def flat_leaves(variables: tp.Mapping[str, tp.Any]) -> dict[tuple[str, str], tp.Any]:
     """``{(collection, "a/b"): leaf}`` of a Linen variables mapping; boxes stay boxed."""
-    flat: dict[tuple[str, str], tp.Any] = {}
-    for collection, tree in variables.items():
-        if isinstance(tree, tp.Mapping):
-            _walk(tree, collection, "", flat)
-        else:
-            flat[(collection, "")] = tree
-    return flat
-
-
-def _walk(
-    tree: tp.Mapping[str, tp.Any], collection: str, prefix: str, flat: dict[tuple[str, str], tp.Any]
-) -> None:
-    for key, value in tree.items():
-        path = f"{prefix}{escape_name(key)}"  # a Linen key with "/" is one State path segment
-        if isinstance(value, tp.Mapping):
-            _walk(value, collection, path + "/", flat)
-        else:
-            flat[(collection, path)] = value
+    # A Linen key with "/" is one (escaped) State path segment.
+    return {
+        (collection, join_path(keys)): leaf
+        for collection, tree in variables.items()
+        for keys, leaf in flatten_nested(tree)
+    }
 
 
 def unbox(leaf: tp.Any) -> tp.Any:

@@ -14,6 +14,7 @@ from nnx_bridge import phase as phaselib
 from nnx_bridge.context import Context
 from nnx_bridge.linen import arguments
 from nnx_bridge.module import Module, ModuleDef
+from nnx_bridge.partition_under import partition_under
 from nnx_bridge.state import State
 
 _CACHE_SIZE = 512
@@ -101,17 +102,15 @@ def structure_of(
     cached = _structures.get(key)
     if cached is not None:
         return cached
-    moduledefs: list[ModuleDef[tp.Any]] = []
 
-    def construct(rng: jax.Array) -> State:
+    def construct(rng: jax.Array) -> Module:
         with phaselib.active(_CONSTRUCTING):  # as under init, where the structure is cached first
-            module = build(factory, args, kwargs, Context(rng))
-        state, moduledef = module.partition()
-        moduledefs.append(moduledef)
-        return state
+            return build(factory, args, kwargs, Context(rng))
 
-    abstract = arguments.abstract_build(construct, factory)
-    structure = Structure(moduledefs[0], abstract)
+    abstract, moduledef = partition_under(
+        lambda build_state: arguments.abstract_build(build_state, factory), construct
+    )
+    structure = Structure(moduledef, abstract)
     remember(key, structure)
     return structure
 

@@ -16,6 +16,7 @@ from flax.core import meta
 from nnx_bridge.context import Context, MissingRngStreamError
 from nnx_bridge.linen import arguments
 from nnx_bridge.module import Module
+from nnx_bridge.state import flatten_nested, nest, nest_into
 from nnx_bridge.variables import Variable, make_variable
 
 # The one attribute of a FromLinen that is not a Linen variable name (see `_reserved_names`).
@@ -94,13 +95,7 @@ class FromLinen(Module):
             >>> jax.tree.map(jnp.shape, dense.linen_variables())
             {'params': {'bias': (2,), 'kernel': (3, 2)}}
         """
-        variables: dict[str, dict[str, tp.Any]] = {}
-        for (collection, path), variable in self._leaves().items():
-            node = variables.setdefault(collection, {})
-            *parents, leaf = path
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = variable.value
+        variables = nest(((collection, *path), v.value) for (collection, path), v in self._leaves().items())
         return {collection: variables[collection] for collection in sorted(variables)}
 
     def __call__(
@@ -140,7 +135,7 @@ class FromLinen(Module):
             return result
         out, updated = result
         for collection, tree in updated.items():
-            for path, value in _flat(tree, ()):
+            for path, value in flatten_nested(tree):
                 variable = leaves.get((collection, path))
                 if variable is None:
                     raise ValueError(
@@ -173,9 +168,13 @@ class FromLinen(Module):
             (4, 2)
         """
         config = self.__dict__.get(_CONFIG)
-        if config is not None and not name.startswith("_") and name not in _LINEN_MODULE_NAMES:
-            if callable(getattr(type(config.module), name, None)):
-                return functools.partial(self.__call__, method=name)
+        if (
+            config is not None
+            and not name.startswith("_")
+            and name not in _LINEN_MODULE_NAMES
+            and callable(getattr(type(config.module), name, None))
+        ):
+            return functools.partial(self.__call__, method=name)
         raise AttributeError(
             f"{type(self).__name__} has no attribute {name!r}"
             + (f" (and {_owner(config.module)} has no method of that name)" if config is not None else "")
@@ -310,14 +309,6 @@ def _concrete(x: tp.Any) -> tp.Any:
     return jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x
 
 
-def _flat(tree: tp.Any, prefix: tuple[str, ...]) -> tp.Iterator[tuple[tuple[str, ...], tp.Any]]:
-    if isinstance(tree, tp.Mapping):
-        for key, value in tree.items():
-            yield from _flat(value, (*prefix, key))
-    else:
-        yield prefix, tree
-
-
 def _reserved_names() -> frozenset[str]:
     return frozenset(n for n in dir(FromLinen) if not n.startswith("__")) | {_CONFIG}
 
@@ -336,7 +327,7 @@ def _attributes(variables: tp.Any, owner: str) -> dict[str, tp.Any]:
     leaves: dict[tuple[str, ...], str] = {}  # linen path -> its collection
     prefixes: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {}  # -> a (collection, path) below
     for collection in sorted(variables):
-        for path, leaf in _flat(variables[collection], ()):
+        for path, leaf in flatten_nested(variables[collection]):
             if not path:
                 continue
             full = "/".join((collection, *path))
@@ -356,19 +347,17 @@ def _attributes(variables: tp.Any, owner: str) -> dict[str, tp.Any]:
             clash = _clash(path, leaves, prefixes)
             if clash is not None:
                 other_collection, other_path = clash
-                shared = "/".join(min(other_path, path, key=len))
+                shared = "/".join(other_path if len(other_path) <= len(path) else path)
                 raise ValueError(
                     f"{owner}: the Linen variables {'/'.join((other_collection, *other_path))!r} and "
-                    f"{full!r} share the path {shared!r} below the module. nnx_bridge State paths leave out the collection, so they "
+                    f"{full!r} share the path {shared!r} below the module. nnx_bridge State paths "
+                    f"leave out the collection, so they "
                     f"would collide; rename one of them in the Linen module."
                 )
             leaves[path] = collection
             for depth in range(1, len(path)):
                 prefixes.setdefault(path[:depth], (collection, path))
-            node = tree
-            for part in path[:-1]:
-                node = node.setdefault(part, {})
-            node[path[-1]] = _variable(collection, leaf, full, owner)
+            nest_into(tree, path, _variable(collection, leaf, full, owner))  # no clash: checked above
     return tree
 
 

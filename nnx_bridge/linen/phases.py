@@ -19,6 +19,8 @@ import typing as tp
 
 from flax.core import meta
 
+from nnx_bridge.errors import ReadableKeyError
+from nnx_bridge.graph import walk
 from nnx_bridge.linen import boxes
 from nnx_bridge.module import Module
 from nnx_bridge.phase import Phase
@@ -128,7 +130,7 @@ class BridgePhase(Phase):
         return [(m, n) for m, n in found if isinstance(vars(m).get(n), Variable)]
 
 
-class MissingVariableError(KeyError):
+class MissingVariableError(ReadableKeyError):
     """A ``variable(...)`` during ``apply`` for a Variable that the given variables lack.
 
     Example:
@@ -148,9 +150,6 @@ class MissingVariableError(KeyError):
         ToLinen(Cache) at '/': missing variable 'cache/last': Cache.variable('cache', 'last', ...)
     """
 
-    def __str__(self) -> str:
-        return str(self.args[0])
-
 
 def _node_at(root: Module, parts: list[str]) -> tp.Any:
     node: tp.Any = root
@@ -167,27 +166,9 @@ def _node_at(root: Module, parts: list[str]) -> tp.Any:
 
 
 def _path_of(root: Module, target: Module) -> str | None:
-    """The first path (as `Module.partition` orders it) of `target` below `root`, with a trailing '/'."""
-    seen: set[int] = set()
-
-    def walk(node: tp.Any, prefix: str) -> str | None:
-        if isinstance(node, Module):
-            if node is target:
-                return prefix
-            if id(node) in seen:
-                return None
-            seen.add(id(node))
-            items: tp.Iterable[tuple[str, tp.Any]] = sorted(vars(node).items())
-        elif isinstance(node, (list, tuple)):
-            items = ((str(i), v) for i, v in enumerate(node))
-        elif isinstance(node, dict):
-            items = sorted(((str(k), v) for k, v in node.items()), key=lambda kv: kv[0])
-        else:
-            return None
-        for key, value in items:
-            found = walk(value, f"{prefix}{key}/")
-            if found is not None:
-                return found
-        return None
-
-    return walk(root, "")
+    """The path of `target` below `root` as `Module.partition` records it, with a trailing '/'."""
+    graph = walk(root)
+    for module, path in zip(graph.modules, graph.module_paths, strict=True):
+        if module is target:
+            return f"{path}/" if path else ""
+    return None

@@ -12,11 +12,12 @@ import jax.numpy as jnp
 from flax.core import FrozenDict
 
 from nnx_bridge import phase as phaselib
+from nnx_bridge.errors import ReadableKeyError, listing
 from nnx_bridge.linen import arguments, boxes, checks, config
 from nnx_bridge.linen.phases import BridgePhase
 from nnx_bridge.linen.rngs import LinenRngs
 from nnx_bridge.module import Module, ModuleDef
-from nnx_bridge.state import State, split_path, unescape_name
+from nnx_bridge.state import State, nest, split_path, unescape_name
 
 _MISSING = object()
 
@@ -240,12 +241,10 @@ class ToLinen(nn.Module):
         for path, expected in abstract.items():
             leaf = incoming.pop((expected.collection, path), _MISSING)
             if leaf is _MISSING:
-                raise KeyError(
-                    _Message(
-                        f"{self._owner()}: variable {self._full(expected.collection, path)!r} is missing "
-                        f"(expected shape {tuple(expected.value.shape)}). Pass every collection that "
-                        f"init returned, e.g. apply({{'params': ..., 'batch_stats': ...}}, ...)."
-                    )
+                raise ReadableKeyError(
+                    f"{self._owner()}: variable {self._full(expected.collection, path)!r} is missing "
+                    f"(expected shape {tuple(expected.value.shape)}). Pass every collection that "
+                    f"init returned, e.g. apply({{'params': ..., 'batch_stats': ...}}, ...)."
                 )
             value = boxes.unbox(leaf)
             if tuple(jnp.shape(value)) != tuple(expected.value.shape):
@@ -256,18 +255,14 @@ class ToLinen(nn.Module):
                 )
             items.append((path, expected.replace(value)))
             leaves[path] = leaf
-        return State._from_sorted(items), leaves
+        return State.from_sorted(items), leaves
 
     @nn.nowrap
     def _raise_unexpected(self, found: list[tuple[str, str]]) -> tp.NoReturn:
         unexpected = sorted(self._full(c, p) for c, p in found)
-        shown = ", ".join(repr(p) for p in unexpected[:10])
-        raise KeyError(
-            _Message(
-                f"{self._owner()}: unexpected variable(s) {shown}"
-                f"{f' and {len(unexpected) - 10} more' if len(unexpected) > 10 else ''}: the module "
-                f"has no such variable. Pass the variables that this model's init returned."
-            )
+        raise ReadableKeyError(
+            f"{self._owner()}: unexpected variable(s) {listing(unexpected)}: the module "
+            f"has no such variable. Pass the variables that this model's init returned."
         )
 
     @nn.nowrap
@@ -312,23 +307,14 @@ class ToLinen(nn.Module):
                 )
             changed[(variable.collection, path.split("/", 1)[0])] = None
         for collection, name in changed:
-            subtree: dict[str, tp.Any] = {}
-            for path, variable in after.items():
-                top, _, rest = path.partition("/")
-                if variable.collection != collection or top != name:
-                    continue
-                value = boxes.rebox(leaves[path], variable.value) if path in leaves else variable.value
-                # Path segments are escaped (nnx_bridge.state.escape_name); Linen's keys are not.
-                if not rest:
-                    self.put_variable(collection, unescape_name(name), value)
-                    break
-                node = subtree
-                *parents, leaf = split_path(rest)
-                for part in parents:
-                    node = node.setdefault(part, {})
-                node[leaf] = value
-            else:
-                self.put_variable(collection, unescape_name(name), subtree)
+            # Path segments are escaped (nnx_bridge.state.escape_name); Linen's keys are not.
+            entries = [
+                (split_path(path)[1:], boxes.rebox(leaves[path], v.value) if path in leaves else v.value)
+                for path, v in after.items()
+                if v.collection == collection and path.partition("/")[0] == name
+            ]
+            whole = entries[0][1] if len(entries) == 1 and not entries[0][0] else nest(entries)
+            self.put_variable(collection, unescape_name(name), whole)
 
     @nn.nowrap
     def _full(self, collection: str, path: str) -> str:
@@ -338,13 +324,6 @@ class ToLinen(nn.Module):
 
 def _box(logical_axes: bool) -> type[nn.Partitioned]:
     return nn.LogicallyPartitioned if logical_axes else nn.Partitioned
-
-
-class _Message(str):
-    """Keeps a KeyError's message readable (KeyError would print it quoted)."""
-
-    def __repr__(self) -> str:
-        return str(self)
 
 
 class ToLinenFunction:
@@ -470,7 +449,8 @@ def _call_method(
             f"{type(module).__name__} has no method {method!r} to call through to_linen; "
             f"pass method= the name of one of its methods."
         )
-    if "ctx" not in kwargs and _takes_ctx(type(module), method):
+    module_type: type = type(module)
+    if "ctx" not in kwargs and _takes_ctx(module_type, method):
         kwargs = {**kwargs, "ctx": ctx}
     return function(*args, **kwargs)
 

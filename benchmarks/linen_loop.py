@@ -1,6 +1,7 @@
 """A stock Linen training loop (TrainState with batch_stats, Adam, dropout RNGs) and the digits data.
 
-Shared by the tests that prove a bridged model trains "without a line changed".
+Shared by the tests that prove a bridged model trains "without a line changed" and by the
+benchmarks (one loop; `benchmarks/` imports nothing from `tests/`).
 """
 
 from __future__ import annotations
