@@ -5,7 +5,7 @@ measures, interleaved (see `benchmarks.timing`), the Linen module, the
 nnx_bridge module through ``nnx_bridge.to_linen`` and, for comparison, the
 Flax NNX twin through Flax's own ``flax.nnx.bridge.to_linen``:
 
-1. **trace + lower** of the jitted train step (`benchmarks.models.train_step`
+1. **trace + lower** of the jitted train step (`benchmarks.linen_loop.step`
    in a TrainState): a fresh function object and a fresh ``jax.jit`` per
    sample, so JAX's tracing and lowering caches never hit (the bridge's own
    per-configuration structure cache stays warm, as in a real process). The
@@ -48,7 +48,7 @@ import typing as tp
 import jax
 import optax
 
-from benchmarks import figures, models
+from benchmarks import figures, linen_loop, models
 from benchmarks.timing import Summary, Timing, interleave, ratio
 
 LINEN, BRIDGE, FLAX, NNX_STYLE = "linen", "bridge", "flax_bridge", "nnx_style"
@@ -80,7 +80,7 @@ class Setup:
     key: jax.Array
     modules: dict[str, tp.Any]
     variables: dict[str, tp.Any]
-    states: dict[str, models.TrainState]
+    states: dict[str, linen_loop.TrainState]
     tx: optax.GradientTransformation
 
     @classmethod
@@ -91,19 +91,19 @@ class Setup:
         modules = {s: build[s]() for s in styles}
         tx = optax.adam(1e-3)
         variables = {s: m.init(jax.random.PRNGKey(1), x, train=False) for s, m in modules.items()}
-        states = {s: models.make_train_state(m, jax.random.PRNGKey(1), x, tx) for s, m in modules.items()}
+        states = {s: linen_loop.make_train_state(m, jax.random.PRNGKey(1), x, tx) for s, m in modules.items()}
         return cls(twin, x, y, jax.random.PRNGKey(2), modules, variables, states, tx)
 
     def step_args(self, style: str) -> tuple[tp.Any, ...]:
-        """The arguments of `models.train_step` for `style`."""
+        """The arguments of `linen_loop.step` for `style`."""
         return (self.states[style], self.x, self.y, self.key)
 
 
 def _fresh_step(*args: tp.Any) -> tp.Any:
-    """`models.train_step` behind a new function object, so that no JAX cache knows it."""
+    """`linen_loop.step` behind a new function object, so that no JAX cache knows it."""
 
     def step(*a: tp.Any) -> tp.Any:
-        return models.train_step(*a)
+        return linen_loop.step(*a)
 
     return jax.jit(step).trace(*args)
 
@@ -165,7 +165,7 @@ def measure_eager(setup: Setup, rounds: int, min_batch_s: float) -> dict[str, di
 # ----------------------------------------------------------------------------------
 def compile_steps(setup: Setup) -> dict[str, tp.Any]:
     """The compiled train step of every style, plus the NNX-style step over States."""
-    compiled = {s: jax.jit(models.train_step).lower(*setup.step_args(s)).compile() for s in setup.modules}
+    compiled = {s: jax.jit(linen_loop.step).lower(*setup.step_args(s)).compile() for s in setup.modules}
     state, moduledef = models.nnx_init(setup.twin.bridge_module(jax.random.PRNGKey(1)), setup.tx)
     nnx_step = functools.partial(models.nnx_train_step, moduledef, setup.tx)
     compiled[NNX_STYLE] = jax.jit(nnx_step).lower(state, setup.x, setup.y, setup.key).compile()

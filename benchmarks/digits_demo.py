@@ -5,7 +5,7 @@ the 8x8 digits bundled with scikit-learn (no download), with the same batches,
 optimiser and number of steps:
 
 1. **Linen**: the Linen model in a stock ``TrainState`` loop
-   (`benchmarks.models.train_step`).
+   (`benchmarks.linen_loop.step`).
 2. **bridge**: the nnx_bridge twin through ``nnx_bridge.to_linen``, in the
    *same* loop function; only the line that builds the model differs.
 3. **NNX-style**: the nnx_bridge twin mutated in place by a step under
@@ -47,7 +47,7 @@ from sklearn.datasets import load_digits
 from tqdm import tqdm
 
 import nnx_bridge as nnx
-from benchmarks import figures, models, nnx_style
+from benchmarks import figures, linen_loop, models, nnx_style
 from benchmarks.timing import Timing, compile_split, interleave
 
 STYLES = {  # key -> label shown in the table and the plot
@@ -187,8 +187,8 @@ def warm_up(tx: optax.GradientTransformation) -> None:
     x, y = twin.batch(jax.random.PRNGKey(0), 4)
     key = jax.random.PRNGKey(1)
     for model in (twin.linen_model(), twin.bridged_linen()):
-        state = models.make_train_state(model, key, x, tx)
-        jax.jit(models.train_step).trace(state, x, y, key).lower()
+        state = linen_loop.make_train_state(model, key, x, tx)
+        jax.jit(linen_loop.step).trace(state, x, y, key).lower()
     model = twin.bridge_module(key)
     nnx.jit(nnx_style.train_step).trace(
         model, nnx.Optimizer(model, tx), nnx.Context({"dropout": key}), x, y
@@ -200,9 +200,9 @@ def run_linen_loop(
 ) -> Run:
     """The stock TrainState loop (styles ``linen`` and ``bridge``)."""
     sample = data.x_train[schedule.indices[0]]
-    state = models.make_train_state(model, jax.random.PRNGKey(seed), sample, tx)
-    state, run = train_loop(style, models.train_step, state, data, schedule)
-    logits = jax.jit(models.predict)(state, data.x_test)
+    state = linen_loop.make_train_state(model, jax.random.PRNGKey(seed), sample, tx)
+    state, run = train_loop(style, linen_loop.step, state, data, schedule)
+    logits = jax.jit(linen_loop.logits)(state, data.x_test)
     run.accuracy = float((np.asarray(logits).argmax(-1) == data.y_test).mean())
     return run
 

@@ -15,10 +15,8 @@ one configuration, and the functions `mlp`, `digits_mlp`, `cnn`,
 
 The loops:
 
-* `make_train_state`, `train_step` and `predict`: one stock Linen loop
-  (``flax.training.train_state.TrainState`` with ``batch_stats``, Optax,
-  dropout RNGs, ``mutable=["batch_stats"]``). It is written once and runs a
-  Linen model and a bridged model alike.
+* The stock Linen loop lives in `benchmarks.linen_loop` (`make_train_state`, `step`,
+  `logits`): one loop for the tests, the suite and the demo.
 * `nnx_init`, `nnx_train_step` and `nnx_predict`: the NNX style, where the
   module is partitioned once into ``params`` and ``batch_stats`` States, the
   step is a pure function of those States, and ``merge`` rebuilds the module.
@@ -27,11 +25,11 @@ The loops:
 
 Example:
     >>> import jax, optax
-    >>> from benchmarks import models
+    >>> from benchmarks import linen_loop, models
     >>> twin = models.tiny_mlp()
     >>> x, y = twin.batch(jax.random.PRNGKey(0), 4)
-    >>> state = models.make_train_state(twin.bridged_linen(), jax.random.PRNGKey(1), x, optax.sgd(0.1))
-    >>> state, loss = jax.jit(models.train_step)(state, x, y, jax.random.PRNGKey(2))
+    >>> state = linen_loop.make_train_state(twin.bridged_linen(), jax.random.PRNGKey(1), x, optax.sgd(0.1))
+    >>> state, loss = jax.jit(linen_loop.step)(state, x, y, jax.random.PRNGKey(2))
     >>> int(state.step), loss.shape
     (1, ())
 """
@@ -47,7 +45,6 @@ import jax
 import optax
 from flax import nnx as flax_nnx
 from flax.nnx import bridge as flax_bridge
-from flax.training import train_state
 
 import nnx_bridge as nnx
 from nnx_bridge.nn import RNN, BatchNorm, Conv, Dropout, LayerNorm, Linear, LSTMCell, MultiHeadAttention
@@ -482,57 +479,6 @@ def transformer(d_model: int = 64, heads: int = 4, depth: int = 2, length: int =
 def lstm(hidden: int = 128, rows: int = 8, features: int = 8) -> Twin:
     """The LSTM twin over ``rows`` time steps of ``features`` (default: the 8x8 digit rows)."""
     return Twin("lstm", LinenLSTM, BridgeLSTM, FlaxLSTM, (features, hidden, 10), (rows, features), 10)
-
-
-# ----------------------------------------------------------------------------------
-# the stock Linen loop (runs Linen and bridged models alike)
-# ----------------------------------------------------------------------------------
-class TrainState(train_state.TrainState):
-    """Flax's TrainState plus the ``batch_stats`` collection (``{}`` when the model has none)."""
-
-    batch_stats: tp.Any
-
-
-def make_train_state(
-    model: nn.Module, key: jax.Array, sample: jax.Array, tx: optax.GradientTransformation
-) -> TrainState:
-    """``model.init`` and a TrainState around its variables."""
-    variables = model.init(key, sample, train=False)
-    return TrainState.create(
-        apply_fn=model.apply, params=variables["params"], batch_stats=variables.get("batch_stats", {}), tx=tx
-    )
-
-
-def _collections(state: TrainState, params: tp.Any) -> dict[str, tp.Any]:
-    if state.batch_stats:
-        return {"params": params, "batch_stats": state.batch_stats}
-    return {"params": params}
-
-
-def train_step(
-    state: TrainState, x: jax.Array, y: jax.Array, dropout_key: jax.Array
-) -> tuple[TrainState, jax.Array]:
-    """One Adam/SGD step on the mean cross-entropy; updates ``batch_stats`` if there are any."""
-
-    def loss_fn(params: tp.Any) -> tuple[jax.Array, tp.Any]:
-        variables = _collections(state, params)
-        if state.batch_stats:
-            logits, updates = state.apply_fn(
-                variables, x, train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"]
-            )
-            stats = updates["batch_stats"]
-        else:
-            logits = state.apply_fn(variables, x, train=True, rngs={"dropout": dropout_key})
-            stats = state.batch_stats
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), stats
-
-    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return state.apply_gradients(grads=grads).replace(batch_stats=stats), loss
-
-
-def predict(state: TrainState, x: jax.Array) -> jax.Array:
-    """Logits in evaluation mode (running averages, no dropout)."""
-    return state.apply_fn(_collections(state, state.params), x, train=False)
 
 
 # ----------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Three measurements, each a median over interleaved rounds with ratios taken roun
 by round in the same process (`benchmarks.timing`):
 
 * ``train_step``: the suite's models (`benchmarks.suite` settings) trained with
-  Adam three ways: Linen's ``TrainState`` step under ``jax.jit`` (`models.train_step`),
+  Adam three ways: Linen's ``TrainState`` step under ``jax.jit`` (`linen_loop.step`),
   the nnx_bridge module mutated in place by `train_step` below under
   ``nnx_bridge.jit``, and the Flax NNX twin under ``flax.nnx.jit`` with
   ``nnx.Optimizer``. Targets: nnx_bridge / Linen <= 1.05x on the tiny MLP,
@@ -36,7 +36,7 @@ import optax
 from flax import nnx as flax_nnx
 
 import nnx_bridge as nnx
-from benchmarks import figures, models
+from benchmarks import figures, linen_loop, models
 from benchmarks.timing import interleave, ratio
 
 STEP_BOUND = {"tiny_mlp": 1.05}
@@ -63,7 +63,7 @@ def train_step(
 
 
 def loaded_twin(
-    twin: models.Twin, state: models.TrainState, tx: optax.GradientTransformation
+    twin: models.Twin, state: linen_loop.TrainState, tx: optax.GradientTransformation
 ) -> tuple[nnx.Module, nnx.Optimizer]:
     """The nnx_bridge twin holding the Linen TrainState's variables, with its Optimizer."""
     model = twin.bridge_module(jax.random.PRNGKey(1))
@@ -83,11 +83,11 @@ def _steppers(spec: tp.Any) -> dict[str, tp.Callable[[], None]]:
     x, y = twin.batch(jax.random.PRNGKey(0), spec.batch)
     tx = optax.adam(1e-3)
     key = jax.random.PRNGKey(2)
-    box = [models.make_train_state(twin.linen_model(), jax.random.PRNGKey(1), x, tx)]
+    box = [linen_loop.make_train_state(twin.linen_model(), jax.random.PRNGKey(1), x, tx)]
     model, optimizer = loaded_twin(twin, box[0], tx)
     ctx = nnx.Context({"dropout": key})
     step = nnx.jit(train_step)
-    linen_step = jax.jit(models.train_step)
+    linen_step = jax.jit(linen_loop.step)
     flax_model = twin.flax_module(1)
     flax_optimizer = flax_nnx.Optimizer(flax_model, tx, wrt=flax_nnx.Param)
     flax_step = flax_nnx.jit(models.flax_train_step)
@@ -199,9 +199,9 @@ def trajectory(steps: int = 50, batch: int = 64) -> dict[str, tp.Any]:
     x_all, y_all = jnp.asarray(images / 16.0, jnp.float32), jnp.asarray(labels)
     twin = models.mlp(64, (64,), 10, 0.0, True)
     tx = optax.adam(3e-3)
-    state = models.make_train_state(twin.linen_model(), jax.random.PRNGKey(0), x_all[:batch], tx)
+    state = linen_loop.make_train_state(twin.linen_model(), jax.random.PRNGKey(0), x_all[:batch], tx)
     model, optimizer = loaded_twin(twin, state, tx)
-    step, linen_step = nnx.jit(train_step), jax.jit(models.train_step)
+    step, linen_step = nnx.jit(train_step), jax.jit(linen_loop.step)
     ctx, key = nnx.Context({"dropout": 0}), jax.random.PRNGKey(0)
     rng = np.random.default_rng(0)
     linen_losses, nnx_losses = [], []

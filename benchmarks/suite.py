@@ -3,7 +3,7 @@
 Four styles train the same model (`benchmarks.models` twins, synthetic data of
 the right shapes) with Adam:
 
-* ``linen``: the Linen module in a stock ``TrainState`` step (`models.train_step`),
+* ``linen``: the Linen module in a stock ``TrainState`` step (`linen_loop.step`),
 * ``bridge``: its nnx_bridge twin through ``nnx_bridge.to_linen`` in the *same* step,
 * ``nnx_style``: the twin partitioned once, a pure step over States
   (`models.nnx_train_step`),
@@ -60,7 +60,7 @@ import jax
 from flax import nnx as flax_nnx
 
 import nnx_bridge
-from benchmarks import bridge_overhead, core_overhead, figures, models, nnx_style
+from benchmarks import bridge_overhead, core_overhead, figures, linen_loop, models, nnx_style
 from benchmarks.timing import Summary, Timing, compile_split, interleave, ratio
 
 LINEN, BRIDGE, NNX_STYLE, FLAX_NNX = "linen", "bridge", "nnx_style", "flax_nnx"
@@ -189,8 +189,8 @@ class ModelBench:
             NNX_JIT: (jit_model, jit_optimizer, nnx_bridge.Context({"dropout": key}), x, y),
         }
         self._steps: dict[str, tp.Callable[..., tp.Any]] = {
-            LINEN: models.train_step,
-            BRIDGE: models.train_step,
+            LINEN: linen_loop.step,
+            BRIDGE: linen_loop.step,
             NNX_STYLE: functools.partial(models.nnx_train_step, moduledef, tx),
             FLAX_NNX: models.flax_train_step,
             NNX_JIT: nnx_style.train_step,

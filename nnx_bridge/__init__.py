@@ -88,7 +88,7 @@ from nnx_bridge.variables import Param as Param
 from nnx_bridge.variables import Variable as Variable
 from nnx_bridge.variables import variable_type as variable_type
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # The Linen bridge and the helpers that need Flax (or Optax) load on first use, so that
 # the core and the layers (`import nnx_bridge`, `nnx_bridge.nn`) never import Flax.

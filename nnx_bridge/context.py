@@ -9,12 +9,11 @@ import jax
 import jax.numpy as jnp
 from jax import random
 
+from nnx_bridge.errors import ReadableKeyError
 
-class MissingRngStreamError(KeyError):
+
+class MissingRngStreamError(ReadableKeyError):
     """Raised by `Context.make_rng` for a stream that a dict-built Context lacks."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
 
 _ACCEPTED = (

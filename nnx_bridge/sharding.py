@@ -25,7 +25,7 @@ from nnx_bridge.context import Context
 from nnx_bridge.module import Module, ModuleDef
 from nnx_bridge.partition_under import partition_under
 from nnx_bridge.state import State
-from nnx_bridge.variables import Variable
+from nnx_bridge.variables import Variable, check_sharding
 
 Rules = tp.Sequence[tuple[str, tp.Any]]
 
@@ -171,14 +171,14 @@ def _variable_spec(path: str, variable: tp.Any, rules: Rules | None) -> Partitio
             f"{type(variable).__name__}. Build States with Module.partition()."
         )
     names = variable.sharding
-    if names is not None:
-        ndim = getattr(variable.value, "ndim", None)
-        if ndim is not None and ndim != len(names):
-            raise ValueError(
-                f"get_partition_spec: the {type(variable).__name__} at path {path!r} has "
-                f"{ndim} dimension(s) (shape {tuple(variable.value.shape)}) but its sharding "
-                f"names {len(names)}: {names!r}. Give one name (or None) per dimension."
-            )
+    ndim = getattr(variable.value, "ndim", None)
+    if names is not None and ndim is not None:
+        check_sharding(
+            names,
+            ndim,
+            where=f"get_partition_spec: the {type(variable).__name__} at path {path!r}",
+            what=f"value (shape {tuple(variable.value.shape)})",
+        )
     if rules is None:  # a Variable's own rules (from nn.LogicallyPartitioned) come next, as in Linen
         rules = getattr(variable, "sharding_rules", None)
     try:
