@@ -20,56 +20,72 @@ def model_and_variables():
     return model, model.init(KEY, X)
 
 
-def test_write_to_immutable_collection(model_and_variables):
-    model, variables = model_and_variables
-    with pytest.raises(
-        ValueError,
-        match=r"updated 'counts/steps', but collection 'counts' is not "
-        r"mutable\. Pass mutable=\['counts'\] to apply",
-    ):
-        model.apply(variables, X, train=True)
+def _without_counts(v):
+    return {"params": v["params"]}
 
 
-def test_missing_rng_stream_is_named(model_and_variables):
-    model, variables = model_and_variables
-    with pytest.raises(
-        nnx.MissingRngStreamError,
-        match=r"needs the RNG stream 'noise', but the Linen call got RNGs for: none\. "
-        r"Pass it, e.g\. model\.apply\(variables, \.\.\., rngs=\{'noise': key\}\)",
-    ):
-        model.apply(variables, X, method="noisy")
+def _only_first_layer(v):
+    return {"params": {"layers": {"0": v["params"]["layers"]["0"]}}, "counts": v["counts"]}
 
 
-def test_missing_variable_names_its_path(model_and_variables):
-    model, variables = model_and_variables
-    with pytest.raises(KeyError, match=r"variable 'counts/steps' is missing \(expected shape \(\)\)"):
-        model.apply({"params": variables["params"]}, X)
-    params = {"layers": {"0": variables["params"]["layers"]["0"]}}
-    with pytest.raises(KeyError, match=r"variable 'params/layers/1/bias' is missing"):
-        model.apply({"params": params, "counts": variables["counts"]}, X)
+def _with_extra_head(v):
+    return {**v, "params": {**v["params"], "head": {"kernel": jnp.ones((2, 2))}}}
 
 
-def test_unexpected_variable_names_its_path(model_and_variables):
-    model, variables = model_and_variables
-    extra = {**variables, "params": {**variables["params"], "head": {"kernel": jnp.ones((2, 2))}}}
-    with pytest.raises(
-        KeyError,
-        match=r"unexpected variable\(s\) 'params/head/kernel': the module has "
-        r"no such variable",
-    ):
-        model.apply(extra, X)
-
-
-def test_shape_mismatch_names_path_and_both_shapes(model_and_variables):
-    model, variables = model_and_variables
-    bad = jax.tree.map(lambda x: x, variables)
+def _misshapen_kernel(v):
+    bad = jax.tree.map(lambda x: x, v)
     bad["params"]["layers"]["1"]["kernel"] = jnp.ones((4, 3))
-    with pytest.raises(
+    return bad
+
+
+def _same(v):
+    return v
+
+
+# Each misuse of `apply`: (how the variables are changed, apply's keywords, error, message).
+APPLY_ERRORS = {
+    "write to an immutable collection": (
+        _same,
+        {"train": True},
         ValueError,
-        match=r"variable 'params/layers/1/kernel' has shape \(4, 3\), but the "
-        r"module expects \(4, 2\)",
-    ):
-        model.apply(bad, X)
+        r"updated 'counts/steps', but collection 'counts' is not mutable\. "
+        r"Pass mutable=\['counts'\] to apply",
+    ),
+    "missing RNG stream": (
+        _same,
+        {"method": "noisy"},
+        nnx.MissingRngStreamError,
+        r"needs the RNG stream 'noise', but the Linen call got RNGs for: none\. "
+        r"Pass it, e\.g\. model\.apply\(variables, \.\.\., rngs=\{'noise': key\}\)",
+    ),
+    "missing collection": (
+        _without_counts,
+        {},
+        KeyError,
+        r"variable 'counts/steps' is missing \(expected shape \(\)\)",
+    ),
+    "missing variable": (_only_first_layer, {}, KeyError, r"variable 'params/layers/1/bias' is missing"),
+    "unexpected variable": (
+        _with_extra_head,
+        {},
+        KeyError,
+        r"unexpected variable\(s\) 'params/head/kernel': the module has no such variable",
+    ),
+    "misshapen variable": (
+        _misshapen_kernel,
+        {},
+        ValueError,
+        r"variable 'params/layers/1/kernel' has shape \(4, 3\), but the module expects \(4, 2\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", APPLY_ERRORS, ids=str)
+def test_apply_misuse_names_the_path_and_the_fix(model_and_variables, case):
+    model, variables = model_and_variables
+    change, kwargs, error, message = APPLY_ERRORS[case]
+    with pytest.raises(error, match=message):
+        model.apply(change(variables), X, **kwargs)
 
 
 def test_nested_paths_include_the_linen_scope():
