@@ -58,9 +58,10 @@ def substituted(layer: Module, values: dict[str, Variable[tp.Any]]) -> tp.Iterat
     Afterwards each Variable gets its own value back, unless the body assigned it
     a new one (that one stays).
     """
-    own = walk(layer).variables
+    own = walk(layer).variables  # one walk: the same Variable objects are set and restored
     before = {path: own[path].value for path in values}
-    assign(layer, values)
+    for path, variable in values.items():
+        own[path].value = variable.value
     try:
         yield
     finally:
